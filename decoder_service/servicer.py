@@ -1,0 +1,20 @@
+"""Decoder: rebuild the absent output of a coding group. Proto <-> numpy here; the math is coding/."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+from codedserve.v1 import codedserve_pb2 as pb
+from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
+
+from coding.schemes import get_scheme
+from service_common.tensors import from_numpy, to_numpy
+
+
+class DecoderServicer(pb_grpc.DecoderServicer):
+    async def Decode(self, request: pb.DecodeRequest, context: grpc.aio.ServicerContext) -> pb.DecodeResponse:
+        scheme = get_scheme(request.code.scheme, request.code.k, request.code.params)
+        outputs = to_numpy(request.outputs, "outputs")
+        parity_outputs = to_numpy(request.parity_outputs, "parity_outputs")
+        present = np.asarray(request.present, dtype=bool)
+        return pb.DecodeResponse(reconstruction=from_numpy(scheme.decode(outputs, present, parity_outputs)))

@@ -1,0 +1,35 @@
+"""python -m encoder_service: k queries -> r parity queries, as a stateless gRPC service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from encoder_service.server import create_server
+from service_common.cli import ServiceConfig, add_service_flags, service_config
+from service_common.logs import setup_logging
+from service_common.metrics import serve_metrics
+from service_common.server import wait_for_signal
+
+log = logging.getLogger("encoder_service")
+
+
+async def _main(config: ServiceConfig) -> None:
+    running = await create_server(config)
+    log.info("encoder serving on port %d", running.port)
+    await wait_for_signal()
+    await running.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m encoder_service", description=__doc__)
+    add_service_flags(parser, "CODEDSERVE_ENCODER", default_port=8101)
+    config = service_config(parser.parse_args())
+    setup_logging(config.log_level)
+    serve_metrics(config.metrics_port)
+    asyncio.run(_main(config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Per-model serving: coding groups, dispatch to Triton, straggler deadlines, exactly-once answers.
+
+Every query goes to the deployed model at once. Queries are grouped in arrival order; a sealed
+group is encoded and its parity query sent to the parity model. A query whose own output is
+late past the straggler deadline (or failed) is answered by the decoder's reconstruction as
+soon as the rest of its group and the parity output are in; whichever answer comes first wins
+and the other is discarded. The decision logic lives in :mod:`frontend.groups`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from frontend import metrics
+from frontend.coding_clients import CodingClients, CodingServiceError
+from frontend.config import Route
+from frontend.groups import Action, CodingGroup, Query
+from frontend.workers import Fault, FaultInjector, ModelSignature, TritonPool, WorkerError
+from service_common.errors import DeadlineExceeded, Unavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Answer:
+    logits: np.ndarray
+    reconstructed: bool
+    scheme: str
+    group_id: int
+    latency_s: float
+
+
+class ModelServer:
+    """Serves one route. Create inside the running loop; call :meth:`load` before queries."""
+
+    def __init__(self, route: Route, pool: TritonPool, coders: CodingClients, faults: FaultInjector,
+                 straggler_timeout_s: float, fill_timeout_s: float) -> None:
+        self.route = route
+        self._pool = pool
+        self._coders = coders
+        self._faults = faults
+        self._straggler_timeout_s = straggler_timeout_s
+        self._fill_timeout_s = fill_timeout_s
+        self._group_ids = itertools.count()
+        self._open: CodingGroup | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.signature: ModelSignature | None = None
+        self._parity_signature: ModelSignature | None = None
+
+    async def load(self) -> None:
+        """Fetch the model signatures from Triton (raises WorkerError while Triton is not ready)."""
+        self.signature = await self._pool.signature(self.route.model)
+        if self.route.coded:
+            self._parity_signature = await self._pool.signature(self.route.parity_model)
+
+    async def classify(self, x: np.ndarray, timeout_s: float, fault: Fault | None = None) -> Answer:
+        """Answer one query exactly once, within ``timeout_s``."""
+        start = time.perf_counter()
+        fault = fault if fault is not None else self._faults.draw()
+        group, query = self._admit(x)
+        query.waiter = asyncio.get_running_loop().create_future()
+        self._spawn(self._run_own(group, query, fault))
+        if self.route.coded:
+            asyncio.get_running_loop().call_later(self._straggler_timeout_s, self._on_straggler_deadline, group, query)
+        try:
+            done, _ = await asyncio.wait({query.waiter}, timeout=timeout_s)
+            if not done:
+                raise DeadlineExceeded(
+                    f"no answer for {self.route.model} within the deadline of {timeout_s * 1e3:.0f} ms")
+            logits, reconstructed = query.waiter.result()
+        except Exception as exc:
+            metrics.FAILURES.labels(self.route.model, type(exc).__name__).inc()
+            raise
+        finally:
+            query.answered = True  # a deadline or a cancelled client also ends the query: never answer twice
+        latency_s = time.perf_counter() - start
+        source = "reconstructed" if reconstructed else "deployed"
+        metrics.ANSWERS.labels(self.route.model, self.route.scheme, source).inc()
+        metrics.QUERY_SECONDS.labels(self.route.model, source).observe(latency_s)
+        return Answer(logits, reconstructed, self.route.scheme, group.group_id, latency_s)
+
+    # ---- grouping -------------------------------------------------------------------------
+
+    def _admit(self, x: np.ndarray) -> tuple[CodingGroup, Query]:
+        k = self.route.k if self.route.coded else 1
+        if self._open is None:
+            self._open = CodingGroup(next(self._group_ids), k, coded=self.route.coded)
+            if self.route.coded and k > 1:
+                asyncio.get_running_loop().call_later(self._fill_timeout_s, self._seal_on_timeout, self._open)
+        group = self._open
+        query = group.add(x)
+        if group.full:
+            self._open = None
+            self._seal(group, "full")
+        return group, query
+
+    def _seal_on_timeout(self, group: CodingGroup) -> None:
+        if not group.sealed:
+            if self._open is group:
+                self._open = None
+            self._seal(group, "timeout")
+
+    def _seal(self, group: CodingGroup, fill: str) -> None:
+        group.seal()
+        if self.route.coded:
+            metrics.GROUPS.labels(self.route.model, fill).inc()
+            self._spawn(self._run_parity(group))
+
+    # ---- calls ----------------------------------------------------------------------------
+
+    async def _run_own(self, group: CodingGroup, query: Query, fault: Fault) -> None:
+        assert self.signature is not None
+        try:
+            out = await self._pool.infer(self.route.model, query.input[None], self.signature, fault)
+            query.output = out[0]
+            if query.answered:
+                metrics.LATE_DISCARDED.labels(self.route.model).inc()
+            metrics.WORKER_CALLS.labels(self.route.model, "ok").inc()
+        except WorkerError as exc:
+            log.debug("deployed call failed: %s", exc)
+            query.failed = True
+            metrics.WORKER_CALLS.labels(self.route.model, "error").inc()
+        self._progress(group)
+
+    async def _run_parity(self, group: CodingGroup) -> None:
+        assert self._parity_signature is not None
+        try:
+            parity_queries = await self._coders.encode(self.route, group.slot_inputs())
+            out = await self._pool.infer(self.route.parity_model, parity_queries, self._parity_signature)
+            group.parity_output = out
+            metrics.WORKER_CALLS.labels(self.route.parity_model, "ok").inc()
+        except (WorkerError, CodingServiceError) as exc:
+            log.warning("parity for group %d of %s lost: %s", group.group_id, self.route.model, exc)
+            group.parity_failed = True
+            metrics.WORKER_CALLS.labels(self.route.parity_model, "error").inc()
+        self._progress(group)
+
+    async def _run_decode(self, group: CodingGroup, query: Query) -> None:
+        assert group.parity_output is not None
+        outputs, present = group.decode_inputs(query)
+        start = time.perf_counter()
+        try:
+            rebuilt = await self._coders.decode(self.route, outputs, present, group.parity_output)
+            metrics.DECODE_SECONDS.labels(self.route.model).observe(time.perf_counter() - start)
+            self._answer(query, rebuilt, reconstructed=True)
+        except CodingServiceError as exc:
+            log.warning("decode for group %d of %s failed: %s", group.group_id, self.route.model, exc)
+            query.decode_failed = True
+        query.decoding = False
+        self._progress(group)
+
+    # ---- decisions ------------------------------------------------------------------------
+
+    def _on_straggler_deadline(self, group: CodingGroup, query: Query) -> None:
+        if query.output is None and not query.answered:
+            query.straggling = True
+            self._progress(group)
+
+    def _progress(self, group: CodingGroup) -> None:
+        for action, query in group.next_actions():
+            if action is Action.ANSWER_OWN:
+                assert query.output is not None
+                self._answer(query, query.output, reconstructed=False)
+            elif action is Action.DECODE:
+                query.decoding = True
+                self._spawn(self._run_decode(group, query))
+            elif action is Action.FAIL:
+                self._fail(query, Unavailable(
+                    f"{self.route.model}: the deployed model failed and coding group {group.group_id} "
+                    "cannot rebuild the answer (parity or another query also lost)"))
+
+    def _answer(self, query: Query, logits: np.ndarray, reconstructed: bool) -> None:
+        if query.answered:
+            return
+        query.answered = True
+        query.waiter.set_result((logits, reconstructed))
+
+    def _fail(self, query: Query, error: Exception) -> None:
+        if query.answered:
+            return
+        query.answered = True
+        query.waiter.set_exception(error)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Let in-flight Triton calls finish (never cancel them: see module doc)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout_s)

@@ -1,0 +1,1 @@
+"""gRPC plumbing the three services share: tensor conversion, error mapping, server assembly."""

@@ -1,0 +1,19 @@
+"""Prometheus metrics every service exports (low-cardinality labels only)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram, start_http_server
+
+RPCS = Counter("codedserve_rpcs_total", "RPCs handled, by method and status code", ["method", "code"])
+RPC_SECONDS = Histogram(
+    "codedserve_rpc_seconds",
+    "Handler time of successful RPCs",
+    ["method"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+)
+
+
+def serve_metrics(port: int | None) -> None:
+    """Expose /metrics on 127.0.0.1:port (no-op when port is None)."""
+    if port is not None:
+        start_http_server(port, addr="127.0.0.1")
