@@ -1,0 +1,306 @@
+"""Start, health-check and stop the real tritonserver (from the nvidia-pytriton wheel) on CPU.
+
+Why a helper: the binary needs a backend directory assembled from the wheel plus our Python-based onnxruntime
+backend, a PATH/LD_LIBRARY_PATH only its stub understands, loopback-only addresses, and a stop that never
+leaves a process behind. Tests, benchmarks and ``python -m triton_local`` all start it the same way here.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import filecmp
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+LOG = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"  # tritonserver binds 0.0.0.0 unless told otherwise; local runs never should
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_BUILD_DIR = REPO_ROOT / ".triton"
+OUR_BACKEND = Path(__file__).resolve().parent / "backend" / "onnxruntime" / "model.py"
+_PYTHON_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
+_STUB = "triton_python_backend_stub"
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+class TritonStartError(RuntimeError):
+    """tritonserver exited or did not become ready; the message carries the tail of its log."""
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    """Paths inside the installed nvidia-pytriton wheel."""
+
+    binary: Path
+    libs: Path
+    python_backend: Path
+    stub: Path
+
+
+@dataclass(frozen=True)
+class TritonConfig:
+    """How to run one tritonserver. Ports 0 pick free ones; ``models=None`` loads the whole repository,
+    a tuple loads just those (explicit model control, much faster for tests)."""
+
+    model_repository: Path
+    grpc_port: int = 0
+    http_port: int = 0
+    metrics_port: int = 0
+    models: tuple[str, ...] | None = None
+    model_config_name: str | None = None
+    build_dir: Path = DEFAULT_BUILD_DIR
+    log_path: Path | None = None
+    ready_timeout_s: float = 60.0
+    stop_grace_s: float = 15.0
+    extra_args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model_repository", Path(self.model_repository).resolve())
+        object.__setattr__(self, "build_dir", Path(self.build_dir).resolve())
+        if not self.model_repository.is_dir():
+            raise ValueError(f"model_repository: no such directory {self.model_repository}")
+        for name in ("grpc_port", "http_port", "metrics_port"):
+            if not 0 <= (getattr(self, name) or 0) <= 65535:
+                raise ValueError(f"{name}: must be 0..65535, got {getattr(self, name)}")
+        if self.models is not None:
+            object.__setattr__(self, "models", tuple(self.models))
+            if any(not m or "," in m for m in self.models):
+                raise ValueError(f"models: names must be non-empty and comma-free, got {self.models}")
+
+
+def find_install() -> TritonInstall:
+    """Locate the wheel by import spec (without importing pytriton, whose client needs gevent)."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise TritonStartError("nvidia-pytriton is not installed (pip install --no-deps nvidia-pytriton==0.7.0)")
+    package = Path(next(iter(spec.submodule_search_locations)))
+    server = package / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    install = TritonInstall(
+        binary=server / "bin" / "tritonserver",
+        libs=package.parent / "nvidia_pytriton.libs",
+        python_backend=server / "backends" / "python",
+        stub=server / "python_backend_stubs" / version / _STUB,
+    )
+    missing = [str(p) for p in (install.binary, install.libs, install.python_backend, install.stub) if not p.exists()]
+    if missing:
+        raise TritonStartError(f"nvidia-pytriton install is incomplete, missing: {', '.join(missing)}")
+    return install
+
+
+def build_backend_dir(install: TritonInstall, build_dir: Path = DEFAULT_BUILD_DIR) -> Path:
+    """Assemble ``<build_dir>/backends/{python,onnxruntime}``; idempotent and safe to run concurrently."""
+    backends = Path(build_dir) / "backends"
+    copies = [(install.python_backend / name, backends / "python" / name) for name in _PYTHON_BACKEND_FILES]
+    copies.append((install.stub, backends / "python" / _STUB))
+    copies.append((OUR_BACKEND, backends / "onnxruntime" / "model.py"))
+    for source, dest in copies:
+        _copy_if_changed(source, dest)
+    return backends
+
+
+def _copy_if_changed(source: Path, dest: Path) -> None:
+    """Copy via a temp file + rename, so a server reading ``dest`` never sees half a file."""
+    if dest.exists() and filecmp.cmp(source, dest, shallow=False):
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    os.close(fd)
+    shutil.copy2(source, tmp)  # keeps the stub's executable bit
+    os.replace(tmp, dest)
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports (held open together so the kernel cannot hand one out twice)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind((HOST, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
+def server_env(install: TritonInstall) -> dict[str, str]:
+    """The venv's bin first on PATH (the stub's isolated interpreter finds the venv through ``python3`` on
+    PATH and ignores PYTHONPATH) and the wheel's bundled libraries on LD_LIBRARY_PATH."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.prefix) / "bin"), env.get("PATH", "")])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(install.libs), env.get("LD_LIBRARY_PATH")]))
+    return env
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM tritonserver when its parent dies, so a killed test run
+    cannot leave a server behind. libc is resolved in the parent (no dlopen between fork and exec)."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _death_signal_hook() -> Callable[[], None] | None:
+    """Only from the main thread: the kernel sends PDEATHSIG when the parent *thread* exits, and a worker
+    thread (``asyncio.to_thread``, an executor shut down with its loop) would take the server down with it."""
+    return _die_with_parent if threading.current_thread() is threading.main_thread() else None
+
+
+class TritonServer:
+    """One tritonserver subprocess: ``start()``, ``wait_ready()``, ``stop()``, or ``with TritonServer(cfg) as s``.
+
+    ``grpc_url`` and ``http_url`` are ``127.0.0.1:PORT`` (what tritonclient takes); ``metrics_url`` is the
+    full ``http://127.0.0.1:PORT/metrics`` to scrape.
+    """
+
+    def __init__(self, config: TritonConfig) -> None:
+        self.config = config
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ports: tuple[int, int, int] = (config.grpc_port, config.http_port, config.metrics_port)
+        self.log_path: Path | None = config.log_path
+        self._started_at = 0.0
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{HOST}:{self._ports[0]}"
+
+    @property
+    def http_url(self) -> str:
+        return f"{HOST}:{self._ports[1]}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{HOST}:{self._ports[2]}/metrics"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def command(self, install: TritonInstall, backends: Path) -> list[str]:
+        """The tritonserver argv; always loopback addresses, verbose logging off."""
+        grpc, http, metrics = self._ports
+        cfg = self.config
+        args = [
+            str(install.binary),
+            f"--model-repository={cfg.model_repository}",
+            f"--backend-directory={backends}",
+            f"--grpc-address={HOST}", f"--grpc-port={grpc}",
+            f"--http-address={HOST}", f"--http-port={http}",
+            f"--metrics-address={HOST}", f"--metrics-port={metrics}",
+            "--log-verbose=0",
+        ]  # fmt: skip
+        if cfg.model_config_name:
+            args.append(f"--model-config-name={cfg.model_config_name}")
+        if cfg.models is not None:
+            args.append("--model-control-mode=explicit")
+            args.extend(f"--load-model={name}" for name in cfg.models)
+        return args + list(cfg.extra_args)
+
+    def start(self) -> TritonServer:
+        """Launch tritonserver in its own process group (so ``stop`` can reap its stubs too); returns self."""
+        if self._proc is not None:
+            raise RuntimeError("TritonServer.start() called twice")
+        install = find_install()
+        backends = build_backend_dir(install, self.config.build_dir)
+        picked = iter(free_ports(3))
+        grpc, http, metrics = (port or next(picked) for port in self._ports)
+        self._ports = (grpc, http, metrics)
+        if self.log_path is None:
+            self.log_path = self.config.build_dir / "logs" / f"tritonserver-{self._ports[0]}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "wb") as log:
+            self._proc = subprocess.Popen(
+                self.command(install, backends), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=server_env(install), start_new_session=True, preexec_fn=_death_signal_hook(),
+            )  # fmt: skip
+        self._started_at = time.monotonic()
+        atexit.register(self.stop)  # an interpreter that exits without stop() still takes the server down
+        LOG.info("tritonserver pid %d starting (grpc %s, log %s)", self._proc.pid, self.grpc_url, self.log_path)
+        return self
+
+    def wait_ready(self, timeout: float | None = None) -> float:
+        """Poll ``/v2/health/ready`` until 200; returns seconds since ``start``. Fails fast if the process dies."""
+        timeout = self.config.ready_timeout_s if timeout is None else timeout
+        if self._proc is None:
+            raise RuntimeError("TritonServer.wait_ready() before start()")
+        deadline = time.monotonic() + timeout
+        url = f"http://{self.http_url}/v2/health/ready"
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise TritonStartError(f"tritonserver exited with {self._proc.returncode}\n{self.log_tail()}")
+            if _http_ok(url):
+                elapsed = time.monotonic() - self._started_at
+                LOG.info("tritonserver ready %.2f s after start", elapsed)
+                return elapsed
+            time.sleep(0.1)
+        raise TritonStartError(f"tritonserver not ready after {timeout:.1f} s\n{self.log_tail()}")
+
+    def wait(self) -> int:
+        """Block until tritonserver exits on its own; returns its exit code."""
+        if self._proc is None:
+            raise RuntimeError("TritonServer.wait() before start()")
+        return self._proc.wait()
+
+    def stop(self) -> int | None:
+        """SIGTERM (tritonserver unloads its models, ~2-5 s), then SIGKILL its whole process group, which
+        also takes any stub left by a crash; runs even if interrupted. Returns the exit code."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return None
+        atexit.unregister(self.stop)
+        grace = self.config.stop_grace_s
+        try:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            LOG.warning("tritonserver pid %d ignored SIGTERM for %.0f s; killing it", proc.pid, grace)
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        LOG.info("tritonserver pid %d stopped with %s", proc.pid, proc.returncode)
+        return proc.returncode
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the server log, for error messages."""
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def __enter__(self) -> TritonServer:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _http_ok(url: str) -> bool:
+    """True on HTTP 200; any refusal or error means not ready yet. Bypasses proxies set in the environment."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=1.0) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
