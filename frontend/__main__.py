@@ -25,6 +25,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="host:port to listen on (port 0 picks a free one)")
     p.add_argument("--triton-url", action="append", default=None,
                    help="Triton gRPC host:port; repeat for several instances (env CODEDSERVE_TRITON_URLS, comma-sep)")
+    p.add_argument("--parity-triton-url", action="append", default=None,
+                   help="Triton instance(s) for the parity models (default: the --triton-url ones)")
+    p.add_argument("--cancel-losers", action="store_true",
+                   help="cancel the losing copy of hedged/replicated calls (only for Triton >= 2.57: "
+                        "cancelling in-flight calls crashes the local 2.51)")
     p.add_argument("--encoder", default=env("CODEDSERVE_ENCODER_ADDRESS", "127.0.0.1:8101"))
     p.add_argument("--decoder", default=env("CODEDSERVE_DECODER_ADDRESS", "127.0.0.1:8102"))
     p.add_argument("--route", action="append", default=None,
@@ -66,7 +71,8 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
             default_deadline_s=args.default_deadline_s, triton_timeout_s=args.triton_timeout_s,
             max_inflight=args.max_inflight, max_message_bytes=args.max_message_bytes,
             metrics_port=int(args.metrics_port) if args.metrics_port else None, log_level=args.log_level,
-            faults=faults,
+            faults=faults, parity_triton_urls=tuple(args.parity_triton_url or ()),
+            cancel_losers=args.cancel_losers,
         )
     except ValueError as exc:
         raise SystemExit(f"frontend: bad configuration: {exc}") from exc

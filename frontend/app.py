@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from frontend.coding_clients import CodingClients
 from frontend.config import FrontendConfig
 from frontend.coordinator import ModelServer
+from frontend.dispatch import Dispatcher
 from frontend.workers import FaultInjector, TritonPool, WorkerError
 from service_common.errors import NotFound, ResourceExhausted, Unavailable
 
@@ -20,11 +21,15 @@ class FrontendApp:
     def __init__(self, config: FrontendConfig) -> None:
         self.config = config
         self.pool = TritonPool(config.triton_urls, config.triton_timeout_s, config.max_message_bytes)
+        parity_urls = config.parity_triton_urls or config.triton_urls
+        self.parity_pool = (self.pool if parity_urls == config.triton_urls else
+                            TritonPool(parity_urls, config.triton_timeout_s, config.max_message_bytes))
         self.coders = CodingClients(config.encoder_address, config.decoder_address, config.coding_timeout_s,
                                     config.max_message_bytes)
         faults = FaultInjector(config.faults)
         self.servers = {
-            r.model: ModelServer(r, self.pool, self.coders, faults, config.straggler_timeout_ms / 1e3,
+            r.model: ModelServer(r, Dispatcher(self.pool, r.dispatch, faults, config.cancel_losers), self.pool,
+                                 self.parity_pool, self.coders, config.straggler_timeout_ms / 1e3,
                                  config.fill_timeout_ms / 1e3)
             for r in config.routes
         }
@@ -32,11 +37,15 @@ class FrontendApp:
 
     async def start(self) -> None:
         await self.pool.start()
+        if self.parity_pool is not self.pool:
+            await self.parity_pool.start()
         await self.coders.start()
 
     async def close(self) -> None:
         await asyncio.gather(*(s.drain(timeout_s=5.0) for s in self.servers.values()))
         await self.pool.close()
+        if self.parity_pool is not self.pool:
+            await self.parity_pool.close()
         await self.coders.close()
 
     @property

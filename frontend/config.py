@@ -9,21 +9,42 @@ from coding.errors import CodingError
 from coding.schemes import get_scheme
 
 UNCODED = "none"
+BASELINES = (UNCODED, "replicate", "hedge")  # uncoded ways to serve a model, judged against the codes
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """How one deployed-model call is sent: to one instance, to ``copies`` instances at once
+    (replication), or to a second instance when the first is slower than ``hedge_delay_ms``
+    (a hedged request; None = adaptive, the observed p95 of deployed calls). First answer wins."""
+
+    mode: str = "single"  # single | replicate | hedge
+    copies: int = 2
+    hedge_delay_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("single", "replicate", "hedge"):
+            raise ValueError(f"unknown dispatch mode {self.mode!r}")
+        if self.copies < 2:
+            raise ValueError(f"copies must be >= 2, got {self.copies}")
+        if self.hedge_delay_ms is not None and self.hedge_delay_ms <= 0:
+            raise ValueError(f"hedge_delay_ms must be positive, got {self.hedge_delay_ms}")
 
 
 @dataclass(frozen=True)
 class Route:
-    """How one deployed model is served: its coding scheme, k and the parity model."""
+    """How one deployed model is served: a coding scheme (k, parity model) or an uncoded baseline."""
 
     model: str
     scheme: str = UNCODED
     k: int = 1
     params: tuple[tuple[str, str], ...] = ()
     parity_model: str = ""
+    dispatch: Dispatch = field(default_factory=Dispatch)
 
     @property
     def coded(self) -> bool:
-        return self.scheme != UNCODED
+        return self.scheme not in BASELINES
 
     @property
     def param_dict(self) -> dict[str, str]:
@@ -31,27 +52,38 @@ class Route:
 
 
 def parse_route(text: str) -> Route:
-    """``MODEL=SCHEME[:key=value,...]``, e.g. ``mnist_cnn=parm:k=2,encoder=concat`` or ``mnist_cnn=none``.
-
-    The parity model defaults to the export naming (``mnist_parm_concat_k2``); ``parity_model=`` overrides.
-    """
+    """``MODEL=SCHEME[:key=value,...]``. Coded: ``mnist_cnn=parm:k=2,encoder=concat``. Baselines:
+    ``mnist_cnn=none``, ``mnist_cnn=replicate[:copies=2]``, ``mnist_cnn=hedge[:delay_ms=8]`` (no delay:
+    adaptive p95). The parity model defaults to the export naming; ``parity_model=`` overrides."""
     model, sep, rest = text.partition("=")
     if not sep or not model:
         raise ValueError(f"route {text!r}: expected MODEL=SCHEME[:key=value,...]")
     scheme, _, opts = rest.partition(":")
     params = dict(_kv(item, text) for item in opts.split(",") if item)
-    if scheme == UNCODED:
-        return Route(model=model)
-    k = int(params.pop("k", "2"))
-    parity_model = params.pop("parity_model", "")
     try:
+        if scheme in BASELINES:
+            return Route(model, scheme, dispatch=_baseline_dispatch(scheme, params))
+        k = int(params.pop("k", "2"))
+        parity_model = params.pop("parity_model", "")
         get_scheme(scheme, k, params)  # validates scheme, k and params now, not at the first query
-    except CodingError as exc:
+    except (CodingError, ValueError) as exc:
         raise ValueError(f"route {text!r}: {exc}") from exc
     if not parity_model:
         dataset = model.removesuffix("_cnn")
         parity_model = spec.parity_model_name(dataset, params.get("encoder", "add"), k)
     return Route(model, scheme, k, tuple(sorted(params.items())), parity_model)
+
+
+def _baseline_dispatch(scheme: str, params: dict[str, str]) -> Dispatch:
+    known = {UNCODED: set(), "replicate": {"copies"}, "hedge": {"delay_ms"}}[scheme]
+    if set(params) - known:
+        raise ValueError(f"{scheme} takes {sorted(known) or 'no options'}, got {sorted(params)}")
+    if scheme == "replicate":
+        return Dispatch("replicate", copies=int(params.get("copies", "2")))
+    if scheme == "hedge":
+        delay = params.get("delay_ms")
+        return Dispatch("hedge", hedge_delay_ms=float(delay) if delay else None)
+    return Dispatch()
 
 
 def _kv(item: str, text: str) -> tuple[str, str]:
@@ -95,7 +127,7 @@ class FaultPlan:
 @dataclass(frozen=True)
 class FrontendConfig:
     address: str
-    triton_urls: tuple[str, ...]
+    triton_urls: tuple[str, ...]  # instances serving the deployed models (round-robin)
     encoder_address: str
     decoder_address: str
     routes: tuple[Route, ...]
@@ -109,6 +141,10 @@ class FrontendConfig:
     metrics_port: int | None = None
     log_level: str = "INFO"
     faults: FaultPlan = field(default_factory=FaultPlan)
+    parity_triton_urls: tuple[str, ...] = ()  # instances serving parity models; empty = triton_urls
+    # Cancel the losing copy of a hedged/replicated call. Off: cancelling in-flight calls crashes
+    # tritonserver 2.51 (fixed in 2.57); turn on only against a newer Triton.
+    cancel_losers: bool = False
 
     def __post_init__(self) -> None:
         if not self.triton_urls:

@@ -22,8 +22,9 @@ import numpy as np
 from frontend import metrics
 from frontend.coding_clients import CodingClients, CodingServiceError
 from frontend.config import Route
+from frontend.dispatch import Dispatcher
 from frontend.groups import Action, CodingGroup, Query
-from frontend.workers import Fault, FaultInjector, ModelSignature, TritonPool, WorkerError
+from frontend.workers import Fault, ModelSignature, TritonPool, WorkerError
 from service_common.errors import DeadlineExceeded, Unavailable
 
 log = logging.getLogger(__name__)
@@ -41,12 +42,13 @@ class Answer:
 class ModelServer:
     """Serves one route. Create inside the running loop; call :meth:`load` before queries."""
 
-    def __init__(self, route: Route, pool: TritonPool, coders: CodingClients, faults: FaultInjector,
-                 straggler_timeout_s: float, fill_timeout_s: float) -> None:
+    def __init__(self, route: Route, deployed: Dispatcher, deployed_pool: TritonPool, parity_pool: TritonPool,
+                 coders: CodingClients, straggler_timeout_s: float, fill_timeout_s: float) -> None:
         self.route = route
-        self._pool = pool
+        self._deployed = deployed
+        self._deployed_pool = deployed_pool
+        self._parity_pool = parity_pool
         self._coders = coders
-        self._faults = faults
         self._straggler_timeout_s = straggler_timeout_s
         self._fill_timeout_s = fill_timeout_s
         self._group_ids = itertools.count()
@@ -57,14 +59,14 @@ class ModelServer:
 
     async def load(self) -> None:
         """Fetch the model signatures from Triton (raises WorkerError while Triton is not ready)."""
-        self.signature = await self._pool.signature(self.route.model)
+        self.signature = await self._deployed_pool.signature(self.route.model)
         if self.route.coded:
-            self._parity_signature = await self._pool.signature(self.route.parity_model)
+            self._parity_signature = await self._parity_pool.signature(self.route.parity_model)
 
     async def classify(self, x: np.ndarray, timeout_s: float, fault: Fault | None = None) -> Answer:
-        """Answer one query exactly once, within ``timeout_s``."""
+        """Answer one query exactly once, within ``timeout_s``. ``fault`` forces an injected fault
+        on its deployed-model call (tests); otherwise the configured FaultPlan draws one."""
         start = time.perf_counter()
-        fault = fault if fault is not None else self._faults.draw()
         group, query = self._admit(x)
         query.waiter = asyncio.get_running_loop().create_future()
         self._spawn(self._run_own(group, query, fault))
@@ -116,25 +118,23 @@ class ModelServer:
 
     # ---- calls ----------------------------------------------------------------------------
 
-    async def _run_own(self, group: CodingGroup, query: Query, fault: Fault) -> None:
+    async def _run_own(self, group: CodingGroup, query: Query, fault: Fault | None) -> None:
         assert self.signature is not None
         try:
-            out = await self._pool.infer(self.route.model, query.input[None], self.signature, fault)
+            out = await self._deployed.call(self.route.model, query.input[None], self.signature, fault)
             query.output = out[0]
             if query.answered:
                 metrics.LATE_DISCARDED.labels(self.route.model).inc()
-            metrics.WORKER_CALLS.labels(self.route.model, "ok").inc()
         except WorkerError as exc:
             log.debug("deployed call failed: %s", exc)
             query.failed = True
-            metrics.WORKER_CALLS.labels(self.route.model, "error").inc()
         self._progress(group)
 
     async def _run_parity(self, group: CodingGroup) -> None:
         assert self._parity_signature is not None
         try:
             parity_queries = await self._coders.encode(self.route, group.slot_inputs())
-            out = await self._pool.infer(self.route.parity_model, parity_queries, self._parity_signature)
+            out = await self._parity_pool.infer(self.route.parity_model, parity_queries, self._parity_signature)
             group.parity_output = out
             metrics.WORKER_CALLS.labels(self.route.parity_model, "ok").inc()
         except (WorkerError, CodingServiceError) as exc:

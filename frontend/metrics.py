@@ -11,3 +11,4 @@ WORKER_CALLS = Counter("codedserve_worker_calls_total", "Triton calls, by model 
 LATE_DISCARDED = Counter("codedserve_late_outputs_discarded_total", "Own outputs that came after a reconstruction", ["model"])
 DECODE_SECONDS = Histogram("codedserve_decode_seconds", "Decoder round trip", ["model"], buckets=_LATENCY_BUCKETS)
 GROUPS = Counter("codedserve_groups_total", "Coding groups sealed, by how they filled", ["model", "fill"])
+HEDGES = Counter("codedserve_hedged_calls_total", "Deployed calls that sent a hedge copy", ["model"])

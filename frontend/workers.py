@@ -102,14 +102,22 @@ class TritonPool:
         return ModelSignature(meta.inputs[0].name, meta.outputs[0].name, shape,
                               np.dtype(triton_to_np_dtype(meta.inputs[0].datatype)))
 
-    async def infer(self, model: str, batch: np.ndarray, signature: ModelSignature, fault: Fault | None = None) -> np.ndarray:
-        """One ModelInfer on the next instance; returns the output rows. Raises WorkerError."""
+    def pick(self, avoid: int | None = None) -> int:
+        """The next instance in round-robin order, skipping ``avoid`` when there is another."""
+        index = next(self._next) % len(self._clients)
+        if index == avoid and len(self._clients) > 1:
+            index = next(self._next) % len(self._clients)
+        return index
+
+    async def infer(self, model: str, batch: np.ndarray, signature: ModelSignature, fault: Fault | None = None,
+                    instance: int | None = None) -> np.ndarray:
+        """One ModelInfer on ``instance`` (default: the next); returns the output rows. Raises WorkerError."""
         if fault is not None:
             if fault.fail:
                 raise WorkerError(f"injected failure on {model}")
             if fault.delay_s:
                 await asyncio.sleep(fault.delay_s)
-        client = self._clients[next(self._next) % len(self._clients)]
+        client = self._clients[self.pick() if instance is None else instance]
         infer_input = InferInput(signature.input_name, list(batch.shape), np_to_triton_dtype(signature.dtype))
         infer_input.set_data_from_numpy(np.ascontiguousarray(batch, dtype=signature.dtype))
         try:
