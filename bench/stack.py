@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -82,16 +82,31 @@ class ServiceProcess:
             return "(no log)"
 
 
+@dataclass(frozen=True)
+class FrontendSpec:
+    """One frontend of a stack: its extra flags (routes, faults, timeouts), which Triton instances
+    serve its deployed models and which its parity models (indices into the stack's Tritons), and
+    whether it also serves the KServe v2 protocol on a port of its own."""
+
+    flags: Sequence[str] = ()
+    tritons: Sequence[int] = (0,)
+    parity_tritons: Sequence[int] = ()
+    kserve: bool = False
+
+
 @dataclass
 class Stack:
-    """Triton + encoder + decoder + frontends. Use as a context manager; everything stops on exit."""
+    """``triton_count`` tritonservers + encoder + decoder + frontends. A context manager; every
+    process it started is stopped on exit."""
 
     models: Sequence[str]
-    frontend_flags: dict[str, Sequence[str]]  # frontend name -> extra flags (routes, faults, timeouts)
+    frontends: dict[str, FrontendSpec | Sequence[str]]  # name -> spec (a plain list: just its flags)
     model_repository: Path = REPO_ROOT / "model_repository"
     log_dir: Path = REPO_ROOT / ".logs"
-    triton: TritonServer | None = None
+    triton_count: int = 1
+    tritons: list[TritonServer] = field(default_factory=list)
     services: dict[str, ServiceProcess] = field(default_factory=dict)
+    kserve_ports: dict[str, int] = field(default_factory=dict)
 
     def __enter__(self) -> Stack:
         try:
@@ -104,24 +119,39 @@ class Stack:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    @property
+    def triton(self) -> TritonServer | None:
+        """The first Triton (the only one in a default stack)."""
+        return self.tritons[0] if self.tritons else None
+
     def start(self, timeout_s: float = 120.0) -> None:
         """Start every process at once, then wait for each (frontends report SERVING only once Triton
         has every routed model ready, so this returns with the stack ready end to end)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.triton = TritonServer(TritonConfig(self.model_repository, models=tuple(self.models),
-                                                log_path=self.log_dir / "tritonserver.log"))
-        self.triton.start()
-        ports = iter(free_ports(2 + len(self.frontend_flags)))
+        for i in range(self.triton_count):
+            config = TritonConfig(self.model_repository, models=tuple(self.models),
+                                  log_path=self.log_dir / f"tritonserver-{i}.log")
+            self.tritons.append(TritonServer(config).start())
+        specs = {n: s if isinstance(s, FrontendSpec) else FrontendSpec(flags=s) for n, s in self.frontends.items()}
+        ports = iter(free_ports(2 + 2 * len(specs)))
         for name in ("encoder", "decoder"):
             self._spawn(name, [f"-m{name}_service"], next(ports))
-        for name, flags in self.frontend_flags.items():
-            self._spawn(name, ["-mfrontend", "--triton-url", self.triton.grpc_url,
-                               "--encoder", self.address("encoder"), "--decoder", self.address("decoder"), *flags],
-                        next(ports))
-        self.triton.wait_ready(timeout_s)
+        for name, spec in specs.items():
+            self._spawn(name, self._frontend_argv(name, spec, ports), next(ports))
+        for triton in self.tritons:
+            triton.wait_ready(timeout_s)
         for service in self.services.values():
             service.wait_serving(timeout_s)
             log.info("%s serving on %s", service.name, service.address)
+
+    def _frontend_argv(self, name: str, spec: FrontendSpec, ports: Iterator[int]) -> list[str]:
+        argv = ["-mfrontend", "--encoder", self.address("encoder"), "--decoder", self.address("decoder")]
+        argv += [a for i in spec.tritons for a in ("--triton-url", self.tritons[i].grpc_url)]
+        argv += [a for i in spec.parity_tritons for a in ("--parity-triton-url", self.tritons[i].grpc_url)]
+        if spec.kserve:
+            self.kserve_ports[name] = next(ports)
+            argv += ["--kserve-address", self.kserve_address(name)]
+        return [*argv, *spec.flags]
 
     def _spawn(self, name: str, argv: list[str], port: int) -> None:
         argv = [sys.executable, *argv, "--address", f"127.0.0.1:{port}"]
@@ -130,8 +160,11 @@ class Stack:
     def address(self, name: str) -> str:
         return self.services[name].address
 
+    def kserve_address(self, name: str) -> str:
+        return f"127.0.0.1:{self.kserve_ports[name]}"
+
     def stop(self) -> None:
         for service in reversed(list(self.services.values())):
             service.stop()
-        if self.triton is not None:
-            self.triton.stop()
+        for triton in self.tritons:
+            triton.stop()
