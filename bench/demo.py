@@ -15,7 +15,7 @@ import logging
 import time
 from pathlib import Path
 
-from bench.load import run_load
+from bench.load import load_frontend
 from bench.report import markdown_table, summarize
 from bench.stack import REPO_ROOT, Stack
 from coding import spec
@@ -65,7 +65,7 @@ def main() -> None:
                  time.perf_counter() - began, len(images), args.rate)
         summaries = []
         for name in ("uncoded", "coded"):
-            records = asyncio.run(run_load(stack.address(name), deployed, images, args.rate, desc=name))
+            records = asyncio.run(load_frontend(stack.address(name), deployed, images, args.rate, desc=name))
             summaries.append(summarize(f"{name} ({'ParM ' + args.encoder + f' k={args.k}' if name == 'coded' else 'none'})",
                                        records, labels))
     print()

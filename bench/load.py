@@ -6,21 +6,29 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Awaitable, Callable
 
 import grpc
 import numpy as np
+import tritonclient.grpc.aio as triton_aio
 from tqdm import tqdm
+from tritonclient.grpc import InferInput
+from tritonclient.utils import InferenceServerException
 
 from codedserve.v1 import codedserve_pb2 as pb
 from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
+from coding import spec
 from service_common.tensors import from_numpy
+
+# send(i) -> (label, reconstructed); raises on failure. One per target kind below.
+Sender = Callable[[int], Awaitable[tuple[int, bool]]]
 
 
 @dataclass(frozen=True)
 class Record:
     index: int
     latency_s: float  # client-side, send to answer
-    code: str  # "OK" or the gRPC status name
+    code: str  # "OK" or the status name
     label: int = -1
     reconstructed: bool = False
 
@@ -32,32 +40,62 @@ def arrival_times(n: int, rate: float, poisson: bool, seed: int = 0) -> np.ndarr
     return np.arange(n) / rate
 
 
-async def run_load(address: str, model: str, images: np.ndarray, rate: float, *, poisson: bool = True,
-                   timeout_s: float = 5.0, seed: int = 0, desc: str = "load") -> list[Record]:
-    """Send every image once through Frontend.Classify at ``rate`` q/s; returns one Record per image."""
-    offsets = arrival_times(len(images), rate, poisson, seed)
+def frontend_sender(stub: pb_grpc.FrontendStub, model: str, images: np.ndarray, timeout_s: float) -> Sender:
+    """Queries through codedserve's Frontend.Classify."""
     requests = [pb.ClassifyRequest(model=model, input=from_numpy(x), id=str(i)) for i, x in enumerate(images)]
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = pb_grpc.FrontendStub(channel)
-        progress = tqdm(total=len(images), desc=desc, unit="q", mininterval=1.0)
 
-        async def one(i: int) -> Record:
-            start = time.perf_counter()
-            try:
-                reply = await stub.Classify(requests[i], timeout=timeout_s)
-                record = Record(i, time.perf_counter() - start, "OK", reply.label, reply.reconstructed)
-            except grpc.aio.AioRpcError as exc:
-                record = Record(i, time.perf_counter() - start, exc.code().name)
-            progress.update()
-            return record
+    async def send(i: int) -> tuple[int, bool]:
+        reply = await stub.Classify(requests[i], timeout=timeout_s)
+        return reply.label, reply.reconstructed
 
-        began = time.perf_counter()
-        tasks = []
-        for i, offset in enumerate(offsets):
-            delay = began + offset - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i)))
-        records = await asyncio.gather(*tasks)
-        progress.close()
+    return send
+
+
+def triton_sender(client: triton_aio.InferenceServerClient, model: str, images: np.ndarray, timeout_s: float) -> Sender:
+    """Queries straight to Triton (no frontend, no redundancy): the floor the frontend is compared with."""
+
+    async def send(i: int) -> tuple[int, bool]:
+        infer_input = InferInput(spec.INPUT_NAME, [1, *images[i].shape], spec.TRITON_INPUT_DTYPE)
+        infer_input.set_data_from_numpy(images[i][None])
+        result = await client.infer(model, [infer_input], client_timeout=timeout_s)
+        return int(np.argmax(result.as_numpy(spec.OUTPUT_NAME)[0])), False
+
+    return send
+
+
+async def run_load(send: Sender, n: int, rate: float, *, poisson: bool = True, seed: int = 0,
+                   desc: str = "load") -> list[Record]:
+    """Send queries 0..n-1 at ``rate`` q/s; returns exactly one Record per query."""
+    offsets = arrival_times(n, rate, poisson, seed)
+    progress = tqdm(total=n, desc=desc, unit="q", mininterval=1.0)
+
+    async def one(i: int) -> Record:
+        start = time.perf_counter()
+        try:
+            label, reconstructed = await send(i)
+            record = Record(i, time.perf_counter() - start, "OK", label, reconstructed)
+        except grpc.aio.AioRpcError as exc:
+            record = Record(i, time.perf_counter() - start, exc.code().name)
+        except InferenceServerException as exc:
+            record = Record(i, time.perf_counter() - start, str(exc.status() or "TRITON_ERROR"))
+        progress.update()
+        return record
+
+    began = time.perf_counter()
+    tasks = []
+    for i, offset in enumerate(offsets):
+        delay = began + offset - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    records = await asyncio.gather(*tasks)
+    progress.close()
     return list(records)
+
+
+async def load_frontend(address: str, model: str, images: np.ndarray, rate: float, *, timeout_s: float = 5.0,
+                        seed: int = 0, desc: str = "load") -> list[Record]:
+    """Convenience: the whole of ``images`` through one frontend."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        send = frontend_sender(pb_grpc.FrontendStub(channel), model, images, timeout_s)
+        return await run_load(send, len(images), rate, seed=seed, desc=desc)

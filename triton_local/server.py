@@ -223,7 +223,7 @@ class TritonServer:
         if self.log_path is None:
             self.log_path = self.config.build_dir / "logs" / f"tritonserver-{self._ports[0]}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "wb") as log:
+        with open(self.log_path, "ab") as log:  # append: a restarted server keeps its history
             self._proc = subprocess.Popen(
                 self.command(install, backends), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=server_env(install), start_new_session=True, preexec_fn=_death_signal_hook(),

@@ -1,0 +1,200 @@
+"""python -m bench.compare: every scheme against the baselines, same machine, same faults, one run.
+
+Starts 3 tritonservers (t0, t1, t2) serving the deployed and parity models, the coding services,
+and one frontend per scheme:
+
+  none       no redundancy, deployed model on t0, t1
+  equal      no redundancy on t0, t1, t2: the instance coding adds serves as one more replica
+  hedge2/3   hedged requests over t0, t1 (or t0..t2), delay = observed p95 (The Tail at Scale)
+  replicate  every query to two of t0, t1 (+100% load): the upper bound on tail masking
+  parm       ParM k=2: deployed model on t0, t1, parity model on t2 (+50% requests)
+  direct     the load generator straight to Triton t0, no frontend: the floor
+
+Then, for each scheme in turn, an open-loop Poisson load with a fault profile injected from
+outside (SIGSTOP stalls, a CPU tenant, SIGKILLed workers). Writes a Markdown table, JSON and PNG
+plots to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import re
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import tritonclient.grpc.aio as triton_aio
+
+from bench import plots
+from bench.faults import PROFILES
+from bench.load import Record, Sender, frontend_sender, run_load, triton_sender
+from bench.report import Summary, markdown_table, summarize
+from bench.stack import REPO_ROOT, FrontendSpec, Stack
+from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
+from coding import spec
+from export.datasets import load
+
+log = logging.getLogger("bench.compare")
+
+SCHEMES = ("direct", "none", "equal", "hedge2", "hedge3", "replicate", "parm")
+
+
+@dataclass(frozen=True)
+class SchemeRun:
+    summary: Summary
+    triton_calls: int  # ModelInfer executions counted by the Tritons themselves, all models
+    fault_events: int
+
+    @property
+    def extra_load(self) -> float:
+        return self.triton_calls / self.summary.queries - 1.0
+
+
+def frontend_specs(model: str, parity: str, args: argparse.Namespace) -> dict[str, FrontendSpec]:
+    common = ["--max-inflight", "100000", "--default-deadline-s", "10"]
+    coded = [f"{model}=parm:k={args.k},encoder={args.encoder},parity_model={parity}",
+             "--straggler-timeout-ms", str(args.straggler_timeout_ms), "--fill-timeout-ms", str(args.fill_timeout_ms)]
+    return {
+        "none": FrontendSpec(["--route", f"{model}=none", *common], tritons=(0, 1)),
+        "equal": FrontendSpec(["--route", f"{model}=none", *common], tritons=(0, 1, 2)),
+        "hedge2": FrontendSpec(["--route", f"{model}=hedge", *common], tritons=(0, 1)),
+        "hedge3": FrontendSpec(["--route", f"{model}=hedge", *common], tritons=(0, 1, 2)),
+        "replicate": FrontendSpec(["--route", f"{model}=replicate", *common], tritons=(0, 1)),
+        "parm": FrontendSpec(["--route", *coded, *common], tritons=(0, 1), parity_tritons=(2,)),
+    }
+
+
+def triton_calls(stack: Stack) -> int:
+    """Sum of nv_inference_request_success over every model on every Triton (Triton's own count)."""
+    total = 0
+    for triton in stack.tritons:
+        try:
+            text = urllib.request.urlopen(triton.metrics_url, timeout=5).read().decode()
+        except OSError:
+            continue  # a killed worker restarting: its count restarts too (kills profile undercounts)
+        total += sum(int(float(v)) for v in re.findall(r"^nv_inference_request_success\{[^}]*\} (\S+)$", text, re.M))
+    return total
+
+
+async def _run_scheme(name: str, stack: Stack, model: str, images: np.ndarray, args: argparse.Namespace) -> list[Record]:
+    if name == "direct":
+        client = triton_aio.InferenceServerClient(stack.tritons[0].grpc_url)
+        try:
+            return await run_load(triton_sender(client, model, images, 10.0), len(images), args.rate, desc=name)
+        finally:
+            await client.close()
+    async with grpc.aio.insecure_channel(stack.address(name)) as channel:
+        send: Sender = frontend_sender(pb_grpc.FrontendStub(channel), model, images, 10.0)
+        return await run_load(send, len(images), args.rate, desc=name)
+
+
+def run_all(args: argparse.Namespace) -> list[SchemeRun]:
+    model = args.model or spec.deployed_model_name(args.dataset)
+    parity = args.parity_model or spec.parity_model_name(args.dataset, args.encoder, args.k)
+    images, labels = load(args.dataset, "test")
+    n = int(args.rate * args.duration)
+    picks = np.resize(np.arange(len(images)), n)
+    queries, truth = images[picks, None].astype(np.float32) / 255.0, labels[picks]
+    specs = {k: v for k, v in frontend_specs(model, parity, args).items() if k in args.schemes}
+    runs = []
+    with Stack([model, parity], specs, model_repository=args.model_repository, triton_count=3,
+               log_dir=REPO_ROOT / ".logs" / "compare") as stack:
+        for name in args.schemes:
+            before = triton_calls(stack)
+            with PROFILES[args.profile](stack.tritons, seed=args.seed) as faults:
+                records = asyncio.run(_run_scheme(name, stack, model, queries, args))
+            summary = summarize(name, records, truth)
+            runs.append(SchemeRun(summary, triton_calls(stack) - before, faults.events))
+            log.info("%s: p50 %.2f ms, p99.9 %.2f ms, %d reconstructed, %d fault events", name, summary.p50_ms,
+                     summary.p999_ms, summary.reconstructed, faults.events)
+            _keep_latencies(args, name, records)
+    return runs
+
+
+def _keep_latencies(args: argparse.Namespace, name: str, records: list[Record]) -> None:
+    np.save(args.out / f"{args.tag}-{name}-latency.npy", np.array([r.latency_s for r in records]))
+
+
+def write_report(args: argparse.Namespace, runs: list[SchemeRun]) -> Path:
+    by = {r.summary.name: r for r in runs}
+    lines = [f"# {args.tag}: {args.dataset}, {args.rate:.0f} q/s Poisson for {args.duration:.0f} s per scheme, "
+             f"fault profile `{args.profile}`", "", f"Command: `{args.command}`", "",
+             markdown_table([r.summary for r in runs]), "",
+             "| scheme | Triton calls per query | extra load | fault events | p99.9 - p50 (ms) |", "|---|---|---|---|---|"]
+    for r in runs:
+        s = r.summary
+        lines.append(f"| {s.name} | {r.triton_calls / s.queries:.3f} | {r.extra_load:+.1%} | {r.fault_events} "
+                     f"| {s.p999_ms - s.p50_ms:.2f} |")
+    lines += ["", *_headline(by)]
+    path = args.out / f"{args.tag}.md"
+    path.write_text("\n".join(lines) + "\n")
+    (args.out / f"{args.tag}.json").write_text(json.dumps(
+        {"command": args.command, "runs": [{**r.summary.as_dict(), "triton_calls": r.triton_calls,
+                                             "extra_load": r.extra_load, "fault_events": r.fault_events}
+                                            for r in runs]}, indent=2))
+    return path
+
+
+def _headline(by: dict[str, SchemeRun]) -> list[str]:
+    """(p99.9 - p50) of the coded scheme against each baseline, and the medians side by side."""
+    if "parm" not in by:
+        return []
+    gap = {n: r.summary.p999_ms - r.summary.p50_ms for n, r in by.items()}
+    out = ["Headline (ratios of p99.9 - p50; > 1 means ParM's tail is tighter):", ""]
+    for base in ("none", "equal", "hedge2", "hedge3", "replicate", "direct"):
+        if base in gap and gap["parm"] > 0:
+            out.append(f"- {base}: {gap[base]:.2f} ms vs parm {gap['parm']:.2f} ms -> {gap[base] / gap['parm']:.2f}x; "
+                       f"median {by[base].summary.p50_ms:.2f} vs {by['parm'].summary.p50_ms:.2f} ms")
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="mnist", choices=spec.DATASETS)
+    p.add_argument("--encoder", default="concat", choices=spec.PARM_ENCODERS)
+    p.add_argument("--k", type=int, default=2)
+    p.add_argument("--rate", type=float, default=150.0, help="Poisson arrivals per second")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of load per scheme")
+    p.add_argument("--profile", default="stalls", choices=sorted(PROFILES))
+    p.add_argument("--schemes", default=",".join(SCHEMES), help=f"comma-separated subset of {SCHEMES}")
+    p.add_argument("--straggler-timeout-ms", type=float, default=8.0)
+    p.add_argument("--fill-timeout-ms", type=float, default=5.0)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--model-repository", type=Path, default=REPO_ROOT / "model_repository")
+    p.add_argument("--model", default=None, help="deployed model (default: <dataset>_cnn)")
+    p.add_argument("--parity-model", default=None, help="parity model (default: from dataset, encoder, k)")
+    p.add_argument("--tag", default=None, help="result file name stem (default: <profile>-<rate>qps)")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
+    return p
+
+
+def main(argv: list[str] | None = None) -> list[SchemeRun]:
+    import sys
+
+    args = _parser().parse_args(argv)
+    args.schemes = [s for s in args.schemes.split(",") if s]
+    unknown = set(args.schemes) - set(SCHEMES)
+    if unknown:
+        raise SystemExit(f"unknown schemes {sorted(unknown)}; known: {SCHEMES}")
+    args.tag = args.tag or f"{args.profile}-{args.rate:.0f}qps"
+    args.command = "python -m bench.compare " + " ".join(argv if argv is not None else sys.argv[1:])
+    args.out.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    began = time.perf_counter()
+    runs = run_all(args)
+    report = write_report(args, runs)
+    plots.latency_plots(args.out, args.tag, [r.summary.name for r in runs])
+    print(report.read_text())
+    print(f"wrote {report} and plots in {time.perf_counter() - began:.0f} s")
+    return runs
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""PNG plots of a comparison: latency tail (log axes) and the p99.9 - p50 gap per scheme."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display here
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def latency_plots(out: Path, tag: str, schemes: list[str]) -> list[Path]:
+    """Reads ``<tag>-<scheme>-latency.npy`` written by the run; returns the PNG paths."""
+    latencies = {s: np.sort(np.load(out / f"{tag}-{s}-latency.npy")) * 1e3 for s in schemes}
+    return [_tail_cdf(out, tag, latencies), _gap_bars(out, tag, latencies)]
+
+
+def _tail_cdf(out: Path, tag: str, latencies: dict[str, np.ndarray]) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, ms in latencies.items():
+        survival = 1.0 - np.arange(len(ms)) / len(ms)
+        ax.step(ms, survival, where="post", label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_ylim(max(1e-4, 0.5 / max(len(m) for m in latencies.values())), 1.0)
+    for q in (1e-2, 1e-3):
+        ax.axhline(q, color="grey", lw=0.5, ls=":")
+    ax.set_xlabel("latency (ms, log)")
+    ax.set_ylabel("share of queries slower (log): 1e-2 = p99, 1e-3 = p99.9")
+    ax.set_title(f"Latency tail: {tag}")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.2)
+    path = out / f"{tag}-tail.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _gap_bars(out: Path, tag: str, latencies: dict[str, np.ndarray]) -> Path:
+    names = list(latencies)
+    gaps = [np.percentile(latencies[n], 99.9) - np.percentile(latencies[n], 50) for n in names]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    bars = ax.bar(names, gaps, color=["tab:red" if n == "parm" else "tab:blue" for n in names])
+    ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set_ylabel("p99.9 - p50 (ms)")
+    ax.set_title(f"Tail gap per scheme: {tag}")
+    path = out / f"{tag}-gap.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
