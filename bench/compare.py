@@ -82,16 +82,16 @@ def triton_calls(stack: Stack) -> int:
     return total
 
 
-async def _run_scheme(name: str, stack: Stack, model: str, images: np.ndarray, args: argparse.Namespace) -> list[Record]:
+async def _run_scheme(name: str, stack: Stack, model: str, images: np.ndarray, rate: float, desc: str) -> list[Record]:
     if name == "direct":
         client = triton_aio.InferenceServerClient(stack.tritons[0].grpc_url)
         try:
-            return await run_load(triton_sender(client, model, images, 10.0), len(images), args.rate, desc=name)
+            return await run_load(triton_sender(client, model, images, 10.0), len(images), rate, desc=desc)
         finally:
             await client.close()
     async with grpc.aio.insecure_channel(stack.address(name)) as channel:
         send: Sender = frontend_sender(pb_grpc.FrontendStub(channel), model, images, 10.0)
-        return await run_load(send, len(images), args.rate, desc=name)
+        return await run_load(send, len(images), rate, desc=desc)
 
 
 def run_all(args: argparse.Namespace) -> list[SchemeRun]:
@@ -106,9 +106,11 @@ def run_all(args: argparse.Namespace) -> list[SchemeRun]:
     with Stack([model, parity], specs, model_repository=args.model_repository, triton_count=3,
                log_dir=REPO_ROOT / ".logs" / "compare") as stack:
         for name in args.schemes:
+            # An unmeasured second of load first: connections, Triton's first inferences, the hedge window.
+            asyncio.run(_run_scheme(name, stack, model, queries[: int(args.rate)], args.rate, f"{name} warm-up"))
             before = triton_calls(stack)
             with PROFILES[args.profile](stack.tritons, seed=args.seed) as faults:
-                records = asyncio.run(_run_scheme(name, stack, model, queries, args))
+                records = asyncio.run(_run_scheme(name, stack, model, queries, args.rate, name))
             summary = summarize(name, records, truth)
             runs.append(SchemeRun(summary, triton_calls(stack) - before, faults.events))
             log.info("%s: p50 %.2f ms, p99.9 %.2f ms, %d reconstructed, %d fault events", name, summary.p50_ms,

@@ -1,0 +1,40 @@
+"""A seconds-long run of the comparison harness: it works end to end and its numbers add up."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import compare
+from tests.integration import linear_models
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+
+def test_compare_runs_every_scheme_and_its_counts_are_consistent(tmp_path):
+    repo = tmp_path / "repo"
+    linear_models.write_repository(repo)
+    runs = compare.main([
+        "--model-repository", str(repo), "--model", linear_models.DEPLOYED,
+        "--parity-model", linear_models.parity_name(2), "--encoder", "add",
+        "--rate", "60", "--duration", "2", "--profile", "stalls", "--tag", "smoke", "--out", str(tmp_path / "out"),
+    ])
+    by = {r.summary.name: r for r in runs}
+    assert list(by) == list(compare.SCHEMES)
+    for run in runs:
+        s = run.summary
+        assert s.queries == 120, s.name
+        assert s.answered + sum(s.errors.values()) == s.queries  # every query answered or failed, once
+        assert s.p50_ms <= s.p99_ms <= s.p999_ms <= s.max_ms
+        assert s.reconstructed <= s.answered
+    for name in ("direct", "none", "equal"):
+        assert by[name].triton_calls == 120  # Triton's own count: exactly one call per query
+    assert by["replicate"].triton_calls == 240  # losers run to completion, never cancelled
+    assert 120 <= by["hedge2"].triton_calls <= 240
+    assert 180 <= by["parm"].triton_calls <= 240  # k=2: one parity per group; padded partial groups add more
+    assert all(by[n].summary.reconstructed == 0 for n in by if n != "parm")
+    report = json.loads((tmp_path / "out" / "smoke.json").read_text())
+    assert [r["name"] for r in report["runs"]] == list(compare.SCHEMES)
+    for name in ("smoke.md", "smoke-tail.png", "smoke-gap.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
