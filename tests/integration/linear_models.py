@@ -13,6 +13,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper, save
 
 from coding import spec
+from export.onnx_export import config_text
 
 DEPLOYED = "linear"
 
@@ -54,16 +55,6 @@ def write_repository(root: Path, ks: tuple[int, ...] = (2,)) -> list[str]:
     biases = [b, *(k * b for k in ks)]
     for name, bias in zip(names, biases):
         _linear_onnx(root / name / "1" / "model.onnx", w, bias)
-        _TMP_write_config(root / name, name)
+        (root / name / "config.pbtxt").write_text(config_text(name))
     return names
 
-
-def _TMP_write_config(folder: Path, name: str) -> None:
-    (folder / "config.pbtxt").write_text(f"""name: "{name}"
-backend: "onnxruntime"
-max_batch_size: 64
-input [ {{ name: "input" data_type: TYPE_FP32 dims: [ 1, 28, 28 ] }} ]
-output [ {{ name: "logits" data_type: TYPE_FP32 dims: [ 10 ] }} ]
-instance_group [ {{ count: 1 }} ]
-dynamic_batching {{ }}
-""")
