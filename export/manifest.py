@@ -1,0 +1,95 @@
+"""``model_repository/manifest.json``: what made each model, on what, how long, and how good it is."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+
+MANIFEST_NAME = "manifest.json"
+
+
+def _cpu_name() -> str:
+    """e.g. "AMD EPYC, 2 cores" (from /proc/cpuinfo where there is one)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+    return f"{model or platform.processor() or 'cpu'}, {os.cpu_count()} cores"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Facts shared by every model one ``train_all`` run makes."""
+
+    command: str
+    profile: str
+    device: str  # "cpu" or "cuda"
+    device_name: str
+    date: str  # UTC, ISO 8601
+    versions: dict[str, str]
+
+    @classmethod
+    def current(cls, profile: str, device: torch.device, argv: list[str] | None = None) -> RunInfo:
+        args = sys.argv[1:] if argv is None else argv
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+        return cls(
+            command=shlex.join(["python", "-m", "export.train_all", *args]),
+            profile=profile,
+            device=device.type,
+            device_name=name,
+            date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            versions={
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__,
+                "numpy": np.__version__,
+            },
+        )
+
+
+def model_entry(
+    *,
+    name: str,
+    dataset: str,
+    role: str,
+    encoder: str | None,
+    k: int | None,
+    run: RunInfo,
+    onnx_facts: dict,
+    training: dict,
+    metrics: dict,
+) -> dict:
+    """One manifest row; ``training`` holds config, epochs, best_epoch and seconds; ``metrics`` the test results."""
+    return {
+        "name": name,
+        "dataset": dataset,
+        "role": role,
+        "encoder": encoder,
+        "k": k,
+        **asdict(run),
+        "onnx": onnx_facts,
+        "training": training,
+        "metrics": metrics,
+    }
+
+
+def update_manifest(repository: Path, entries: list[dict]) -> dict:
+    """Merge ``entries`` (by name) into ``<repository>/manifest.json``, keeping models this run did not touch."""
+    path = repository / MANIFEST_NAME
+    manifest = json.loads(path.read_text()) if path.is_file() else {"models": {}}
+    manifest["models"].update({entry["name"]: entry for entry in entries})
+    manifest["models"] = dict(sorted(manifest["models"].items()))
+    repository.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

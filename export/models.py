@@ -1,0 +1,74 @@
+"""The small CNN used both as the deployed model and as the ParM parity model (ParM keeps the architecture).
+
+Input: float32 pixels in [0, 1] (a parity model gets the encoder's output instead), shape ``(B, 1, 28, 28)``;
+the model normalizes inside with constants fitted on its training inputs. Output: raw logits ``(B, 10)``.
+``forward`` is export-clean (no data-dependent control flow) and device-agnostic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from coding.spec import IMAGE_SHAPE, NUM_CLASSES
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Channel widths of the conv stages (3x3 convs with BatchNorm and ReLU, the last pooled 2x2) and the FC width."""
+
+    stages: tuple[tuple[int, ...], ...] = ((32,), (64,))
+    hidden: int = 128
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+ARCHS = {
+    # conv32-pool-conv64-pool-fc128: 0.42 M parameters, 1.7 MB of ONNX
+    "cnn": Arch(),
+    # conv32-conv32-pool-conv64-conv64-pool-conv128-pool-fc128: 0.29 M parameters, ~4x the compute of "cnn"
+    "cnn_deep": Arch(stages=((32, 32), (64, 64), (128,)), hidden=128),
+}
+
+
+def _conv_bn_relu(c_in: int, c_out: int, pool: bool) -> list[nn.Module]:
+    # Pooling right after the conv (before BatchNorm and ReLU) does the elementwise work at a quarter of the
+    # size: about 2x faster training on a 2-core CPU than conv-BN-ReLU-pool, at the same accuracy.
+    conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+    return [conv, *([nn.MaxPool2d(2)] if pool else []), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+class SmallCNN(nn.Module):
+    mean: torch.Tensor  # buffers: exported as constants
+    std: torch.Tensor
+
+    def __init__(self, arch: Arch = ARCHS["cnn"], mean: float = 0.0, std: float = 1.0) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+        layers: list[nn.Module] = []
+        c_in, side = IMAGE_SHAPE[0], IMAGE_SHAPE[1]
+        for stage in arch.stages:
+            for i, c_out in enumerate(stage):
+                layers += _conv_bn_relu(c_in, c_out, pool=i == len(stage) - 1)
+                c_in = c_out
+            side //= 2
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(c_in * side * side, arch.hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(arch.hidden, NUM_CLASSES),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features((x - self.mean) / self.std))
+
+
+def build_model(arch: str = "cnn", mean: float = 0.0, std: float = 1.0) -> SmallCNN:
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; known: {sorted(ARCHS)}")
+    return SmallCNN(ARCHS[arch], mean=mean, std=std)
