@@ -6,12 +6,13 @@ knows a scheme's shape (k, r, whether it needs a parity model), never its math.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from coding import parm
+from coding.approxifer import ApproxiferScheme
 from coding.errors import CodingError
 
 
@@ -60,9 +61,40 @@ class ParmScheme:
         return decoded.astype(np.float32)
 
 
-def get_scheme(name: str, k: int, params: Mapping[str, str] | None = None) -> ParmScheme:
+Scheme = ParmScheme | ApproxiferScheme
+
+
+def _int_param(params: Mapping[str, str], key: str) -> int:
+    try:
+        return int(params[key])
+    except ValueError:
+        raise CodingError(f"parameter {key}={params[key]!r} is not an integer") from None
+
+
+def _bool_param(params: Mapping[str, str], key: str) -> bool:
+    value = params.get(key, "false").strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise CodingError(f"parameter {key}={params[key]!r} is not a boolean (true/false)")
+    return value in ("true", "1", "yes")
+
+
+def _parm(k: int, params: Mapping[str, str]) -> ParmScheme:
+    return ParmScheme(encoder=params.get("encoder", "add"), k=k)
+
+
+def _approxifer(k: int, params: Mapping[str, str]) -> ApproxiferScheme:
+    unknown = set(params) - {"n", "s", "a", "systematic"}
+    if unknown:
+        raise CodingError(f"approxifer takes n, s, a, systematic; got unknown {sorted(unknown)}")
+    counts = {key: _int_param(params, key) for key in ("n", "s", "a") if key in params}
+    return ApproxiferScheme(k=k, systematic=_bool_param(params, "systematic"), **counts)
+
+
+_BUILDERS: dict[str, Callable[[int, Mapping[str, str]], Scheme]] = {"parm": _parm, "approxifer": _approxifer}
+
+
+def get_scheme(name: str, k: int, params: Mapping[str, str] | None = None) -> Scheme:
     """Build a scheme by name; raises :class:`CodingError` naming what is wrong."""
-    params = dict(params or {})
-    if name == "parm":
-        return ParmScheme(encoder=params.get("encoder", "add"), k=k)
-    raise CodingError(f"unknown coding scheme {name!r}; known: ['parm']")
+    if name not in _BUILDERS:
+        raise CodingError(f"unknown coding scheme {name!r}; known: {sorted(_BUILDERS)}")
+    return _BUILDERS[name](k, dict(params or {}))

@@ -14,6 +14,7 @@ the locator, without it, and with the attackers known (oracle).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -68,7 +69,9 @@ class Model:
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        data = path.read_bytes()  # hash the bytes actually evaluated, even if the file is replaced later
+        self.facts = {"path": str(path), "sha256": hashlib.sha256(data).hexdigest()}
+        self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         flat = x.reshape(-1, *spec.IMAGE_SHAPE).astype(np.float32, copy=False)
@@ -185,7 +188,10 @@ def evaluate(dataset: str, cfg: Config) -> dict:
     images, labels = datasets.load(dataset, "test", cfg.data_root)
     model = Model(cfg.model_path(dataset), cfg.threads)
     rng = np.random.default_rng([cfg.seed, spec.DATASETS.index(dataset)])
-    result: dict = {"base_accuracy": _hits(model(images[:, None].astype(np.float32) / 255.0), labels)}
+    result: dict = {
+        "model": model.facts,
+        "base_accuracy": _hits(model(images[:, None].astype(np.float32) / 255.0), labels),
+    }
     result["straggler"], result["byzantine"] = [], []
     for k, s in STRAGGLER_SETTINGS:
         started = time.monotonic()
@@ -214,6 +220,8 @@ def to_markdown(results: dict, cfg: Config, command: str) -> str:
         "",
         f"{cfg.trials} trials per row, seed {cfg.seed}; each trial draws K random test images. Published: the "
         "authors' values (methods.md 3.5, ResNet-18 base models); ours: the deployed `*_cnn` models.",
+        "",
+        *(f"- {ds}: `{r['model']['path']}` sha256 `{r['model']['sha256']}`" for ds, r in results.items()),
         "",
         "## Stragglers (N = K + S)",
         "",

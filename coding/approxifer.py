@@ -1,0 +1,102 @@
+"""ApproxIFER as a coding scheme: K queries -> N Berrut-coded queries, every worker runs the deployed model.
+
+No parity model: decoding interpolates the deployed model's own logits (see :mod:`coding.berrut`).
+Non-systematic: all N workers get coded queries and all K answers are decoded. Systematic: workers 0..K-1
+get the originals and workers K..N-1 the N-K parities; only a missing original is interpolated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from coding import berrut
+from coding.errors import CodingError
+
+
+def min_workers(k: int, s: int, a: int) -> int:
+    """The fewest workers that tolerate s stragglers and a Byzantine workers: K+S, or 2K+2A+S-1 when A > 0."""
+    return 2 * k + 2 * a + s - 1 if a > 0 else k + s
+
+
+@dataclass(frozen=True)
+class ApproxiferScheme:
+    """ApproxIFER (Soleymani et al., AAAI 2022): k queries, n workers, s stragglers, a Byzantine workers.
+
+    ``n`` defaults to :func:`min_workers`. ``decode`` needs at least n - s outputs; with a > 0 it first
+    drops the workers :meth:`locate` judges faulty.
+    """
+
+    k: int
+    n: int | None = None
+    s: int = 1
+    a: int = 0
+    systematic: bool = False
+    name: str = "approxifer"
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise CodingError(f"ApproxIFER needs k >= 1 queries per group, got k={self.k}")
+        if self.s < 0 or self.a < 0:
+            raise CodingError(f"stragglers s and Byzantine workers a must be >= 0, got s={self.s}, a={self.a}")
+        if self.n is None:
+            object.__setattr__(self, "n", min_workers(self.k, self.s, self.a))
+        need = min_workers(self.k, self.s, self.a)
+        if self.workers < need:
+            rule = "2k+2a+s-1" if self.a > 0 else "k+s"
+            raise CodingError(
+                f"n={self.n} workers are too few for k={self.k}, s={self.s}, a={self.a}: need n >= {rule} = {need}"
+            )
+
+    @property
+    def workers(self) -> int:
+        """N, resolved (``n`` is never None after construction)."""
+        assert self.n is not None
+        return self.n
+
+    @property
+    def needed(self) -> int:
+        """How many outputs a decode needs: N - S."""
+        return self.workers - self.s
+
+    def encode(self, group: np.ndarray) -> np.ndarray:
+        """``(k, C, H, W)`` queries -> ``(n, C, H, W)`` float32 coded queries, one per worker."""
+        if group.ndim != 4 or group.shape[0] != self.k:
+            raise CodingError(f"expected a coding group of shape (k={self.k}, C, H, W), got {list(group.shape)}")
+        return berrut.encode(group, self.workers, self.systematic)
+
+    def decode(self, outputs: np.ndarray, worker_indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """``(m, classes)`` outputs of the workers ``worker_indices`` -> ``(k, classes)`` float32 answers."""
+        idx = self._check(outputs, worker_indices)
+        if self.a > 0:
+            keep = ~np.isin(idx, self.locate(outputs, idx))
+            outputs, idx = outputs[keep], idx[keep]
+        return berrut.decode(outputs, idx, self.k, self.workers, self.systematic)
+
+    def locate(self, outputs: np.ndarray, worker_indices: Sequence[int] | np.ndarray) -> list[int]:
+        """The a workers judged Byzantine among those that answered (empty when a == 0)."""
+        idx = self._check(outputs, worker_indices)
+        if self.a == 0:
+            return []
+        return berrut.locate(outputs, idx, self.k, self.workers, self.a, self.systematic)
+
+    def _check(self, outputs: np.ndarray, worker_indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        idx = np.asarray(worker_indices)
+        if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
+            raise CodingError(f"worker indices must be a 1-D list of integers, got {idx.dtype} {list(idx.shape)}")
+        if outputs.ndim != 2 or len(outputs) != len(idx):
+            raise CodingError(
+                f"expected outputs of shape (m={len(idx)}, classes) for {len(idx)} worker indices, "
+                f"got {list(outputs.shape)}"
+            )
+        if len(idx) < self.needed:
+            raise CodingError(
+                f"{len(idx)} outputs are fewer than needed: n - s = {self.workers} - {self.s} = {self.needed}"
+            )
+        if len(np.unique(idx)) != len(idx):
+            raise CodingError(f"duplicate worker indices: {sorted(idx.tolist())}")
+        if idx.min() < 0 or idx.max() >= self.workers:
+            raise CodingError(f"worker indices must lie in [0, n={self.workers}), got {sorted(idx.tolist())}")
+        return idx.astype(np.int64)
