@@ -14,6 +14,7 @@ import numpy as np
 
 from coding import berrut
 from coding.errors import CodingError
+from coding.layout import GroupLayout
 
 
 def min_workers(k: int, s: int, a: int) -> int:
@@ -100,3 +101,36 @@ class ApproxiferScheme:
         if idx.min() < 0 or idx.max() >= self.workers:
             raise CodingError(f"worker indices must lie in [0, n={self.workers}), got {sorted(idx.tolist())}")
         return idx.astype(np.int64)
+
+    # ---- the interface every scheme shares (coding.schemes) -------------------------------------
+
+    @property
+    def layout(self) -> GroupLayout:
+        parities = self.workers - self.k if self.systematic else self.workers
+        return GroupLayout(k=self.k, parities=parities, systematic=self.systematic, parity_model=False,
+                           needed=self.needed)
+
+    def parity_queries(self, group: np.ndarray) -> np.ndarray:
+        """The coded queries only: all N, or the N - K beyond the originals when systematic."""
+        coded = self.encode(group)
+        return coded[self.k:] if self.systematic else coded
+
+    def decode_group(self, outputs: np.ndarray, present: np.ndarray, parity_outputs: np.ndarray,
+                     parity_present: np.ndarray) -> tuple[np.ndarray, list[int]]:
+        """``(k, classes)`` decoded answers from whatever arrived, and the workers judged Byzantine.
+
+        Workers are numbered as in :func:`coding.berrut.coded_nodes`: systematic, 0..K-1 are the originals
+        (``outputs``/``present``) and K..N-1 the parities; otherwise 0..N-1 are the parities.
+        """
+        present, parity_present = np.asarray(present, dtype=bool), np.asarray(parity_present, dtype=bool)
+        offset = self.k if self.systematic else 0
+        rows = [parity_outputs[parity_present]]
+        idx = [np.flatnonzero(parity_present) + offset]
+        if self.systematic:
+            rows.insert(0, outputs[present])
+            idx.insert(0, np.flatnonzero(present))
+        arrived, workers = np.concatenate(rows), np.concatenate(idx)
+        faulty = self.locate(arrived, workers)
+        keep = ~np.isin(workers, faulty)
+        decoded = berrut.decode(arrived[keep], workers[keep], self.k, self.workers, self.systematic)
+        return decoded, faulty

@@ -115,12 +115,19 @@ def decode(outputs: np.ndarray, worker_indices: np.ndarray, k: int, n: int, syst
 
 
 _MAX_SUBSETS = 20_000  # above this many candidate sets, locate greedily (one worker at a time)
+MIN_EVIDENCE = 6.0  # a flagged worker must explain this many typical workers' worth of misfit to be dropped
 
 
 def locate(
-    outputs: np.ndarray, worker_indices: np.ndarray, k: int, n: int, a: int, systematic: bool = False
+    outputs: np.ndarray,
+    worker_indices: np.ndarray,
+    k: int,
+    n: int,
+    a: int,
+    systematic: bool = False,
+    min_evidence: float = MIN_EVIDENCE,
 ) -> list[int]:
-    """The ``a`` arrived workers whose outputs are most likely corrupted (Byzantine), by worker index.
+    """Up to ``a`` arrived workers judged corrupted (Byzantine), by worker index, sorted.
 
     The code is linear over the reals: a linear model's outputs are ``G @ F`` with F the K true outputs and
     ``G = berrut_weights(alpha, arrived nodes)`` (m, K). G is a Cauchy matrix with rows and columns scaled
@@ -132,38 +139,60 @@ def locate(
     syndrome energy. Each output class scores every T by the energy its own fit loses; the scores are summed
     over classes (a weighted vote). Exhaustive over all T when that is cheap, greedy otherwise.
 
-    A nonlinear model leaves honest outputs near, not in, col(G); fitting in the encoder's own basis keeps
-    that model error small next to a flipped or noisy output. Measured on small CNNs (MNIST, K = 12, A = 1,
-    sign flip): this finds the attacker 92% of the time; a hard vote per class 85%; the polynomial
-    Berlekamp-Welch fit 21%; chance 4%.
+    A nonlinear model leaves honest outputs near, not in, col(G), so T always "explains" something. A member
+    of T is returned only if it passes a partial-F outlier test: deleting it (given the rest of T) must cut
+    the residual energy by ``min_evidence`` times the residual per remaining degree of freedom, i.e. it
+    misfits like that many typical workers together. ``min_evidence=0`` returns all ``a`` (the published
+    behaviour). The default 6 keeps groups with no attacker, or an attack weaker than the model's own
+    misfit, from losing honest workers (deployed MNIST CNN, K = 12, A = 1: no-attack accuracy .985 vs .968
+    when always dropping one), while a sign flip is still caught (found .67 vs .87, accuracy .969 vs .971;
+    .941 without a locator). Fitting in the encoder's own basis is what makes this work: on the same CNN with
+    ``a`` forced, this fit finds a flipped worker 88% of the time, one hard vote per class 79%, leave-one-out
+    Berrut residuals 68%, the published polynomial Berlekamp-Welch fit 14%; chance is 4%.
     """
     nodes = coded_nodes(k, n, systematic)[np.asarray(worker_indices)]
+    y = np.asarray(outputs, dtype=np.float64)
     m = len(nodes)
     if a < 1 or m - k < 2 * a:
         raise CodingError(f"locating a={a} errors needs at least k + 2a = {k + 2 * a} outputs, got {m}")
     u, sv, _ = np.linalg.svd(berrut_weights(data_nodes(k), nodes), full_matrices=True)
     rank = int((sv > sv[0] * 1e-12).sum())
     complement = u[:, rank:] @ u[:, rank:].T  # projector onto the syndrome space
-    syndrome = complement @ np.asarray(outputs, dtype=np.float64)
+    syndrome = complement @ y
+    found = _search(complement, syndrome, m, a)
+    evidence = _evidence(complement, syndrome, found, dof=m - rank - a, floor=1e-9 * (y**2).sum() / m)
+    return sorted(int(i) for i in np.asarray(worker_indices)[found[evidence >= min_evidence]])
+
+
+def _search(complement: np.ndarray, syndrome: np.ndarray, m: int, a: int) -> np.ndarray:
+    """The a positions whose removal explains the most syndrome energy: exhaustive if cheap, else greedy."""
     if comb(m, a) <= _MAX_SUBSETS:
-        found = _best_subset(complement, syndrome, np.array(list(combinations(range(m), a))))
-    else:
-        found = np.empty(0, dtype=np.int64)
-        for _ in range(a):
-            rest = np.setdiff1d(np.arange(m), found)
-            grown = np.column_stack([np.tile(found, (len(rest), 1)), rest])
-            found = _best_subset(complement, syndrome, grown)
-    return sorted(int(i) for i in np.asarray(worker_indices)[found])
+        subsets = np.array(list(combinations(range(m), a)))
+        return subsets[int(np.argmax(_gain(complement, syndrome, subsets)))]
+    found = np.empty(0, dtype=np.int64)
+    for _ in range(a):
+        rest = np.setdiff1d(np.arange(m), found)
+        grown = np.column_stack([np.tile(found, (len(rest), 1)), rest])
+        found = grown[int(np.argmax(_gain(complement, syndrome, grown)))]
+    return found
 
 
-def _best_subset(complement: np.ndarray, syndrome: np.ndarray, subsets: np.ndarray) -> np.ndarray:
-    """The row of ``subsets`` (S, a) whose error support explains the most syndrome energy, summed over classes.
+def _evidence(complement: np.ndarray, syndrome: np.ndarray, found: np.ndarray, dof: int, floor: float) -> np.ndarray:
+    """Per member l of ``found``: (gain(found) - gain(found without l)) / (residual energy per degree of freedom)."""
+    total = _gain(complement, syndrome, found[None])[0]
+    others = np.array([np.delete(found, i) for i in range(len(found))])
+    without = _gain(complement, syndrome, others) if others.shape[1] else np.zeros(len(found))
+    per_dof = max(((syndrome**2).sum() - total) / max(dof, 1), floor)
+    return (total - without) / per_dof
+
+
+def _gain(complement: np.ndarray, syndrome: np.ndarray, subsets: np.ndarray) -> np.ndarray:
+    """Syndrome energy explained by each row T of ``subsets`` (S, t), summed over classes.
 
     Dropping the rows T from the least-squares fit lowers its residual by r_T' (P_TT)^-1 r_T per class, with P
     the complement projector and r = P y (P is symmetric and idempotent, so (P y)_T = P[:, T]' y).
     """
-    gain = _quadratic_form(complement[subsets[:, :, None], subsets[:, None, :]], syndrome[subsets])
-    return subsets[int(np.argmax(gain))]
+    return _quadratic_form(complement[subsets[:, :, None], subsets[:, None, :]], syndrome[subsets])
 
 
 def _quadratic_form(gram: np.ndarray, r: np.ndarray) -> np.ndarray:

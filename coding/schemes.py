@@ -1,7 +1,9 @@
 """The registry of coding schemes: one object per scheme that encodes a group and decodes a loss.
 
 The encoder and decoder services are thin shells over :func:`get_scheme`; the frontend only
-knows a scheme's shape (k, r, whether it needs a parity model), never its math.
+knows a scheme's :class:`GroupLayout` (k, how many coded queries, which model runs them, how many
+outputs a decode needs), never its math. Every scheme offers the same three calls:
+``layout``, ``parity_queries(group)`` and ``decode_group(outputs, present, parity_outputs, parity_present)``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 from coding import parm
 from coding.approxifer import ApproxiferScheme
 from coding.errors import CodingError
+from coding.layout import GroupLayout
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,22 @@ class ParmScheme:
             )
         decoded = parm.subtraction_decode(parity_outputs[0].astype(np.float64), slot_outputs.astype(np.float64), present)
         return decoded.astype(np.float32)
+
+    @property
+    def layout(self) -> GroupLayout:
+        return GroupLayout(k=self.k, parities=self.r, systematic=True, parity_model=True, needed=self.k)
+
+    def parity_queries(self, group: np.ndarray) -> np.ndarray:
+        return self.encode(group)
+
+    def decode_group(self, outputs: np.ndarray, present: np.ndarray, parity_outputs: np.ndarray,
+                     parity_present: np.ndarray) -> tuple[np.ndarray, list[int]]:
+        """``(k, classes)``: present rows as given, absent rows (all one query) rebuilt; no worker is judged."""
+        if not np.asarray(parity_present, dtype=bool).all():
+            raise CodingError("ParM cannot decode without its parity output")
+        rebuilt = outputs.astype(np.float32, copy=True)
+        rebuilt[~present] = self.decode(outputs, present, parity_outputs)
+        return rebuilt, []
 
 
 Scheme = ParmScheme | ApproxiferScheme

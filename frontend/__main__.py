@@ -9,6 +9,7 @@ import os
 
 from frontend.config import FaultPlan, FrontendConfig, parse_route
 from frontend.server import create_server
+from frontend.workers import parse_fault_metadata
 from service_common.cli import DEFAULT_MAX_MESSAGE_BYTES
 from service_common.logs import setup_logging
 from service_common.metrics import serve_metrics
@@ -23,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--address", default=env("CODEDSERVE_FRONTEND_ADDRESS", "127.0.0.1:8100"),
                    help="host:port to listen on (port 0 picks a free one)")
+    p.add_argument("--kserve-address", default=env("CODEDSERVE_FRONTEND_KSERVE_ADDRESS"),
+                   help="also serve Triton's KServe v2 gRPC protocol (tritonclient, perf_analyzer) on this "
+                        "host:port; off when unset")
     p.add_argument("--triton-url", action="append", default=None,
                    help="Triton gRPC host:port; repeat for several instances (env CODEDSERVE_TRITON_URLS, comma-sep)")
     p.add_argument("--parity-triton-url", action="append", default=None,
@@ -51,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     faults.add_argument("--inject-delay-ms", default="50,200", help="MIN,MAX of the injected delay")
     faults.add_argument("--inject-fail-share", type=float, default=0.0, help="share of deployed calls failed")
     faults.add_argument("--inject-seed", type=int, default=0)
+    faults.add_argument("--inject-coded-faults", default="",
+                        help="faults pinned to coded workers of every group, WORKER=FAULT,... e.g. 3=delay=3000,5=corrupt")
     faults.add_argument("--allow-fault-metadata", action="store_true",
                         help="honour a request's codedserve-fault metadata (delay=MS | fail)")
     return p
@@ -63,7 +69,8 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
     delay_min, _, delay_max = args.inject_delay_ms.partition(",")
     try:
         faults = FaultPlan(args.inject_delay_share, float(delay_min), float(delay_max or delay_min),
-                           args.inject_fail_share, args.inject_seed, args.allow_fault_metadata)
+                           args.inject_fail_share, args.inject_seed, args.allow_fault_metadata,
+                           _coded_faults(args.inject_coded_faults))
         return FrontendConfig(
             address=args.address, triton_urls=tuple(urls), encoder_address=args.encoder,
             decoder_address=args.decoder, routes=tuple(parse_route(r) for r in routes),
@@ -71,6 +78,7 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
             default_deadline_s=args.default_deadline_s, triton_timeout_s=args.triton_timeout_s,
             max_inflight=args.max_inflight, max_message_bytes=args.max_message_bytes,
             metrics_port=int(args.metrics_port) if args.metrics_port else None, log_level=args.log_level,
+            kserve_address=args.kserve_address or None,
             faults=faults, parity_triton_urls=tuple(args.parity_triton_url or ()),
             cancel_losers=args.cancel_losers,
         )
@@ -78,9 +86,19 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
         raise SystemExit(f"frontend: bad configuration: {exc}") from exc
 
 
+def _coded_faults(text: str) -> tuple[tuple[int, str], ...]:
+    """``3=delay=3000,5=corrupt`` -> ((3, "delay=3000"), (5, "corrupt")), each fault checked."""
+    pinned = []
+    for item in filter(None, text.split(",")):
+        worker, _, fault = item.partition("=")
+        parse_fault_metadata(fault)  # raises ValueError naming a bad fault
+        pinned.append((int(worker), fault))
+    return tuple(pinned)
+
+
 async def _main(config: FrontendConfig) -> None:
     server = await create_server(config)
-    log.info("frontend serving on port %d; routes: %s", server.port,
+    log.info("frontend serving on port %d (KServe v2: %s); routes: %s", server.port, server.kserve_port or "off",
              ", ".join(f"{r.model}={r.scheme}(k={r.k})" for r in config.routes))
     await wait_for_signal()
     await server.stop()

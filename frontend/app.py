@@ -11,7 +11,7 @@ from frontend.coding_clients import CodingClients
 from frontend.config import FrontendConfig
 from frontend.coordinator import ModelServer
 from frontend.dispatch import Dispatcher
-from frontend.workers import FaultInjector, TritonPool, WorkerError
+from frontend.workers import FaultInjector, TritonPool, WorkerError, parse_fault_metadata
 from service_common.errors import NotFound, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
@@ -27,10 +27,11 @@ class FrontendApp:
         self.coders = CodingClients(config.encoder_address, config.decoder_address, config.coding_timeout_s,
                                     config.max_message_bytes)
         faults = FaultInjector(config.faults)
+        coded_faults = tuple((worker, parse_fault_metadata(f)) for worker, f in config.faults.coded)
         self.servers = {
             r.model: ModelServer(r, Dispatcher(self.pool, r.dispatch, faults, config.cancel_losers), self.pool,
                                  self.parity_pool, self.coders, config.straggler_timeout_ms / 1e3,
-                                 config.fill_timeout_ms / 1e3)
+                                 config.fill_timeout_ms / 1e3, coded_faults)
             for r in config.routes
         }
         self._inflight = 0

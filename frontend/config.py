@@ -108,6 +108,9 @@ class FaultPlan:
     fail_share: float = 0.0
     seed: int = 0
     allow_metadata: bool = False
+    # Faults pinned to coded workers of every group, e.g. ((3, "delay=3000"), (5, "corrupt")): how tests
+    # make one straggling and one lying ApproxIFER worker. Worker numbering as in coding.berrut.coded_nodes.
+    coded: tuple[tuple[int, str], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("delay_share", "fail_share"):
@@ -140,6 +143,7 @@ class FrontendConfig:
     max_message_bytes: int = 16 * 1024 * 1024
     metrics_port: int | None = None
     log_level: str = "INFO"
+    kserve_address: str | None = None  # also serve Triton's KServe v2 gRPC protocol here; None = off
     faults: FaultPlan = field(default_factory=FaultPlan)
     parity_triton_urls: tuple[str, ...] = ()  # instances serving parity models; empty = triton_urls
     # Cancel the losing copy of a hedged/replicated call. Off: cancelling in-flight calls crashes

@@ -23,7 +23,8 @@ from frontend import metrics
 from frontend.coding_clients import CodingClients, CodingServiceError
 from frontend.config import Route
 from frontend.dispatch import Dispatcher
-from frontend.groups import Action, CodingGroup, Query
+from coding.schemes import get_scheme
+from frontend.groups import UNCODED, Action, CodingGroup, Query
 from frontend.workers import Fault, ModelSignature, TritonPool, WorkerError
 from service_common.errors import DeadlineExceeded, Unavailable
 
@@ -37,13 +38,15 @@ class Answer:
     scheme: str
     group_id: int
     latency_s: float
+    faulty_workers: tuple[int, ...] = ()  # coded workers the decoder judged Byzantine
 
 
 class ModelServer:
     """Serves one route. Create inside the running loop; call :meth:`load` before queries."""
 
     def __init__(self, route: Route, deployed: Dispatcher, deployed_pool: TritonPool, parity_pool: TritonPool,
-                 coders: CodingClients, straggler_timeout_s: float, fill_timeout_s: float) -> None:
+                 coders: CodingClients, straggler_timeout_s: float, fill_timeout_s: float,
+                 coded_faults: tuple[tuple[int, Fault], ...] = ()) -> None:
         self.route = route
         self._deployed = deployed
         self._deployed_pool = deployed_pool
@@ -51,6 +54,8 @@ class ModelServer:
         self._coders = coders
         self._straggler_timeout_s = straggler_timeout_s
         self._fill_timeout_s = fill_timeout_s
+        self.layout = get_scheme(route.scheme, route.k, route.param_dict).layout if route.coded else UNCODED
+        self._coded_faults = dict(coded_faults)
         self._group_ids = itertools.count()
         self._open: CodingGroup | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -60,7 +65,7 @@ class ModelServer:
     async def load(self) -> None:
         """Fetch the model signatures from Triton (raises WorkerError while Triton is not ready)."""
         self.signature = await self._deployed_pool.signature(self.route.model)
-        if self.route.coded:
+        if self.layout.parity_model:
             self._parity_signature = await self._parity_pool.signature(self.route.parity_model)
 
     async def classify(self, x: np.ndarray, timeout_s: float, fault: Fault | None = None) -> Answer:
@@ -69,7 +74,8 @@ class ModelServer:
         start = time.perf_counter()
         group, query = self._admit(x)
         query.waiter = asyncio.get_running_loop().create_future()
-        self._spawn(self._run_own(group, query, fault))
+        if self.layout.systematic:
+            self._spawn(self._run_own(group, query, fault))
         if self.route.coded:
             asyncio.get_running_loop().call_later(self._straggler_timeout_s, self._on_straggler_deadline, group, query)
         try:
@@ -77,7 +83,7 @@ class ModelServer:
             if not done:
                 raise DeadlineExceeded(
                     f"no answer for {self.route.model} within the deadline of {timeout_s * 1e3:.0f} ms")
-            logits, reconstructed = query.waiter.result()
+            logits, reconstructed, faulty = query.waiter.result()
         except Exception as exc:
             metrics.FAILURES.labels(self.route.model, type(exc).__name__).inc()
             raise
@@ -87,15 +93,14 @@ class ModelServer:
         source = "reconstructed" if reconstructed else "deployed"
         metrics.ANSWERS.labels(self.route.model, self.route.scheme, source).inc()
         metrics.QUERY_SECONDS.labels(self.route.model, source).observe(latency_s)
-        return Answer(logits, reconstructed, self.route.scheme, group.group_id, latency_s)
+        return Answer(logits, reconstructed, self.route.scheme, group.group_id, latency_s, faulty)
 
     # ---- grouping -------------------------------------------------------------------------
 
     def _admit(self, x: np.ndarray) -> tuple[CodingGroup, Query]:
-        k = self.route.k if self.route.coded else 1
         if self._open is None:
-            self._open = CodingGroup(next(self._group_ids), k, coded=self.route.coded)
-            if self.route.coded and k > 1:
+            self._open = CodingGroup(next(self._group_ids), self.layout)
+            if self.route.coded and self.layout.k > 1:
                 asyncio.get_running_loop().call_later(self._fill_timeout_s, self._seal_on_timeout, self._open)
         group = self._open
         query = group.add(x)
@@ -131,30 +136,62 @@ class ModelServer:
         self._progress(group)
 
     async def _run_parity(self, group: CodingGroup) -> None:
+        """Encode the group; run its coded queries on the parity model (one batch) or, for codes without
+        one, each on the deployed model (a call each, spread over the instances like any query)."""
+        try:
+            coded = await self._coders.encode(self.route, group.slot_inputs())
+        except CodingServiceError as exc:
+            log.warning("encoding group %d of %s failed: %s", group.group_id, self.route.model, exc)
+            group.parity_failed = [True] * len(group.parity_failed)
+            self._progress(group)
+            return
+        if self.layout.parity_model:
+            await self._run_parity_model(group, coded)
+        else:
+            await asyncio.gather(*(self._run_coded_query(group, i, q) for i, q in enumerate(coded)))
+
+    async def _run_parity_model(self, group: CodingGroup, coded: np.ndarray) -> None:
         assert self._parity_signature is not None
         try:
-            parity_queries = await self._coders.encode(self.route, group.slot_inputs())
-            out = await self._parity_pool.infer(self.route.parity_model, parity_queries, self._parity_signature)
-            group.parity_output = out
+            out = await self._parity_pool.infer(self.route.parity_model, coded, self._parity_signature)
+            group.parity_outputs = list(out)
             metrics.WORKER_CALLS.labels(self.route.parity_model, "ok").inc()
-        except (WorkerError, CodingServiceError) as exc:
+        except WorkerError as exc:
             log.warning("parity for group %d of %s lost: %s", group.group_id, self.route.model, exc)
-            group.parity_failed = True
+            group.parity_failed = [True] * len(group.parity_failed)
             metrics.WORKER_CALLS.labels(self.route.parity_model, "error").inc()
         self._progress(group)
 
-    async def _run_decode(self, group: CodingGroup, query: Query) -> None:
-        assert group.parity_output is not None
-        outputs, present = group.decode_inputs(query)
+    async def _run_coded_query(self, group: CodingGroup, i: int, coded_query: np.ndarray) -> None:
+        assert self.signature is not None
+        worker = i + self.layout.k if self.layout.systematic else i  # the code's worker numbering
+        try:
+            out = await self._deployed.call(self.route.model, coded_query[None], self.signature,
+                                            self._coded_faults.get(worker))
+            group.parity_outputs[i] = out[0]
+        except WorkerError as exc:
+            log.debug("coded query %d of group %d failed: %s", i, group.group_id, exc)
+            group.parity_failed[i] = True
+        self._progress(group)
+
+    async def _run_decode(self, group: CodingGroup, queries: list[Query]) -> None:
+        """One decoder call rebuilds every slot; answer each query in ``queries`` from its first slot."""
+        outputs, present, parity_outputs, parity_present = group.decode_inputs()
         start = time.perf_counter()
         try:
-            rebuilt = await self._coders.decode(self.route, outputs, present, group.parity_output)
+            rebuilt, faulty = await self._coders.decode(self.route, outputs, present, parity_outputs, parity_present)
             metrics.DECODE_SECONDS.labels(self.route.model).observe(time.perf_counter() - start)
-            self._answer(query, rebuilt, reconstructed=True)
+            if faulty:
+                metrics.FAULTY_WORKERS.labels(self.route.model).inc(len(faulty))
+            assert group.slots is not None
+            for query in queries:
+                self._answer(query, rebuilt[group.slots.index(query.index)], reconstructed=True, faulty=faulty)
         except CodingServiceError as exc:
             log.warning("decode for group %d of %s failed: %s", group.group_id, self.route.model, exc)
-            query.decode_failed = True
-        query.decoding = False
+            for query in queries:
+                query.decode_failed = True
+        for query in queries:
+            query.decoding = False
         self._progress(group)
 
     # ---- decisions ------------------------------------------------------------------------
@@ -165,23 +202,26 @@ class ModelServer:
             self._progress(group)
 
     def _progress(self, group: CodingGroup) -> None:
+        to_decode = []
         for action, query in group.next_actions():
             if action is Action.ANSWER_OWN:
                 assert query.output is not None
                 self._answer(query, query.output, reconstructed=False)
             elif action is Action.DECODE:
                 query.decoding = True
-                self._spawn(self._run_decode(group, query))
+                to_decode.append(query)
             elif action is Action.FAIL:
                 self._fail(query, Unavailable(
                     f"{self.route.model}: the deployed model failed and coding group {group.group_id} "
-                    "cannot rebuild the answer (parity or another query also lost)"))
+                    "cannot rebuild the answer (too many of its outputs lost)"))
+        if to_decode:
+            self._spawn(self._run_decode(group, to_decode))
 
-    def _answer(self, query: Query, logits: np.ndarray, reconstructed: bool) -> None:
+    def _answer(self, query: Query, logits: np.ndarray, reconstructed: bool, faulty: list[int] | None = None) -> None:
         if query.answered:
             return
         query.answered = True
-        query.waiter.set_result((logits, reconstructed))
+        query.waiter.set_result((logits, reconstructed, tuple(faulty or ())))
 
     def _fail(self, query: Query, error: Exception) -> None:
         if query.answered:

@@ -12,3 +12,4 @@ LATE_DISCARDED = Counter("codedserve_late_outputs_discarded_total", "Own outputs
 DECODE_SECONDS = Histogram("codedserve_decode_seconds", "Decoder round trip", ["model"], buckets=_LATENCY_BUCKETS)
 GROUPS = Counter("codedserve_groups_total", "Coding groups sealed, by how they filled", ["model", "fill"])
 HEDGES = Counter("codedserve_hedged_calls_total", "Deployed calls that sent a hedge copy", ["model"])
+FAULTY_WORKERS = Counter("codedserve_faulty_workers_total", "Coded outputs judged Byzantine and dropped", ["model"])

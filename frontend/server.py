@@ -1,4 +1,5 @@
-"""The frontend's gRPC server: Frontend service + health (NOT_SERVING until Triton has the models)."""
+"""The frontend's gRPC servers: the Frontend service and, when configured, Triton's own KServe v2
+protocol on a second port; health on both is NOT_SERVING until Triton has the models."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from dataclasses import dataclass
 
 from codedserve.v1 import codedserve_pb2 as pb
 from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
+from tritonclient.grpc import service_pb2_grpc as kserve_grpc
 
 from frontend.app import FrontendApp
 from frontend.config import FrontendConfig
+from frontend.kserve_servicer import SERVICE_NAME as KSERVE_SERVICE_NAME
+from frontend.kserve_servicer import KServeServicer
 from frontend.servicer import FrontendServicer
 from service_common.server import Running, start_server
 
@@ -24,14 +28,22 @@ class FrontendServer:
     running: Running
     app: FrontendApp
     _loader: asyncio.Task[None]
+    kserve: Running | None = None  # the KServe v2 port (config.kserve_address), sharing the same app
+    _kserve_servicer: KServeServicer | None = None
 
     @property
     def port(self) -> int:
         return self.running.port
 
+    @property
+    def kserve_port(self) -> int | None:
+        return self.kserve.port if self.kserve is not None else None
+
     async def stop(self, grace_s: float = 2.0) -> None:
         self._loader.cancel()
-        await self.running.stop(grace_s)
+        await asyncio.gather(*(r.stop(grace_s) for r in (self.running, self.kserve) if r is not None))
+        if self._kserve_servicer is not None:
+            await self._kserve_servicer.close()
         await self.app.close()
 
 
@@ -43,9 +55,18 @@ async def create_server(config: FrontendConfig) -> FrontendServer:
         [lambda server: pb_grpc.add_FrontendServicer_to_server(FrontendServicer(app), server)],
         [SERVICE_NAME], config.address, config.max_message_bytes, serving=False,
     )
+    kserve, kservicer = None, None
+    if config.kserve_address is not None:
+        kservicer = KServeServicer(app)
+        kserve = await start_server(
+            [lambda server: kserve_grpc.add_GRPCInferenceServiceServicer_to_server(kservicer, server)],
+            [KSERVE_SERVICE_NAME], config.kserve_address, config.max_message_bytes, serving=False,
+        )
 
     async def become_ready() -> None:
         await app.load_until_ready()
+        if kserve is not None:
+            await kserve.set_serving(True)
         await running.set_serving(True)
 
-    return FrontendServer(running, app, asyncio.create_task(become_ready()))
+    return FrontendServer(running, app, asyncio.create_task(become_ready()), kserve, kservicer)

@@ -1,10 +1,15 @@
-"""Frontend gRPC servicer: validate the request, hand the query to its model's server, shape the reply."""
+"""Frontend gRPC servicer: validate the request, hand the query to its model's server, shape the reply.
+
+The module-level helpers (deadline, fault metadata, per-message status, concurrent streaming) are
+shared with the KServe v2 servicer (:mod:`frontend.kserve_servicer`), so both protocols behave alike.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -21,6 +26,9 @@ log = logging.getLogger(__name__)
 
 FAULT_METADATA_KEY = "codedserve-fault"
 
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+
 
 class FrontendServicer(pb_grpc.FrontendServicer):
     def __init__(self, app: FrontendApp) -> None:
@@ -34,42 +42,20 @@ class FrontendServicer(pb_grpc.FrontendServicer):
         self, requests: AsyncIterator[pb.ClassifyRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ClassifyResponse]:
         """Queries run concurrently; answers stream back as they complete, errors per message."""
-        done: asyncio.Queue[pb.ClassifyResponse | None] = asyncio.Queue()  # None: the client closed its side
-        tasks: set[asyncio.Task[None]] = set()
-        accepted = 0
 
-        async def one(request: pb.ClassifyRequest) -> None:
+        async def one(request: pb.ClassifyRequest) -> pb.ClassifyResponse:
             try:
-                await done.put(_response(request.id, await self._classify(request, context)))
+                return _response(request.id, await self._classify(request, context))
             except Exception as exc:  # noqa: BLE001 - becomes this message's status, not the stream's
-                code, message = status_of(exc) or (grpc.StatusCode.INTERNAL, "internal error; see the server log")
-                if code is grpc.StatusCode.INTERNAL:
-                    log.exception("stream query %r failed", request.id)
-                await done.put(pb.ClassifyResponse(id=request.id, status_code=code.value[0], error=message))
+                code, message = message_status(exc, f"stream query {request.id!r}")
+                return pb.ClassifyResponse(id=request.id, status_code=code.value[0], error=message)
 
-        async def read() -> None:
-            nonlocal accepted
-            async for request in requests:
-                accepted += 1
-                task = asyncio.create_task(one(request))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            await done.put(None)
+        async for response in answer_concurrently(requests, one):
+            yield response
 
-        reader = asyncio.create_task(read())
-        answered, closed = 0, False
-        try:
-            while not (closed and answered == accepted):
-                item = await done.get()
-                if item is None:
-                    closed = True
-                    continue
-                answered += 1
-                yield item
-        finally:
-            reader.cancel()
-
-    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[
             pb.ModelInfo(model=r.model, scheme=r.scheme, k=r.k, r=1 if r.coded else 0,
                          params=r.param_dict, parity_model=r.parity_model)
@@ -87,21 +73,73 @@ class FrontendServicer(pb_grpc.FrontendServicer):
             raise InvalidArgument(f"input for {request.model}: expected dtype {sig.dtype.name}, got {x.dtype.name}")
         if not np.isfinite(x).all():
             raise InvalidArgument(f"input for {request.model}: contains NaN or infinity")
-        remaining = context.time_remaining()
-        timeout_s = remaining if remaining is not None else self._app.config.default_deadline_s
+        timeout_s = query_timeout_s(context, self._app.config.default_deadline_s)
+        fault = request_fault(context, self._app.config.faults.allow_metadata)
         with self._app.admit():  # RESOURCE_EXHAUSTED beyond max_inflight
-            return await server.classify(x, timeout_s, self._fault(context))
+            return await server.classify(x, timeout_s, fault)
 
-    def _fault(self, context: grpc.aio.ServicerContext) -> Fault | None:
-        if not self._app.config.faults.allow_metadata:
-            return None
-        for key, value in context.invocation_metadata() or ():
-            if key == FAULT_METADATA_KEY:
-                try:
-                    return parse_fault_metadata(value)
-                except ValueError as exc:
-                    raise InvalidArgument(str(exc)) from exc
+
+def query_timeout_s(context: grpc.aio.ServicerContext, default_s: float) -> float:
+    """The client's remaining deadline, or ``default_s`` for clients that set none."""
+    remaining = context.time_remaining()
+    return remaining if remaining is not None else default_s
+
+
+def request_fault(context: grpc.aio.ServicerContext, allowed: bool) -> Fault | None:
+    """The fault a request forces through its ``codedserve-fault`` metadata (only when ``allowed``)."""
+    if not allowed:
         return None
+    for key, value in context.invocation_metadata() or ():
+        if key == FAULT_METADATA_KEY:
+            try:
+                return parse_fault_metadata(value)
+            except ValueError as exc:
+                raise InvalidArgument(str(exc)) from exc
+    return None
+
+
+def message_status(exc: Exception, what: str) -> tuple[grpc.StatusCode, str]:
+    """The status of one failed stream message (the interceptor's mapping, for a single message)."""
+    known = status_of(exc)
+    if known is None:
+        log.exception("%s failed", what)
+        return grpc.StatusCode.INTERNAL, "internal error; see the server log"
+    return known
+
+
+async def answer_concurrently(
+    requests: AsyncIterator[Request], one: Callable[[Request], Awaitable[Response]]
+) -> AsyncIterator[Response]:
+    """Run ``one`` on every request as it arrives; yield the responses as they complete, until the
+    client has closed its side and every accepted request is answered. ``one`` must not raise."""
+    done: asyncio.Queue[Response | None] = asyncio.Queue()  # None: the client closed its side
+    tasks: set[asyncio.Task[None]] = set()
+    accepted = 0
+
+    async def run(request: Request) -> None:
+        await done.put(await one(request))
+
+    async def read() -> None:
+        nonlocal accepted
+        async for request in requests:
+            accepted += 1
+            task = asyncio.create_task(run(request))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        await done.put(None)
+
+    reader = asyncio.create_task(read())
+    answered, closed = 0, False
+    try:
+        while not (closed and answered == accepted):
+            item = await done.get()
+            if item is None:
+                closed = True
+                continue
+            answered += 1
+            yield item
+    finally:
+        reader.cancel()
 
 
 def _response(query_id: str, answer: Answer) -> pb.ClassifyResponse:
@@ -114,4 +152,5 @@ def _response(query_id: str, answer: Answer) -> pb.ClassifyResponse:
         source=pb.RECONSTRUCTED if answer.reconstructed else pb.DEPLOYED,
         latency_ms=answer.latency_s * 1e3,
         group_id=answer.group_id,
+        faulty_workers=list(answer.faulty_workers),
     )

@@ -41,6 +41,7 @@ class ModelSignature:
 class Fault:
     delay_s: float = 0.0
     fail: bool = False
+    corrupt: bool = False  # a lying (Byzantine) worker: the output comes back sign-flipped
 
 
 class FaultInjector:
@@ -60,13 +61,13 @@ class FaultInjector:
 
 
 def parse_fault_metadata(value: str) -> Fault:
-    """``delay=MS`` or ``fail`` (the ``codedserve-fault`` request metadata)."""
-    if value == "fail":
-        return Fault(fail=True)
+    """``delay=MS``, ``fail`` or ``corrupt`` (the ``codedserve-fault`` metadata, and --inject-coded-faults)."""
+    if value in ("fail", "corrupt"):
+        return Fault(fail=value == "fail", corrupt=value == "corrupt")
     key, _, ms = value.partition("=")
     if key == "delay":
         return Fault(delay_s=float(ms) / 1e3)
-    raise ValueError(f"codedserve-fault metadata {value!r}: expected 'delay=MS' or 'fail'")
+    raise ValueError(f"fault {value!r}: expected 'delay=MS', 'fail' or 'corrupt'")
 
 
 class TritonPool:
@@ -127,4 +128,5 @@ class TritonPool:
             )
         except InferenceServerException as exc:
             raise WorkerError(f"{model}: {exc.message()}") from exc
-        return result.as_numpy(signature.output_name)
+        output = result.as_numpy(signature.output_name)
+        return -output if fault is not None and fault.corrupt else output

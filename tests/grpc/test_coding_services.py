@@ -42,7 +42,29 @@ async def test_encode_then_decode_round_trip_matches_the_library(services):
     parity_out = np.array([[5, 5, 5]], dtype=np.float32)
     reply = await decoder.Decode(pb.DecodeRequest(
         code=_code(), outputs=from_numpy(outputs), present=[True, False], parity_outputs=from_numpy(parity_out)))
-    np.testing.assert_allclose(to_numpy(reply.reconstruction, "r"), [4, 3, 2])
+    rebuilt = to_numpy(reply.reconstructions, "r")
+    np.testing.assert_allclose(rebuilt, [[1, 2, 3], [4, 3, 2]])  # present row echoed, absent row rebuilt
+    assert list(reply.faulty_workers) == []
+
+
+async def test_approxifer_decodes_a_linear_model_and_names_a_lying_worker(services):
+    """K=2, A=1, S=1: N = 2K+2A+S-1 = 6 coded queries; worker 3 lies (sign flip), worker 5 straggles."""
+    encoder, decoder, _ = services
+    code = pb.CodeSpec(scheme="approxifer", k=2, params={"a": "1", "s": "1"})
+    group = np.random.default_rng(2).random((2, 1, 28, 28), dtype=np.float32)
+    coded = to_numpy((await encoder.Encode(pb.EncodeRequest(code=code, queries=from_numpy(group)))).parities, "c")
+    assert coded.shape == (6, 1, 28, 28)
+    weights = np.random.default_rng(3).standard_normal((784, 10)).astype(np.float32)
+    outputs = coded.reshape(6, -1) @ weights
+    outputs[3] *= -1
+    present = [True, True, True, True, True, False]
+    reply = await decoder.Decode(pb.DecodeRequest(
+        code=code, outputs=from_numpy(np.zeros((2, 10), np.float32)), present=[False, False],
+        parity_outputs=from_numpy(outputs), parity_present=present))
+    assert list(reply.faulty_workers) == [3]
+    truth = group.reshape(2, -1) @ weights
+    rebuilt = to_numpy(reply.reconstructions, "r")
+    assert np.abs(rebuilt - truth).max() < 0.5 * np.abs(truth).max()
 
 
 async def test_health_and_reflection_are_served(services):

@@ -1,0 +1,308 @@
+"""Triton's own KServe v2 gRPC protocol (``inference.GRPCInferenceService``) in front of the coded frontend.
+
+A team that calls Triton with tritonclient switches to coded serving by changing only the address.
+``ModelInfer`` splits a batch of B rows into B queries, serves each through its route's coding groups
+(:meth:`ModelServer.classify`) concurrently, and answers one ``[B, classes]`` tensor in the deployed
+model's output name; the response ``parameters`` say which rows were reconstructed. ``ModelMetadata``,
+``ModelConfig`` and ``ModelStatistics`` are forwarded to Triton for the routed models, so clients and
+perf_analyzer see exactly what Triton would say. Mistakes get the status codes Triton 2.51 returns for
+them (measured): unknown model or version NOT_FOUND; wrong input name, count, datatype, shape, batch size
+or byte count INVALID_ARGUMENT. One deliberate difference: NaN/infinite inputs are INVALID_ARGUMENT,
+because one such query would poison the reconstructions of its whole coding group.
+Repository control, shared memory, tracing and logging are UNIMPLEMENTED (never forwarded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2 as kpb
+from tritonclient.grpc import service_pb2_grpc as kpb_grpc
+from tritonclient.utils import triton_to_np_dtype
+
+from frontend.app import FrontendApp
+from frontend.coordinator import Answer, ModelServer
+from frontend.servicer import answer_concurrently, message_status, query_timeout_s, request_fault
+from frontend.workers import Fault
+from service_common.errors import DeadlineExceeded, InvalidArgument, NotFound, ServiceError, Unavailable
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+RECONSTRUCTED_PARAM = "codedserve_reconstructed"  # bool: any row was rebuilt by the decoder
+SCHEME_PARAM = "codedserve_scheme"  # string: the route's scheme ("parm", "none", ...)
+RECONSTRUCTED_ROWS_PARAM = "codedserve_reconstructed_rows"  # string, one flag per row: "0,1,0"
+_TYPED_CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_contents",
+                   "INT64": "int64_contents"}
+_UNSUPPORTED_PARAMS = ("shared_memory_region", "classification")
+_FORWARDED_ERRORS = {grpc.StatusCode.NOT_FOUND: NotFound, grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+                     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What Triton says about a routed model (read once: a route's model does not change under it)."""
+
+    metadata: kpb.ModelMetadataResponse
+    config: kpb.ModelConfigResponse
+
+    @property
+    def version(self) -> str:
+        return max(self.metadata.versions, key=lambda v: int(v) if v.isdigit() else -1, default="")
+
+    @property
+    def input(self) -> kpb.ModelMetadataResponse.TensorMetadata:
+        return self.metadata.inputs[0]
+
+    @property
+    def output(self) -> kpb.ModelMetadataResponse.TensorMetadata:
+        return self.metadata.outputs[0]
+
+
+class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
+    """Create inside the running loop (it opens a control channel to Triton); :meth:`close` it."""
+
+    def __init__(self, app: FrontendApp) -> None:
+        self._app = app
+        self._triton_url = app.config.triton_urls[0]
+        options = [("grpc.max_receive_message_length", app.config.max_message_bytes),
+                   ("grpc.max_send_message_length", app.config.max_message_bytes)]
+        self._channel = grpc.aio.insecure_channel(self._triton_url, options=options)
+        self._triton = kpb_grpc.GRPCInferenceServiceStub(self._channel)
+        self._infos: dict[str, ModelInfo] = {}
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    # ---- health and metadata --------------------------------------------------------------
+
+    async def ServerLive(
+        self, request: kpb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> kpb.ServerLiveResponse:
+        return kpb.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: kpb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> kpb.ServerReadyResponse:
+        return kpb.ServerReadyResponse(ready=self._app.ready)
+
+    async def ModelReady(
+        self, request: kpb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> kpb.ModelReadyResponse:
+        server = self._app.servers.get(request.name)
+        ready = server is not None and server.signature is not None
+        if ready and request.version:
+            try:
+                ready = request.version in (await self._info(request.name, context)).metadata.versions
+            except ServiceError:
+                ready = False
+        return kpb.ModelReadyResponse(ready=ready)
+
+    async def ServerMetadata(
+        self, request: kpb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> kpb.ServerMetadataResponse:
+        try:
+            version = importlib.metadata.version("codedserve")
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown"
+        return kpb.ServerMetadataResponse(name="codedserve", version=version,
+                                          extensions=["model_configuration", "statistics", "parameters"])
+
+    async def ModelMetadata(
+        self, request: kpb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> kpb.ModelMetadataResponse:
+        self._app.model_server(request.name)  # NOT_FOUND for models this frontend does not route
+        return await self._forward(self._triton.ModelMetadata, request, context)
+
+    async def ModelConfig(
+        self, request: kpb.ModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> kpb.ModelConfigResponse:
+        self._app.model_server(request.name)
+        return await self._forward(self._triton.ModelConfig, request, context)
+
+    async def ModelStatistics(
+        self, request: kpb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> kpb.ModelStatisticsResponse:
+        """Triton's own statistics of the deployed models (parity calls count under the parity model)."""
+        if request.name and request.name not in self._app.servers:
+            raise InvalidArgument(f"requested model '{request.name}' is not available")  # as Triton says it
+        names = [request.name] if request.name else list(self._app.servers)
+        replies = await asyncio.gather(*(
+            self._forward(self._triton.ModelStatistics, kpb.ModelStatisticsRequest(name=n, version=request.version),
+                          context) for n in names))
+        return kpb.ModelStatisticsResponse(model_stats=[s for r in replies for s in r.model_stats])
+
+    # ---- inference ------------------------------------------------------------------------
+
+    async def ModelInfer(
+        self, request: kpb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> kpb.ModelInferResponse:
+        return await self._infer(request, context)
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[kpb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[kpb.ModelStreamInferResponse]:
+        """Requests run concurrently; responses stream back as they complete, errors per message
+        (``error_message``, as Triton does), so one bad request does not end the stream."""
+
+        async def one(request: kpb.ModelInferRequest) -> kpb.ModelStreamInferResponse:
+            try:
+                return kpb.ModelStreamInferResponse(infer_response=await self._infer(request, context))
+            except Exception as exc:  # noqa: BLE001 - becomes this message's error, not the stream's
+                _, message = message_status(exc, f"stream infer {request.id!r}")
+                return kpb.ModelStreamInferResponse(
+                    error_message=message,
+                    infer_response=kpb.ModelInferResponse(model_name=request.model_name, id=request.id))
+
+        async for response in answer_concurrently(requests, one):
+            yield response
+
+    async def _infer(self, request: kpb.ModelInferRequest, context: grpc.aio.ServicerContext) -> kpb.ModelInferResponse:
+        server = self._app.model_server(request.model_name)  # NOT_FOUND / UNAVAILABLE
+        info = await self._info(request.model_name, context)
+        if request.model_version and request.model_version not in info.metadata.versions:
+            raise NotFound(f"Request for unknown model: '{request.model_name}' version {request.model_version} "
+                           "is not found")
+        batch = _read_input(request, info)
+        _check_outputs(request, info)
+        timeout_s = query_timeout_s(context, self._app.config.default_deadline_s)
+        fault = request_fault(context, self._app.config.faults.allow_metadata)
+        with contextlib.ExitStack() as admitted:  # every row is a query: RESOURCE_EXHAUSTED beyond max_inflight
+            for _ in range(len(batch)):
+                admitted.enter_context(self._app.admit())
+            answers = await _classify_rows(server, batch, timeout_s, fault)
+        return _infer_response(request, info, answers)
+
+    # ---- Triton control calls --------------------------------------------------------------
+
+    async def _info(self, model: str, context: grpc.aio.ServicerContext) -> ModelInfo:
+        info = self._infos.get(model)
+        if info is None:
+            metadata, config = await asyncio.gather(
+                self._forward(self._triton.ModelMetadata, kpb.ModelMetadataRequest(name=model), context),
+                self._forward(self._triton.ModelConfig, kpb.ModelConfigRequest(name=model), context))
+            info = self._infos.setdefault(model, ModelInfo(metadata, config))
+        return info
+
+    async def _forward(self, method, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        """One call to Triton within the client's deadline; its errors become ours, same code."""
+        try:
+            return await method(request, timeout=query_timeout_s(context, self._app.config.default_deadline_s))
+        except grpc.aio.AioRpcError as exc:
+            error = _FORWARDED_ERRORS.get(exc.code())
+            if error is not None:
+                raise error(exc.details() or "") from exc
+            raise Unavailable(f"Triton at {self._triton_url}: {exc.code().name}: {exc.details()}") from exc
+
+
+def _unimplemented(name: str):  # type: ignore[no-untyped-def]
+    async def method(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not supported by the codedserve frontend")
+
+    method.__name__ = name
+    return method
+
+
+# The generated base class would raise NotImplementedError (INTERNAL through our interceptor).
+for _name in ("RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload", "SystemSharedMemoryStatus",
+              "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister", "CudaSharedMemoryStatus",
+              "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister", "TraceSetting", "LogSettings"):
+    setattr(KServeServicer, _name, _unimplemented(_name))
+
+
+async def _classify_rows(server: ModelServer, batch: np.ndarray, timeout_s: float, fault: Fault | None) -> list[Answer]:
+    """Every row through the coding groups at once. If one row fails, the others stop waiting
+    (their Triton calls still finish in the coordinator's own tasks: never cancelled)."""
+    tasks = [asyncio.ensure_future(server.classify(row, timeout_s, fault)) for row in batch]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _read_input(request: kpb.ModelInferRequest, info: ModelInfo) -> np.ndarray:
+    """The request's one input as ``[B, *shape]``, checked the way Triton checks it (same codes)."""
+    model, expected = request.model_name, info.input
+    if len(request.inputs) != 1:
+        raise InvalidArgument(f"expected 1 inputs but got {len(request.inputs)} inputs for model '{model}'")
+    tensor = request.inputs[0]
+    if tensor.name != expected.name:
+        raise InvalidArgument(f"unexpected inference input '{tensor.name}' for model '{model}'")
+    if tensor.datatype != expected.datatype:
+        raise InvalidArgument(f"inference input '{tensor.name}' data-type is '{tensor.datatype}', but model "
+                              f"'{model}' expects '{expected.datatype}'")
+    _check_params(tensor.parameters, f"input '{tensor.name}'")
+    shape = [int(d) for d in tensor.shape]
+    dims = list(expected.shape)
+    if len(shape) != len(dims) or shape[1:] != dims[1:] or shape[0] < 1:
+        raise InvalidArgument(f"unexpected shape for input '{tensor.name}' for model '{model}'. "
+                              f"Expected {_dims(dims)}, got {_dims(shape)}")
+    max_batch = info.config.config.max_batch_size
+    if max_batch and shape[0] > max_batch:
+        raise InvalidArgument(f"inference request batch-size must be <= {max_batch} for '{model}'")
+    dtype = np.dtype(triton_to_np_dtype(expected.datatype)).newbyteorder("<")
+    data = _input_bytes(request, tensor, dtype)
+    needed = int(np.prod(shape)) * dtype.itemsize
+    if len(data) != needed:
+        raise InvalidArgument(f"input byte size mismatch for input '{tensor.name}' for model '{model}'. "
+                              f"Expected {needed}, got {len(data)}")
+    batch = np.frombuffer(data, dtype=dtype).reshape(shape)
+    if not np.isfinite(batch).all():
+        raise InvalidArgument(f"input '{tensor.name}' for model '{model}' contains NaN or infinity")
+    return batch
+
+
+def _input_bytes(request: kpb.ModelInferRequest, tensor: kpb.ModelInferRequest.InferInputTensor,
+                 dtype: np.dtype) -> bytes:
+    if request.raw_input_contents:
+        if len(request.raw_input_contents) != 1:
+            raise InvalidArgument(f"expected 1 raw input content for model '{request.model_name}', "
+                                  f"got {len(request.raw_input_contents)}")
+        return request.raw_input_contents[0]
+    field = _TYPED_CONTENTS.get(tensor.datatype)
+    values = getattr(tensor.contents, field) if field else ()
+    if not values:
+        raise InvalidArgument(f"unable to find data for input tensor '{tensor.name}' for model "
+                              f"'{request.model_name}' in request.")
+    return np.asarray(values, dtype=dtype).tobytes()
+
+
+def _check_outputs(request: kpb.ModelInferRequest, info: ModelInfo) -> None:
+    for output in request.outputs:
+        if output.name != info.output.name:
+            raise InvalidArgument(f"unexpected inference output '{output.name}' for model '{request.model_name}'")
+        _check_params(output.parameters, f"output '{output.name}'")
+
+
+def _check_params(parameters: object, what: str) -> None:
+    for key in _UNSUPPORTED_PARAMS:
+        if key in parameters:  # type: ignore[operator]
+            raise InvalidArgument(f"{what}: '{key}' is not supported by the codedserve frontend")
+
+
+def _infer_response(request: kpb.ModelInferRequest, info: ModelInfo, answers: list[Answer]) -> kpb.ModelInferResponse:
+    dtype = np.dtype(triton_to_np_dtype(info.output.datatype)).newbyteorder("<")
+    logits = np.stack([a.logits for a in answers]).astype(dtype)
+    flags = [a.reconstructed for a in answers]
+    response = kpb.ModelInferResponse(
+        model_name=request.model_name, model_version=info.version, id=request.id,
+        outputs=[kpb.ModelInferResponse.InferOutputTensor(name=info.output.name, datatype=info.output.datatype,
+                                                          shape=list(logits.shape))],
+        raw_output_contents=[logits.tobytes()],
+    )
+    response.parameters[RECONSTRUCTED_PARAM].bool_param = any(flags)
+    response.parameters[SCHEME_PARAM].string_param = answers[0].scheme
+    response.parameters[RECONSTRUCTED_ROWS_PARAM].string_param = ",".join("1" if f else "0" for f in flags)
+    return response
+
+
+def _dims(shape: list[int]) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
