@@ -156,6 +156,19 @@ def test_no_byzantine_workers_locates_nothing():
     assert ApproxiferScheme(k=3, s=1).locate(np.zeros((3, 10)), [0, 1, 2]) == []
 
 
+def test_locator_drops_only_workers_with_evidence_against_them():
+    """Clean outputs: nothing dropped. One attacker with a = 3: only it. min_evidence=0: always a workers."""
+    k, a = 5, 3
+    n = min_workers(k, 1, a)
+    _, outputs = _linear_outputs(k, n, np.random.default_rng(7))
+    arrived = np.arange(n - 1)
+    assert berrut.locate(outputs[arrived], arrived, k, n, a) == []
+    y = outputs[arrived].copy()
+    y[4] = -y[4]
+    assert berrut.locate(y, arrived, k, n, a) == [4]
+    assert len(berrut.locate(y, arrived, k, n, a, min_evidence=0)) == a
+
+
 OUT = np.zeros((4, 10), np.float32)
 
 
