@@ -65,10 +65,12 @@ def parse_route(text: str) -> Route:
             return Route(model, scheme, dispatch=_baseline_dispatch(scheme, params))
         k = int(params.pop("k", "2"))
         parity_model = params.pop("parity_model", "")
-        get_scheme(scheme, k, params)  # validates scheme, k and params now, not at the first query
+        layout = get_scheme(scheme, k, params).layout  # validates scheme, k and params now, not at the first query
     except (CodingError, ValueError) as exc:
         raise ValueError(f"route {text!r}: {exc}") from exc
-    if not parity_model:
+    if not layout.parity_model:
+        parity_model = ""  # the coded queries run on the deployed model itself
+    elif not parity_model:
         dataset = model.removesuffix("_cnn")
         parity_model = spec.parity_model_name(dataset, params.get("encoder", "add"), k)
     return Route(model, scheme, k, tuple(sorted(params.items())), parity_model)

@@ -57,7 +57,7 @@ class FrontendServicer(pb_grpc.FrontendServicer):
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[
-            pb.ModelInfo(model=r.model, scheme=r.scheme, k=r.k, r=1 if r.coded else 0,
+            pb.ModelInfo(model=r.model, scheme=r.scheme, k=r.k, r=self._app.servers[r.model].layout.parities,
                          params=r.param_dict, parity_model=r.parity_model)
             for r in self._app.config.routes
         ])

@@ -62,6 +62,13 @@ async def _classify_group(address: str, faults: list[str | None], timeout: float
     return [r for r, _ in results], [t for _, t in results]
 
 
+def test_list_models_describes_each_route(stack):
+    with grpc.insecure_channel(stack.address("coded")) as channel:
+        (info,) = pb_grpc.FrontendStub(channel).ListModels(pb.ListModelsRequest(), timeout=5).models
+    assert (info.model, info.scheme, info.k, info.r) == (linear_models.DEPLOYED, "parm", 2, 1)
+    assert info.parity_model == linear_models.parity_name(2) and info.params["encoder"] == "add"
+
+
 def test_one_query_is_answered_by_the_deployed_model(stack):
     replies, _ = asyncio.run(_classify_group(stack.address("coded"), [None, None]))
     for i, reply in enumerate(replies):

@@ -79,6 +79,8 @@ def test_routes_parse_baselines_and_reject_nonsense():
     assert not parse_route("m=none").coded
     route = parse_route("mnist_cnn=parm:k=4,encoder=concat")
     assert route.coded and route.k == 4 and route.parity_model == "mnist_parm_concat_k4"
+    route = parse_route("mnist_cnn=approxifer:k=8,s=2")
+    assert route.coded and route.parity_model == "" and route.param_dict == {"s": "2"}
     for bad in ("m", "m=hedge:copies=2", "m=replicate:copies=1", "m=parm:k=3,encoder=concat", "m=zzz"):
         with pytest.raises(ValueError, match="route"):
             parse_route(bad)
