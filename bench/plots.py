@@ -52,3 +52,35 @@ def _gap_bars(out: Path, tag: str, latencies: dict[str, np.ndarray]) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def accuracy_vs_k(results_json: Path, out: Path) -> Path:
+    """ParM: deployed vs degraded-mode accuracy against k, per dataset and encoder (from export results)."""
+    import json
+
+    models = json.loads(results_json.read_text())["models"].values()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=False)
+    for ax, dataset in zip(axes, ("mnist", "fashion"), strict=True):
+        parity = [m for m in models if m["role"] == "parity" and m["dataset"] == dataset]
+        for encoder, marker in (("add", "o"), ("concat", "s")):
+            rows = sorted((m["k"], m["metrics"]["degraded_accuracy"]) for m in parity if m["encoder"] == encoder)
+            ax.plot([k for k, _ in rows], [a * 100 for _, a in rows], marker=marker, label=f"ParM {encoder} (A_d)")
+        deployed = parity[0]["metrics"]["deployed_accuracy"] * 100
+        ax.axhline(deployed, color="black", ls="--", lw=1, label=f"deployed (A_a) {deployed:.2f}%")
+        ax.set_xticks([2, 3, 4])
+        ax.set_xlabel("k (queries per parity)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(dataset)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    path = out / "parm-accuracy-vs-k.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(accuracy_vs_k(Path(sys.argv[1]), Path(sys.argv[2])))
