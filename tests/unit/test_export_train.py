@@ -1,0 +1,76 @@
+"""Training-side ParM helpers against the coding library, on synthetic data (seconds, no dataset)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from coding import parm
+from coding.spec import IMAGE_SHAPE, NUM_CLASSES
+from export import train
+
+
+def _split(n: int, seed: int) -> train.Split:
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, *IMAGE_SHAPE), dtype=torch.uint8, generator=gen)
+    return train.Split(images, torch.randint(0, NUM_CLASSES, (n,), generator=gen))
+
+
+def _data() -> train.Data:
+    return train.Data(_split(96, 0), _split(32, 1), _split(32, 2))
+
+
+def test_decode_every_erasure_is_subtraction_decode_for_each_slot() -> None:
+    gen = torch.Generator().manual_seed(0)
+    parity_out, slots = torch.randn(5, NUM_CLASSES, generator=gen), torch.randn(5, 3, NUM_CLASSES, generator=gen)
+    decoded = train.decode_every_erasure(parity_out, slots)
+    for j in range(3):
+        present = torch.arange(3) != j
+        torch.testing.assert_close(decoded[:, j], parm.subtraction_decode(parity_out, slots, present))
+
+
+def test_a_linear_model_is_its_own_exact_parity_model_for_the_add_encoder() -> None:
+    """F linear => F(sum X_i) = sum F(X_i): decoding must rebuild every erased output exactly."""
+    torch.manual_seed(0)
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, NUM_CLASSES, bias=False)).double()
+    model = nn.Sequential(_ToDouble(), linear)
+    test = _split(60, 3)
+    logits = train.predict(model, train.image_batches(test.images))
+    groups = train.random_groups(len(test), 3, torch.device("cpu"), torch.Generator().manual_seed(0))
+    metrics = train.degraded_metrics(model, "add", test, logits, [groups])
+    assert metrics["reconstruction_top1"] == 1.0
+    assert metrics["degraded_accuracy"] == metrics["deployed_accuracy"]
+
+
+class _ToDouble(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.double()
+
+
+def test_parity_loss_is_zero_at_the_exact_target_and_mse_otherwise() -> None:
+    slots = torch.randn(4, 2, NUM_CLASSES)
+    assert train.parity_loss(parm.parity_target(slots), slots, decode_ce_weight=0.0) == 0.0
+    off = parm.parity_target(slots) + 1.0
+    torch.testing.assert_close(train.parity_loss(off, slots), torch.tensor(1.0))
+
+
+def test_training_stops_at_its_time_budget_and_keeps_the_best_epoch() -> None:
+    data = _data()
+    start = time.monotonic()
+    result = train.train_deployed(data, train.TrainConfig(epochs=10_000, batch_size=16, time_budget_s=1.0))
+    assert time.monotonic() - start < 10.0
+    assert 1 <= result.best_epoch <= result.epochs < 10_000
+    assert result.val_metric == max(h["val"] for h in result.history)
+
+
+def test_parity_training_runs_warm_started_and_evaluates_every_slot() -> None:
+    data = _data()
+    deployed = train.train_deployed(data, train.TrainConfig(epochs=1, batch_size=32)).model
+    teacher = train.Teacher.of(deployed, data)
+    cfg = train.TrainConfig(epochs=1, batch_size=8, decode_ce_weight=2.0, warm_start=True)
+    parity = train.train_parity(data, teacher, "concat", 4, cfg, deployed).model
+    metrics = train.evaluate_parity(parity, teacher, "concat", 4, data.test, rounds=2)
+    assert metrics["decoded_slots"] == 2 * 32
+    assert 0.0 <= metrics["degraded_accuracy"] <= 1.0
