@@ -30,13 +30,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
+from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 
 from bench import plots
 from bench.faults import PROFILES
 from bench.load import Record, Sender, frontend_sender, run_load, triton_sender
 from bench.report import Summary, markdown_table, summarize
 from bench.stack import REPO_ROOT, FrontendSpec, Stack
-from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 from coding import spec
 from export.datasets import load
 
@@ -58,8 +58,13 @@ class SchemeRun:
 
 def frontend_specs(model: str, parity: str, args: argparse.Namespace) -> dict[str, FrontendSpec]:
     common = ["--max-inflight", "100000", "--default-deadline-s", "10"]
-    coded = [f"{model}=parm:k={args.k},encoder={args.encoder},parity_model={parity}",
-             "--straggler-timeout-ms", str(args.straggler_timeout_ms), "--fill-timeout-ms", str(args.fill_timeout_ms)]
+    coded = [
+        f"{model}=parm:k={args.k},encoder={args.encoder},parity_model={parity}",
+        "--straggler-timeout-ms",
+        str(args.straggler_timeout_ms),
+        "--fill-timeout-ms",
+        str(args.fill_timeout_ms),
+    ]
     return {
         "none": FrontendSpec(["--route", f"{model}=none", *common], tritons=(0, 1)),
         "equal": FrontendSpec(["--route", f"{model}=none", *common], tritons=(0, 1, 2)),
@@ -68,6 +73,20 @@ def frontend_specs(model: str, parity: str, args: argparse.Namespace) -> dict[st
         "replicate": FrontendSpec(["--route", f"{model}=replicate", *common], tritons=(0, 1)),
         "parm": FrontendSpec(["--route", *coded, *common], tritons=(0, 1), parity_tritons=(2,)),
     }
+
+
+def settled_triton_calls(stack: Stack, quiet_s: float = 0.3, limit_s: float = 10.0) -> int:
+    """Triton's call count once it stops moving: losing copies and parities still in flight when the
+    last answer arrived must land in the run that sent them, not in the next one."""
+    deadline = time.monotonic() + limit_s
+    count = triton_calls(stack)
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = triton_calls(stack)
+        if now == count:
+            break
+        count = now
+    return count
 
 
 def triton_calls(stack: Stack) -> int:
@@ -103,18 +122,29 @@ def run_all(args: argparse.Namespace) -> list[SchemeRun]:
     queries, truth = images[picks, None].astype(np.float32) / 255.0, labels[picks]
     specs = {k: v for k, v in frontend_specs(model, parity, args).items() if k in args.schemes}
     runs = []
-    with Stack([model, parity], specs, model_repository=args.model_repository, triton_count=3,
-               log_dir=REPO_ROOT / ".logs" / "compare") as stack:
+    with Stack(
+        [model, parity],
+        specs,
+        model_repository=args.model_repository,
+        triton_count=3,
+        log_dir=REPO_ROOT / ".logs" / "compare",
+    ) as stack:
         for name in args.schemes:
             # An unmeasured second of load first: connections, Triton's first inferences, the hedge window.
             asyncio.run(_run_scheme(name, stack, model, queries[: int(args.rate)], args.rate, f"{name} warm-up"))
-            before = triton_calls(stack)
+            before = settled_triton_calls(stack)
             with PROFILES[args.profile](stack.tritons, seed=args.seed) as faults:
                 records = asyncio.run(_run_scheme(name, stack, model, queries, args.rate, name))
             summary = summarize(name, records, truth)
-            runs.append(SchemeRun(summary, triton_calls(stack) - before, faults.events))
-            log.info("%s: p50 %.2f ms, p99.9 %.2f ms, %d reconstructed, %d fault events", name, summary.p50_ms,
-                     summary.p999_ms, summary.reconstructed, faults.events)
+            runs.append(SchemeRun(summary, settled_triton_calls(stack) - before, faults.events))
+            log.info(
+                "%s: p50 %.2f ms, p99.9 %.2f ms, %d reconstructed, %d fault events",
+                name,
+                summary.p50_ms,
+                summary.p999_ms,
+                summary.reconstructed,
+                faults.events,
+            )
             _keep_latencies(args, name, records)
     return runs
 
@@ -125,21 +155,43 @@ def _keep_latencies(args: argparse.Namespace, name: str, records: list[Record]) 
 
 def write_report(args: argparse.Namespace, runs: list[SchemeRun]) -> Path:
     by = {r.summary.name: r for r in runs}
-    lines = [f"# {args.tag}: {args.dataset}, {args.rate:.0f} q/s Poisson for {args.duration:.0f} s per scheme, "
-             f"fault profile `{args.profile}`", "", f"Command: `{args.command}`", "",
-             markdown_table([r.summary for r in runs]), "",
-             "| scheme | Triton calls per query | extra load | fault events | p99.9 - p50 (ms) |", "|---|---|---|---|---|"]
+    lines = [
+        f"# {args.tag}: {args.dataset}, {args.rate:.0f} q/s Poisson for {args.duration:.0f} s per scheme, "
+        f"fault profile `{args.profile}`",
+        "",
+        f"Command: `{args.command}`",
+        "",
+        markdown_table([r.summary for r in runs]),
+        "",
+        "| scheme | Triton calls per query | extra load | fault events | p99.9 - p50 (ms) |",
+        "|---|---|---|---|---|",
+    ]
     for r in runs:
         s = r.summary
-        lines.append(f"| {s.name} | {r.triton_calls / s.queries:.3f} | {r.extra_load:+.1%} | {r.fault_events} "
-                     f"| {s.p999_ms - s.p50_ms:.2f} |")
+        lines.append(
+            f"| {s.name} | {r.triton_calls / s.queries:.3f} | {r.extra_load:+.1%} | {r.fault_events} "
+            f"| {s.p999_ms - s.p50_ms:.2f} |"
+        )
     lines += ["", *_headline(by)]
     path = args.out / f"{args.tag}.md"
     path.write_text("\n".join(lines) + "\n")
-    (args.out / f"{args.tag}.json").write_text(json.dumps(
-        {"command": args.command, "runs": [{**r.summary.as_dict(), "triton_calls": r.triton_calls,
-                                             "extra_load": r.extra_load, "fault_events": r.fault_events}
-                                            for r in runs]}, indent=2))
+    (args.out / f"{args.tag}.json").write_text(
+        json.dumps(
+            {
+                "command": args.command,
+                "runs": [
+                    {
+                        **r.summary.as_dict(),
+                        "triton_calls": r.triton_calls,
+                        "extra_load": r.extra_load,
+                        "fault_events": r.fault_events,
+                    }
+                    for r in runs
+                ],
+            },
+            indent=2,
+        )
+    )
     return path
 
 
@@ -151,14 +203,17 @@ def _headline(by: dict[str, SchemeRun]) -> list[str]:
     out = ["Headline (ratios of p99.9 - p50; > 1 means ParM's tail is tighter):", ""]
     for base in ("none", "equal", "hedge2", "hedge3", "replicate", "direct"):
         if base in gap and gap["parm"] > 0:
-            out.append(f"- {base}: {gap[base]:.2f} ms vs parm {gap['parm']:.2f} ms -> {gap[base] / gap['parm']:.2f}x; "
-                       f"median {by[base].summary.p50_ms:.2f} vs {by['parm'].summary.p50_ms:.2f} ms")
+            out.append(
+                f"- {base}: {gap[base]:.2f} ms vs parm {gap['parm']:.2f} ms -> {gap[base] / gap['parm']:.2f}x; "
+                f"median {by[base].summary.p50_ms:.2f} vs {by['parm'].summary.p50_ms:.2f} ms"
+            )
     return out
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--dataset", default="mnist", choices=spec.DATASETS)
     p.add_argument("--encoder", default="concat", choices=spec.PARM_ENCODERS)
     p.add_argument("--k", type=int, default=2)

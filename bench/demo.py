@@ -25,8 +25,9 @@ log = logging.getLogger("bench.demo")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.demo", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.demo", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--dataset", default="mnist", choices=spec.DATASETS)
     p.add_argument("--encoder", default="concat", choices=spec.PARM_ENCODERS)
     p.add_argument("--k", type=int, default=2)
@@ -37,15 +38,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fail-share", type=float, default=0.01, help="share of deployed-model calls failed")
     p.add_argument("--straggler-timeout-ms", type=float, default=15.0)
     p.add_argument("--fill-timeout-ms", type=float, default=10.0)
-    p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "demo.json",
-                   help="where to write the summary as JSON")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=REPO_ROOT / "bench" / "results" / "demo.json",
+        help="where to write the summary as JSON",
+    )
     return p
 
 
 def _frontend_flags(args: argparse.Namespace, route: str) -> list[str]:
-    return ["--route", route, "--straggler-timeout-ms", str(args.straggler_timeout_ms),
-            "--fill-timeout-ms", str(args.fill_timeout_ms), "--inject-delay-share", str(args.delay_share),
-            "--inject-delay-ms", args.delay_ms, "--inject-fail-share", str(args.fail_share), "--inject-seed", "7"]
+    return [
+        "--route",
+        route,
+        "--straggler-timeout-ms",
+        str(args.straggler_timeout_ms),
+        "--fill-timeout-ms",
+        str(args.fill_timeout_ms),
+        "--inject-delay-share",
+        str(args.delay_share),
+        "--inject-delay-ms",
+        args.delay_ms,
+        "--inject-fail-share",
+        str(args.fail_share),
+        "--inject-seed",
+        "7",
+    ]
 
 
 def main() -> None:
@@ -53,7 +71,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     began = time.perf_counter()
     images, labels = load(args.dataset, "test")
-    images = (images[: args.queries, None].astype("float32") / 255.0)
+    images = images[: args.queries, None].astype("float32") / 255.0
     deployed = spec.deployed_model_name(args.dataset)
     parity = spec.parity_model_name(args.dataset, args.encoder, args.k)
     frontends = {
@@ -61,21 +79,36 @@ def main() -> None:
         "uncoded": _frontend_flags(args, f"{deployed}=none"),
     }
     with Stack([deployed, parity], frontends) as stack:
-        log.info("stack ready in %.1f s; sending %d queries at %.0f q/s to each frontend",
-                 time.perf_counter() - began, len(images), args.rate)
+        log.info(
+            "stack ready in %.1f s; sending %d queries at %.0f q/s to each frontend",
+            time.perf_counter() - began,
+            len(images),
+            args.rate,
+        )
         summaries = []
         for name in ("uncoded", "coded"):
             records = asyncio.run(load_frontend(stack.address(name), deployed, images, args.rate, desc=name))
-            summaries.append(summarize(f"{name} ({'ParM ' + args.encoder + f' k={args.k}' if name == 'coded' else 'none'})",
-                                       records, labels))
+            summaries.append(
+                summarize(
+                    f"{name} ({'ParM ' + args.encoder + f' k={args.k}' if name == 'coded' else 'none'})",
+                    records,
+                    labels,
+                )
+            )
     print()
-    print(f"{len(images)} {args.dataset} test queries per run at {args.rate:.0f} q/s (Poisson); faults on "
-          f"deployed-model calls: {args.delay_share:.0%} delayed {args.delay_ms} ms, {args.fail_share:.0%} failed; "
-          f"straggler timeout {args.straggler_timeout_ms:.0f} ms")
+    print(
+        f"{len(images)} {args.dataset} test queries per run at {args.rate:.0f} q/s (Poisson); faults on "
+        f"deployed-model calls: {args.delay_share:.0%} delayed {args.delay_ms} ms, {args.fail_share:.0%} failed; "
+        f"straggler timeout {args.straggler_timeout_ms:.0f} ms"
+    )
     print(markdown_table(summaries))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                    "summaries": [s.as_dict() for s in summaries]}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {"args": {k: str(v) for k, v in vars(args).items()}, "summaries": [s.as_dict() for s in summaries]},
+            indent=2,
+        )
+    )
     print(f"\nwrote {args.out}; total {time.perf_counter() - began:.0f} s")
 
 

@@ -17,8 +17,8 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from triton_local.server import TritonServer
 
@@ -98,8 +98,9 @@ class Contention(FaultInjector):
 
     def __init__(self, workers: Sequence[TritonServer], seed: int = 0, max_s: float = 900.0) -> None:
         super().__init__(workers, seed)
-        self._tenant = multiprocessing.get_context("spawn").Process(target=_burn, args=(time.monotonic() + max_s,),
-                                                                     daemon=True)
+        self._tenant = multiprocessing.get_context("spawn").Process(
+            target=_burn, args=(time.monotonic() + max_s,), daemon=True
+        )
 
     def __enter__(self) -> FaultInjector:
         self._tenant.start()

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
+from codedserve.v1 import codedserve_pb2 as pb
+from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 from tqdm import tqdm
 from tritonclient.grpc import InferInput
 from tritonclient.utils import InferenceServerException
 
-from codedserve.v1 import codedserve_pb2 as pb
-from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 from coding import spec
 from service_common.tensors import from_numpy
 
@@ -63,8 +63,9 @@ def triton_sender(client: triton_aio.InferenceServerClient, model: str, images: 
     return send
 
 
-async def run_load(send: Sender, n: int, rate: float, *, poisson: bool = True, seed: int = 0,
-                   desc: str = "load") -> list[Record]:
+async def run_load(
+    send: Sender, n: int, rate: float, *, poisson: bool = True, seed: int = 0, desc: str = "load"
+) -> list[Record]:
     """Send queries 0..n-1 at ``rate`` q/s; returns exactly one Record per query."""
     offsets = arrival_times(n, rate, poisson, seed)
     progress = tqdm(total=n, desc=desc, unit="q", mininterval=1.0)
@@ -93,8 +94,16 @@ async def run_load(send: Sender, n: int, rate: float, *, poisson: bool = True, s
     return list(records)
 
 
-async def load_frontend(address: str, model: str, images: np.ndarray, rate: float, *, timeout_s: float = 5.0,
-                        seed: int = 0, desc: str = "load") -> list[Record]:
+async def load_frontend(
+    address: str,
+    model: str,
+    images: np.ndarray,
+    rate: float,
+    *,
+    timeout_s: float = 5.0,
+    seed: int = 0,
+    desc: str = "load",
+) -> list[Record]:
     """Convenience: the whole of ``images`` through one frontend."""
     async with grpc.aio.insecure_channel(address) as channel:
         send = frontend_sender(pb_grpc.FrontendStub(channel), model, images, timeout_s)

@@ -53,17 +53,30 @@ class Run:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.perf_compare", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--models", choices=("auto", "mnist", "linear"), default="auto",
-                   help="mnist: the trained mnist_cnn + mnist_parm_concat_k2 from model_repository/; linear: the "
-                        "test suite's linear model + exact parity model; auto: mnist when present, else linear")
-    p.add_argument("--wait-models-s", type=float, default=0.0,
-                   help="poll this long for model_repository/mnist_cnn/1/model.onnx before falling back")
+    p = argparse.ArgumentParser(
+        prog="python -m bench.perf_compare", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--models",
+        choices=("auto", "mnist", "linear"),
+        default="auto",
+        help="mnist: the trained mnist_cnn + mnist_parm_concat_k2 from model_repository/; linear: the "
+        "test suite's linear model + exact parity model; auto: mnist when present, else linear",
+    )
+    p.add_argument(
+        "--wait-models-s",
+        type=float,
+        default=0.0,
+        help="poll this long for model_repository/mnist_cnn/1/model.onnx before falling back",
+    )
     p.add_argument("--concurrency", default="1,2,4", help="comma-separated perf_analyzer concurrency levels")
     p.add_argument("--request-count", type=int, default=1000, help="requests per measurement window")
-    p.add_argument("--stability", type=float, default=25.0,
-                   help="perf_analyzer -s: windows agree on p50 latency and throughput within this percent")
+    p.add_argument(
+        "--stability",
+        type=float,
+        default=25.0,
+        help="perf_analyzer -s: windows agree on p50 latency and throughput within this percent",
+    )
     p.add_argument("--max-trials", type=int, default=20, help="perf_analyzer --max-trials (windows per level)")
     p.add_argument("--fill-timeout-ms", type=float, default=5.0, help="the coded frontend's fill timeout")
     p.add_argument("--straggler-timeout-ms", type=float, default=20.0, help="the coded frontend's straggler timeout")
@@ -113,11 +126,32 @@ def _input_data(path: Path, count: int) -> Path:
 
 
 def _command(args: argparse.Namespace, model: str, url: str, concurrency: int, data: Path, csv_path: Path) -> list[str]:
-    return [str(PERF_ANALYZER), "-m", model, "-i", "grpc", "-u", url, "-b", "1",
-            "--concurrency-range", f"{concurrency}:{concurrency}", "--measurement-mode", "count_windows",
-            "--measurement-request-count", str(args.request_count), "-s", str(args.stability),
-            "--percentile=50", "--max-trials", str(args.max_trials),
-            "--input-data", str(data), "-f", str(csv_path)]
+    return [
+        str(PERF_ANALYZER),
+        "-m",
+        model,
+        "-i",
+        "grpc",
+        "-u",
+        url,
+        "-b",
+        "1",
+        "--concurrency-range",
+        f"{concurrency}:{concurrency}",
+        "--measurement-mode",
+        "count_windows",
+        "--measurement-request-count",
+        str(args.request_count),
+        "-s",
+        str(args.stability),
+        "--percentile=50",
+        "--max-trials",
+        str(args.max_trials),
+        "--input-data",
+        str(data),
+        "-f",
+        str(csv_path),
+    ]
 
 
 def _perf_analyzer(target: str, concurrency: int, command: list[str], csv_path: Path) -> Run:
@@ -127,26 +161,45 @@ def _perf_analyzer(target: str, concurrency: int, command: list[str], csv_path: 
     if done.returncode != 0:
         raise SystemExit(f"perf_analyzer failed against {target} (rc {done.returncode}):\n{output}")
     row = next(csv.DictReader(io.StringIO(csv_path.read_text())))
-    return Run(target, concurrency, command, output, float(row["Inferences/Second"]),
-               float(row["p50 latency"]), float(row["p99 latency"]))
+    return Run(
+        target,
+        concurrency,
+        command,
+        output,
+        float(row["Inferences/Second"]),
+        float(row["p50 latency"]),
+        float(row["p99 latency"]),
+    )
 
 
 def _machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU")
-    return (f"{cpu}, {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}; "
-            "tritonserver 2.51.0 (CPU, Python-based onnxruntime backend), perf_analyzer 2.51.0; "
-            f"load average before the run {os.getloadavg()[0]:.2f}")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown CPU",
+    )
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}; "
+        "tritonserver 2.51.0 (CPU, Python-based onnxruntime backend), perf_analyzer 2.51.0; "
+        f"load average before the run {os.getloadavg()[0]:.2f}"
+    )
 
 
 def _table(runs: list[Run]) -> str:
-    lines = ["| concurrency | target | infer/s | p50 (ms) | p99 (ms) | throughput vs Triton | p50 vs Triton |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| concurrency | target | infer/s | p50 (ms) | p99 (ms) | throughput vs Triton | p50 vs Triton |",
+        "|---|---|---|---|---|---|---|",
+    ]
     base = {r.concurrency: r for r in runs if r.target == "triton"}
     for r in sorted(runs, key=lambda r: (r.concurrency, TARGETS.index(r.target))):
         b = base[r.concurrency]
-        lines.append(f"| {r.concurrency} | {r.target} | {r.throughput:.1f} | {r.p50_us / 1e3:.2f} | "
-                     f"{r.p99_us / 1e3:.2f} | {r.throughput / b.throughput:.2f}x | {r.p50_us / b.p50_us:.2f}x |")
+        lines.append(
+            f"| {r.concurrency} | {r.target} | {r.throughput:.1f} | {r.p50_us / 1e3:.2f} | "
+            f"{r.p99_us / 1e3:.2f} | {r.throughput / b.throughput:.2f}x | {r.p50_us / b.p50_us:.2f}x |"
+        )
     return "\n".join(lines)
 
 
@@ -156,32 +209,35 @@ def _report(runs: list[Run], machine: str, models: list[str], route: str, argv: 
     outputs = "\n\n".join(
         f"<details><summary>perf_analyzer output: {r.target}, concurrency {r.concurrency}</summary>\n\n"
         f"```\n{r.output.strip()}\n```\n</details>"
-        for r in sorted(runs, key=lambda r: (r.concurrency, TARGETS.index(r.target))))
-    return "\n".join([
-        BEGIN,
-        f"Measured {time.strftime('%Y-%m-%d %H:%M %Z')} in {seconds:.0f} s on: {machine}.",
-        "Triton, the encoder, the decoder, both frontends and perf_analyzer all share these cores (the load "
-        "average counts any other work on the machine too), so the ratios are what matters, not the absolutes.",
-        "",
-        f"Models: {', '.join(models)}; coded frontend route `{route}`; uncoded frontend route "
-        f"`{models[0]}=none`. Input: real MNIST test images (`--input-data`), batch 1.",
-        "",
-        "```bash",
-        f"python -m bench.perf_compare {shlex.join(argv)}".rstrip(),
-        "```",
-        "",
-        "The perf_analyzer commands at concurrency 1 (the same for every level but `--concurrency-range`; "
-        "only `-u` differs between targets: Triton's gRPC port, then each frontend's KServe port):",
-        "",
-        "```bash",
-        commands,
-        "```",
-        "",
-        _table(runs),
-        "",
-        outputs,
-        END,
-    ])
+        for r in sorted(runs, key=lambda r: (r.concurrency, TARGETS.index(r.target)))
+    )
+    return "\n".join(
+        [
+            BEGIN,
+            f"Measured {time.strftime('%Y-%m-%d %H:%M %Z')} in {seconds:.0f} s on: {machine}.",
+            "Triton, the encoder, the decoder, both frontends and perf_analyzer all share these cores (the load "
+            "average counts any other work on the machine too), so the ratios are what matters, not the absolutes.",
+            "",
+            f"Models: {', '.join(models)}; coded frontend route `{route}`; uncoded frontend route "
+            f"`{models[0]}=none`. Input: real MNIST test images (`--input-data`), batch 1.",
+            "",
+            "```bash",
+            f"python -m bench.perf_compare {shlex.join(argv)}".rstrip(),
+            "```",
+            "",
+            "The perf_analyzer commands at concurrency 1 (the same for every level but `--concurrency-range`; "
+            "only `-u` differs between targets: Triton's gRPC port, then each frontend's KServe port):",
+            "",
+            "```bash",
+            commands,
+            "```",
+            "",
+            _table(runs),
+            "",
+            outputs,
+            END,
+        ]
+    )
 
 
 def _portable(command: list[str]) -> list[str]:
@@ -196,7 +252,7 @@ def _portable(command: list[str]) -> list[str]:
 def _write_doc(doc: Path, block: str) -> None:
     text = doc.read_text() if doc.exists() else ""
     if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
     else:
         text = text.rstrip() + ("\n\n" if text else "") + block + "\n"
     doc.parent.mkdir(parents=True, exist_ok=True)
@@ -226,10 +282,18 @@ def main() -> None:
         repository, models, route = _choose_models(args, scratch)
         machine, began = _machine(), time.perf_counter()  # after any wait for the models
         data = _input_data(scratch / "mnist_input.json", args.images)
-        coded = ["--route", route, "--fill-timeout-ms", str(args.fill_timeout_ms),
-                 "--straggler-timeout-ms", str(args.straggler_timeout_ms)]
-        frontends = {"coded": FrontendSpec(flags=coded, kserve=True),
-                     "uncoded": FrontendSpec(flags=["--route", f"{models[0]}=none"], kserve=True)}
+        coded = [
+            "--route",
+            route,
+            "--fill-timeout-ms",
+            str(args.fill_timeout_ms),
+            "--straggler-timeout-ms",
+            str(args.straggler_timeout_ms),
+        ]
+        frontends = {
+            "coded": FrontendSpec(flags=coded, kserve=True),
+            "uncoded": FrontendSpec(flags=["--route", f"{models[0]}=none"], kserve=True),
+        }
         with Stack(models, frontends, model_repository=repository, log_dir=scratch / "logs") as stack:
             assert stack.triton is not None
             urls = {"triton": stack.triton.grpc_url, **{n: stack.kserve_address(n) for n in frontends}}

@@ -41,11 +41,19 @@ def summarize(name: str, records: list[Record], labels: np.ndarray) -> Summary:
     rebuilt = [r for r in ok if r.reconstructed]
     p50, p90, p99, p999 = np.percentile(latencies_ms, PERCENTILES)
     return Summary(
-        name=name, queries=len(records), answered=len(ok),
+        name=name,
+        queries=len(records),
+        answered=len(ok),
         errors=dict(Counter(r.code for r in records if r.code != "OK")),
-        p50_ms=p50, p90_ms=p90, p99_ms=p99, p999_ms=p999, max_ms=float(latencies_ms.max()),
+        p50_ms=p50,
+        p90_ms=p90,
+        p99_ms=p99,
+        p999_ms=p999,
+        max_ms=float(latencies_ms.max()),
         mean_ms=float(latencies_ms.mean()),
-        accuracy=_accuracy(ok, labels), reconstructed=len(rebuilt), reconstructed_accuracy=_accuracy(rebuilt, labels),
+        accuracy=_accuracy(ok, labels),
+        reconstructed=len(rebuilt),
+        reconstructed_accuracy=_accuracy(rebuilt, labels),
     )
 
 
@@ -56,12 +64,16 @@ def _accuracy(records: list[Record], labels: np.ndarray) -> float:
 
 
 def markdown_table(summaries: list[Summary]) -> str:
-    head = ("| run | queries | answered | errors | p50 ms | p99 ms | p99.9 ms | max ms | accuracy "
-            "| reconstructed | accuracy of reconstructed |")
+    head = (
+        "| run | queries | answered | errors | p50 ms | p99 ms | p99.9 ms | max ms | accuracy "
+        "| reconstructed | accuracy of reconstructed |"
+    )
     rows = [head, "|" + "---|" * 11]
     for s in summaries:
         errors = ", ".join(f"{k} {v}" for k, v in s.errors.items()) or "0"
-        rows.append(f"| {s.name} | {s.queries} | {s.answered} | {errors} | {s.p50_ms:.2f} | {s.p99_ms:.2f} "
-                    f"| {s.p999_ms:.2f} | {s.max_ms:.1f} | {s.accuracy:.2%} | {s.reconstructed} "
-                    f"| {s.reconstructed_accuracy:.2%} |")
+        rows.append(
+            f"| {s.name} | {s.queries} | {s.answered} | {errors} | {s.p50_ms:.2f} | {s.p99_ms:.2f} "
+            f"| {s.p999_ms:.2f} | {s.max_ms:.1f} | {s.accuracy:.2%} | {s.reconstructed} "
+            f"| {s.reconstructed_accuracy:.2%} |"
+        )
     return "\n".join(rows)

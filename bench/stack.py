@@ -13,9 +13,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -44,8 +44,13 @@ class ServiceProcess:
     def start(self) -> ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         return self
 
     def wait_serving(self, timeout_s: float) -> None:
@@ -129,8 +134,9 @@ class Stack:
         has every routed model ready, so this returns with the stack ready end to end)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for i in range(self.triton_count):
-            config = TritonConfig(self.model_repository, models=tuple(self.models),
-                                  log_path=self.log_dir / f"tritonserver-{i}.log")
+            config = TritonConfig(
+                self.model_repository, models=tuple(self.models), log_path=self.log_dir / f"tritonserver-{i}.log"
+            )
             self.tritons.append(TritonServer(config).start())
         specs = {n: s if isinstance(s, FrontendSpec) else FrontendSpec(flags=s) for n, s in self.frontends.items()}
         ports = iter(free_ports(2 + 2 * len(specs)))

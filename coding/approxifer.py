@@ -107,16 +107,18 @@ class ApproxiferScheme:
     @property
     def layout(self) -> GroupLayout:
         parities = self.workers - self.k if self.systematic else self.workers
-        return GroupLayout(k=self.k, parities=parities, systematic=self.systematic, parity_model=False,
-                           needed=self.needed)
+        return GroupLayout(
+            k=self.k, parities=parities, systematic=self.systematic, parity_model=False, needed=self.needed
+        )
 
     def parity_queries(self, group: np.ndarray) -> np.ndarray:
         """The coded queries only: all N, or the N - K beyond the originals when systematic."""
         coded = self.encode(group)
-        return coded[self.k:] if self.systematic else coded
+        return coded[self.k :] if self.systematic else coded
 
-    def decode_group(self, outputs: np.ndarray, present: np.ndarray, parity_outputs: np.ndarray,
-                     parity_present: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    def decode_group(
+        self, outputs: np.ndarray, present: np.ndarray, parity_outputs: np.ndarray, parity_present: np.ndarray
+    ) -> tuple[np.ndarray, list[int]]:
         """``(k, classes)`` decoded answers from whatever arrived, and the workers judged Byzantine.
 
         Workers are numbered as in :func:`coding.berrut.coded_nodes`: systematic, 0..K-1 are the originals

@@ -58,9 +58,12 @@ class ParmScheme:
             raise CodingError("nothing to decode: every output of the coding group is present")
         if parity_outputs.shape != (self.r, slot_outputs.shape[1]):
             raise CodingError(
-                f"expected parity outputs of shape ({self.r}, {slot_outputs.shape[1]}), got {list(parity_outputs.shape)}"
+                f"expected parity outputs of shape ({self.r}, {slot_outputs.shape[1]}), "
+                f"got {list(parity_outputs.shape)}"
             )
-        decoded = parm.subtraction_decode(parity_outputs[0].astype(np.float64), slot_outputs.astype(np.float64), present)
+        decoded = parm.subtraction_decode(
+            parity_outputs[0].astype(np.float64), slot_outputs.astype(np.float64), present
+        )
         return decoded.astype(np.float32)
 
     @property
@@ -70,8 +73,9 @@ class ParmScheme:
     def parity_queries(self, group: np.ndarray) -> np.ndarray:
         return self.encode(group)
 
-    def decode_group(self, outputs: np.ndarray, present: np.ndarray, parity_outputs: np.ndarray,
-                     parity_present: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    def decode_group(
+        self, outputs: np.ndarray, present: np.ndarray, parity_outputs: np.ndarray, parity_present: np.ndarray
+    ) -> tuple[np.ndarray, list[int]]:
         """``(k, classes)``: present rows as given, absent rows (all one query) rebuilt; no worker is judged."""
         if not np.asarray(parity_present, dtype=bool).all():
             raise CodingError("ParM cannot decode without its parity output")

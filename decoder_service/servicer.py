@@ -20,7 +20,9 @@ class DecoderServicer(pb_grpc.DecoderServicer):
         present = np.asarray(request.present, dtype=bool)
         parity_present = np.asarray(request.parity_present or [True] * len(parity_outputs), dtype=bool)
         if present.shape != (len(outputs),) or parity_present.shape != (len(parity_outputs),):
-            raise InvalidArgument(f"present has {len(present)} flags for {len(outputs)} outputs and parity_present "
-                                  f"{len(parity_present)} for {len(parity_outputs)} parity outputs; they must match")
+            raise InvalidArgument(
+                f"present has {len(present)} flags for {len(outputs)} outputs and parity_present "
+                f"{len(parity_present)} for {len(parity_outputs)} parity outputs; they must match"
+            )
         rebuilt, faulty = scheme.decode_group(outputs, present, parity_outputs, parity_present)
         return pb.DecodeResponse(reconstructions=from_numpy(rebuilt), faulty_workers=faulty)

@@ -15,13 +15,18 @@ from pathlib import Path
 def table(results: dict) -> str:
     models = results["models"].values() if isinstance(results["models"], dict) else results["models"]
     parity = sorted((m for m in models if m["role"] == "parity"), key=lambda m: (m["dataset"], m["encoder"], m["k"]))
-    rows = ["| dataset | encoder | k | deployed accuracy A_a | degraded accuracy A_d | A_a - A_d | "
-            "reconstruction top-1 (agrees with deployed) |", "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| dataset | encoder | k | deployed accuracy A_a | degraded accuracy A_d | A_a - A_d | "
+        "reconstruction top-1 (agrees with deployed) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for m in parity:
         metrics = m["metrics"]
         a_a, a_d = metrics["deployed_accuracy"], metrics["degraded_accuracy"]
-        rows.append(f"| {m['dataset']} | {m['encoder']} | {m['k']} | {a_a:.2%} | {a_d:.2%} | "
-                    f"{(a_a - a_d) * 100:.2f} pts | {metrics['reconstruction_top1']:.2%} |")
+        rows.append(
+            f"| {m['dataset']} | {m['encoder']} | {m['k']} | {a_a:.2%} | {a_d:.2%} | "
+            f"{(a_a - a_d) * 100:.2f} pts | {metrics['reconstruction_top1']:.2%} |"
+        )
     return "\n".join(rows)
 
 

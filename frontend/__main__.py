@@ -20,45 +20,85 @@ log = logging.getLogger("frontend")
 
 def _parser() -> argparse.ArgumentParser:
     env = os.environ.get
-    p = argparse.ArgumentParser(prog="python -m frontend", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--address", default=env("CODEDSERVE_FRONTEND_ADDRESS", "127.0.0.1:8100"),
-                   help="host:port to listen on (port 0 picks a free one)")
-    p.add_argument("--kserve-address", default=env("CODEDSERVE_FRONTEND_KSERVE_ADDRESS"),
-                   help="also serve Triton's KServe v2 gRPC protocol (tritonclient, perf_analyzer) on this "
-                        "host:port; off when unset")
-    p.add_argument("--triton-url", action="append", default=None,
-                   help="Triton gRPC host:port; repeat for several instances (env CODEDSERVE_TRITON_URLS, comma-sep)")
-    p.add_argument("--parity-triton-url", action="append", default=None,
-                   help="Triton instance(s) for the parity models (default: the --triton-url ones)")
-    p.add_argument("--cancel-losers", action="store_true",
-                   help="cancel the losing copy of hedged/replicated calls (only for Triton >= 2.57: "
-                        "cancelling in-flight calls crashes the local 2.51)")
+    p = argparse.ArgumentParser(
+        prog="python -m frontend", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--address",
+        default=env("CODEDSERVE_FRONTEND_ADDRESS", "127.0.0.1:8100"),
+        help="host:port to listen on (port 0 picks a free one)",
+    )
+    p.add_argument(
+        "--kserve-address",
+        default=env("CODEDSERVE_FRONTEND_KSERVE_ADDRESS"),
+        help="also serve Triton's KServe v2 gRPC protocol (tritonclient, perf_analyzer) on this "
+        "host:port; off when unset",
+    )
+    p.add_argument(
+        "--triton-url",
+        action="append",
+        default=None,
+        help="Triton gRPC host:port; repeat for several instances (env CODEDSERVE_TRITON_URLS, comma-sep)",
+    )
+    p.add_argument(
+        "--parity-triton-url",
+        action="append",
+        default=None,
+        help="Triton instance(s) for the parity models (default: the --triton-url ones)",
+    )
+    p.add_argument(
+        "--cancel-losers",
+        action="store_true",
+        help="cancel the losing copy of hedged/replicated calls (only for Triton >= 2.57: "
+        "cancelling in-flight calls crashes the local 2.51)",
+    )
     p.add_argument("--encoder", default=env("CODEDSERVE_ENCODER_ADDRESS", "127.0.0.1:8101"))
     p.add_argument("--decoder", default=env("CODEDSERVE_DECODER_ADDRESS", "127.0.0.1:8102"))
-    p.add_argument("--route", action="append", default=None,
-                   help="MODEL=SCHEME[:key=value,...], e.g. mnist_cnn=parm:k=2,encoder=concat or mnist_cnn=none "
-                        "(env CODEDSERVE_ROUTES, ';'-separated)")
-    p.add_argument("--straggler-timeout-ms", type=float, default=float(env("CODEDSERVE_STRAGGLER_TIMEOUT_MS", 20)),
-                   help="how long to wait for a deployed-model answer before decoding it")
-    p.add_argument("--fill-timeout-ms", type=float, default=float(env("CODEDSERVE_FILL_TIMEOUT_MS", 5)),
-                   help="a partial coding group is sealed (padded) after this")
+    p.add_argument(
+        "--route",
+        action="append",
+        default=None,
+        help="MODEL=SCHEME[:key=value,...], e.g. mnist_cnn=parm:k=2,encoder=concat or mnist_cnn=none "
+        "(env CODEDSERVE_ROUTES, ';'-separated)",
+    )
+    p.add_argument(
+        "--straggler-timeout-ms",
+        type=float,
+        default=float(env("CODEDSERVE_STRAGGLER_TIMEOUT_MS", 20)),
+        help="how long to wait for a deployed-model answer before decoding it",
+    )
+    p.add_argument(
+        "--fill-timeout-ms",
+        type=float,
+        default=float(env("CODEDSERVE_FILL_TIMEOUT_MS", 5)),
+        help="a partial coding group is sealed (padded) after this",
+    )
     p.add_argument("--default-deadline-s", type=float, default=5.0, help="deadline for clients that set none")
     p.add_argument("--triton-timeout-s", type=float, default=30.0, help="safety deadline of each Triton call")
     p.add_argument("--max-inflight", type=int, default=4096, help="beyond this many queries: RESOURCE_EXHAUSTED")
     p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
-    p.add_argument("--metrics-port", type=int, default=env("CODEDSERVE_FRONTEND_METRICS_PORT"),
-                   help="serve Prometheus /metrics on 127.0.0.1:PORT")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=env("CODEDSERVE_FRONTEND_METRICS_PORT"),
+        help="serve Prometheus /metrics on 127.0.0.1:PORT",
+    )
     p.add_argument("--log-level", default=env("CODEDSERVE_LOG_LEVEL", "INFO"))
     faults = p.add_argument_group("fault injection (demos and tests only)")
     faults.add_argument("--inject-delay-share", type=float, default=0.0, help="share of deployed calls delayed")
     faults.add_argument("--inject-delay-ms", default="50,200", help="MIN,MAX of the injected delay")
     faults.add_argument("--inject-fail-share", type=float, default=0.0, help="share of deployed calls failed")
     faults.add_argument("--inject-seed", type=int, default=0)
-    faults.add_argument("--inject-coded-faults", default="",
-                        help="faults pinned to coded workers of every group, WORKER=FAULT,... e.g. 3=delay=3000,5=corrupt")
-    faults.add_argument("--allow-fault-metadata", action="store_true",
-                        help="honour a request's codedserve-fault metadata (delay=MS | fail)")
+    faults.add_argument(
+        "--inject-coded-faults",
+        default="",
+        help="faults pinned to coded workers of every group, WORKER=FAULT,... e.g. 3=delay=3000,5=corrupt",
+    )
+    faults.add_argument(
+        "--allow-fault-metadata",
+        action="store_true",
+        help="honour a request's codedserve-fault metadata (delay=MS | fail)",
+    )
     return p
 
 
@@ -68,18 +108,32 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
     routes = args.route or [r for r in env("CODEDSERVE_ROUTES", "mnist_cnn=parm:k=2,encoder=concat").split(";") if r]
     delay_min, _, delay_max = args.inject_delay_ms.partition(",")
     try:
-        faults = FaultPlan(args.inject_delay_share, float(delay_min), float(delay_max or delay_min),
-                           args.inject_fail_share, args.inject_seed, args.allow_fault_metadata,
-                           _coded_faults(args.inject_coded_faults))
+        faults = FaultPlan(
+            args.inject_delay_share,
+            float(delay_min),
+            float(delay_max or delay_min),
+            args.inject_fail_share,
+            args.inject_seed,
+            args.allow_fault_metadata,
+            _coded_faults(args.inject_coded_faults),
+        )
         return FrontendConfig(
-            address=args.address, triton_urls=tuple(urls), encoder_address=args.encoder,
-            decoder_address=args.decoder, routes=tuple(parse_route(r) for r in routes),
-            straggler_timeout_ms=args.straggler_timeout_ms, fill_timeout_ms=args.fill_timeout_ms,
-            default_deadline_s=args.default_deadline_s, triton_timeout_s=args.triton_timeout_s,
-            max_inflight=args.max_inflight, max_message_bytes=args.max_message_bytes,
-            metrics_port=int(args.metrics_port) if args.metrics_port else None, log_level=args.log_level,
+            address=args.address,
+            triton_urls=tuple(urls),
+            encoder_address=args.encoder,
+            decoder_address=args.decoder,
+            routes=tuple(parse_route(r) for r in routes),
+            straggler_timeout_ms=args.straggler_timeout_ms,
+            fill_timeout_ms=args.fill_timeout_ms,
+            default_deadline_s=args.default_deadline_s,
+            triton_timeout_s=args.triton_timeout_s,
+            max_inflight=args.max_inflight,
+            max_message_bytes=args.max_message_bytes,
+            metrics_port=int(args.metrics_port) if args.metrics_port else None,
+            log_level=args.log_level,
             kserve_address=args.kserve_address or None,
-            faults=faults, parity_triton_urls=tuple(args.parity_triton_url or ()),
+            faults=faults,
+            parity_triton_urls=tuple(args.parity_triton_url or ()),
             cancel_losers=args.cancel_losers,
         )
     except ValueError as exc:
@@ -98,8 +152,12 @@ def _coded_faults(text: str) -> tuple[tuple[int, str], ...]:
 
 async def _main(config: FrontendConfig) -> None:
     server = await create_server(config)
-    log.info("frontend serving on port %d (KServe v2: %s); routes: %s", server.port, server.kserve_port or "off",
-             ", ".join(f"{r.model}={r.scheme}(k={r.k})" for r in config.routes))
+    log.info(
+        "frontend serving on port %d (KServe v2: %s); routes: %s",
+        server.port,
+        server.kserve_port or "off",
+        ", ".join(f"{r.model}={r.scheme}(k={r.k})" for r in config.routes),
+    )
     await wait_for_signal()
     await server.stop()
 

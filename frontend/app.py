@@ -22,16 +22,27 @@ class FrontendApp:
         self.config = config
         self.pool = TritonPool(config.triton_urls, config.triton_timeout_s, config.max_message_bytes)
         parity_urls = config.parity_triton_urls or config.triton_urls
-        self.parity_pool = (self.pool if parity_urls == config.triton_urls else
-                            TritonPool(parity_urls, config.triton_timeout_s, config.max_message_bytes))
-        self.coders = CodingClients(config.encoder_address, config.decoder_address, config.coding_timeout_s,
-                                    config.max_message_bytes)
+        self.parity_pool = (
+            self.pool
+            if parity_urls == config.triton_urls
+            else TritonPool(parity_urls, config.triton_timeout_s, config.max_message_bytes)
+        )
+        self.coders = CodingClients(
+            config.encoder_address, config.decoder_address, config.coding_timeout_s, config.max_message_bytes
+        )
         faults = FaultInjector(config.faults)
         coded_faults = tuple((worker, parse_fault_metadata(f)) for worker, f in config.faults.coded)
         self.servers = {
-            r.model: ModelServer(r, Dispatcher(self.pool, r.dispatch, faults, config.cancel_losers), self.pool,
-                                 self.parity_pool, self.coders, config.straggler_timeout_ms / 1e3,
-                                 config.fill_timeout_ms / 1e3, coded_faults)
+            r.model: ModelServer(
+                r,
+                Dispatcher(self.pool, r.dispatch, faults, config.cancel_losers),
+                self.pool,
+                self.parity_pool,
+                self.coders,
+                config.straggler_timeout_ms / 1e3,
+                config.fill_timeout_ms / 1e3,
+                coded_faults,
+            )
             for r in config.routes
         }
         self._inflight = 0
@@ -75,15 +86,18 @@ class FrontendApp:
         if server is None:
             raise NotFound(f"model {model!r} is not served by this frontend; served: {sorted(self.servers)}")
         if server.signature is None:
-            raise Unavailable(f"model {model!r} is not ready yet: Triton at {self.config.triton_urls[0]} has not "
-                              "reported it ready")
+            raise Unavailable(
+                f"model {model!r} is not ready yet: Triton at {self.config.triton_urls[0]} has not reported it ready"
+            )
         return server
 
     @contextlib.contextmanager
     def admit(self) -> Iterator[None]:
         if self._inflight >= self.config.max_inflight:
-            raise ResourceExhausted(f"frontend overloaded: {self._inflight} queries in flight "
-                                    f"(max_inflight={self.config.max_inflight}); retry with backoff")
+            raise ResourceExhausted(
+                f"frontend overloaded: {self._inflight} queries in flight "
+                f"(max_inflight={self.config.max_inflight}); retry with backoff"
+            )
         self._inflight += 1
         try:
             yield

@@ -46,12 +46,21 @@ class CodingClients:
             raise CodingServiceError(f"encoder at {self._addresses[0]}: {exc.code().name}: {exc.details()}") from exc
         return to_numpy(response.parities, "parities")
 
-    async def decode(self, route: Route, outputs: np.ndarray, present: np.ndarray, parity_outputs: np.ndarray,
-                     parity_present: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    async def decode(
+        self,
+        route: Route,
+        outputs: np.ndarray,
+        present: np.ndarray,
+        parity_outputs: np.ndarray,
+        parity_present: np.ndarray,
+    ) -> tuple[np.ndarray, list[int]]:
         """``(k, classes)`` decoded answers for every slot, and the coded workers judged Byzantine."""
         request = pb.DecodeRequest(
-            code=self._code(route), outputs=from_numpy(outputs), present=present.tolist(),
-            parity_outputs=from_numpy(parity_outputs), parity_present=parity_present.tolist(),
+            code=self._code(route),
+            outputs=from_numpy(outputs),
+            present=present.tolist(),
+            parity_outputs=from_numpy(parity_outputs),
+            parity_present=parity_present.tolist(),
         )
         try:
             response = await self._decoder.Decode(request, timeout=self._timeout_s)

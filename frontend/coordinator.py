@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from coding.schemes import get_scheme
 from frontend import metrics
 from frontend.coding_clients import CodingClients, CodingServiceError
 from frontend.config import Route
 from frontend.dispatch import Dispatcher
-from coding.schemes import get_scheme
 from frontend.groups import UNCODED, Action, CodingGroup, Query
 from frontend.workers import Fault, ModelSignature, TritonPool, WorkerError
 from service_common.errors import DeadlineExceeded, Unavailable
@@ -44,9 +44,17 @@ class Answer:
 class ModelServer:
     """Serves one route. Create inside the running loop; call :meth:`load` before queries."""
 
-    def __init__(self, route: Route, deployed: Dispatcher, deployed_pool: TritonPool, parity_pool: TritonPool,
-                 coders: CodingClients, straggler_timeout_s: float, fill_timeout_s: float,
-                 coded_faults: tuple[tuple[int, Fault], ...] = ()) -> None:
+    def __init__(
+        self,
+        route: Route,
+        deployed: Dispatcher,
+        deployed_pool: TritonPool,
+        parity_pool: TritonPool,
+        coders: CodingClients,
+        straggler_timeout_s: float,
+        fill_timeout_s: float,
+        coded_faults: tuple[tuple[int, Fault], ...] = (),
+    ) -> None:
         self.route = route
         self._deployed = deployed
         self._deployed_pool = deployed_pool
@@ -82,7 +90,8 @@ class ModelServer:
             done, _ = await asyncio.wait({query.waiter}, timeout=timeout_s)
             if not done:
                 raise DeadlineExceeded(
-                    f"no answer for {self.route.model} within the deadline of {timeout_s * 1e3:.0f} ms")
+                    f"no answer for {self.route.model} within the deadline of {timeout_s * 1e3:.0f} ms"
+                )
             logits, reconstructed, faulty = query.waiter.result()
         except Exception as exc:
             metrics.FAILURES.labels(self.route.model, type(exc).__name__).inc()
@@ -166,8 +175,9 @@ class ModelServer:
         assert self.signature is not None
         worker = i + self.layout.k if self.layout.systematic else i  # the code's worker numbering
         try:
-            out = await self._deployed.call(self.route.model, coded_query[None], self.signature,
-                                            self._coded_faults.get(worker))
+            out = await self._deployed.call(
+                self.route.model, coded_query[None], self.signature, self._coded_faults.get(worker)
+            )
             group.parity_outputs[i] = out[0]
         except WorkerError as exc:
             log.debug("coded query %d of group %d failed: %s", i, group.group_id, exc)
@@ -211,9 +221,13 @@ class ModelServer:
                 query.decoding = True
                 to_decode.append(query)
             elif action is Action.FAIL:
-                self._fail(query, Unavailable(
-                    f"{self.route.model}: the deployed model failed and coding group {group.group_id} "
-                    "cannot rebuild the answer (too many of its outputs lost)"))
+                self._fail(
+                    query,
+                    Unavailable(
+                        f"{self.route.model}: the deployed model failed and coding group {group.group_id} "
+                        "cannot rebuild the answer (too many of its outputs lost)"
+                    ),
+                )
         if to_decode:
             self._spawn(self._run_decode(group, to_decode))
 

@@ -52,8 +52,9 @@ class Dispatcher:
             return self._policy.hedge_delay_ms / 1e3
         return self.latency.quantile(HEDGE_QUANTILE)
 
-    async def _one(self, model: str, batch: np.ndarray, signature: ModelSignature, instance: int,
-                   fault: Fault) -> np.ndarray:
+    async def _one(
+        self, model: str, batch: np.ndarray, signature: ModelSignature, instance: int, fault: Fault
+    ) -> np.ndarray:
         start = time.perf_counter()
         try:
             out = await self._pool.infer(model, batch, signature, fault, instance=instance)

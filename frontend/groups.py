@@ -124,7 +124,7 @@ class CodingGroup:
         return self.layout.needed - (self.slots.count(query.index) - 1)
 
     def _coded_settled(self) -> bool:
-        return all(o is not None or f for o, f in zip(self.parity_outputs, self.parity_failed))
+        return all(o is not None or f for o, f in zip(self.parity_outputs, self.parity_failed, strict=True))
 
     def decodable(self, query: Query) -> bool:
         """A decode could rebuild ``query`` now."""

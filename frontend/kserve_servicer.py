@@ -39,11 +39,13 @@ SERVICE_NAME = kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 RECONSTRUCTED_PARAM = "codedserve_reconstructed"  # bool: any row was rebuilt by the decoder
 SCHEME_PARAM = "codedserve_scheme"  # string: the route's scheme ("parm", "none", ...)
 RECONSTRUCTED_ROWS_PARAM = "codedserve_reconstructed_rows"  # string, one flag per row: "0,1,0"
-_TYPED_CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_contents",
-                   "INT64": "int64_contents"}
+_TYPED_CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_contents", "INT64": "int64_contents"}
 _UNSUPPORTED_PARAMS = ("shared_memory_region", "classification")
-_FORWARDED_ERRORS = {grpc.StatusCode.NOT_FOUND: NotFound, grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-                     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded}
+_FORWARDED_ERRORS = {
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+}
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,10 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, app: FrontendApp) -> None:
         self._app = app
         self._triton_url = app.config.triton_urls[0]
-        options = [("grpc.max_receive_message_length", app.config.max_message_bytes),
-                   ("grpc.max_send_message_length", app.config.max_message_bytes)]
+        options = [
+            ("grpc.max_receive_message_length", app.config.max_message_bytes),
+            ("grpc.max_send_message_length", app.config.max_message_bytes),
+        ]
         self._channel = grpc.aio.insecure_channel(self._triton_url, options=options)
         self._triton = kpb_grpc.GRPCInferenceServiceStub(self._channel)
         self._infos: dict[str, ModelInfo] = {}
@@ -112,8 +116,9 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             version = importlib.metadata.version("codedserve")
         except importlib.metadata.PackageNotFoundError:
             version = "unknown"
-        return kpb.ServerMetadataResponse(name="codedserve", version=version,
-                                          extensions=["model_configuration", "statistics", "parameters"])
+        return kpb.ServerMetadataResponse(
+            name="codedserve", version=version, extensions=["model_configuration", "statistics", "parameters"]
+        )
 
     async def ModelMetadata(
         self, request: kpb.ModelMetadataRequest, context: grpc.aio.ServicerContext
@@ -134,9 +139,14 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         if request.name and request.name not in self._app.servers:
             raise InvalidArgument(f"requested model '{request.name}' is not available")  # as Triton says it
         names = [request.name] if request.name else list(self._app.servers)
-        replies = await asyncio.gather(*(
-            self._forward(self._triton.ModelStatistics, kpb.ModelStatisticsRequest(name=n, version=request.version),
-                          context) for n in names))
+        replies = await asyncio.gather(
+            *(
+                self._forward(
+                    self._triton.ModelStatistics, kpb.ModelStatisticsRequest(name=n, version=request.version), context
+                )
+                for n in names
+            )
+        )
         return kpb.ModelStatisticsResponse(model_stats=[s for r in replies for s in r.model_stats])
 
     # ---- inference ------------------------------------------------------------------------
@@ -159,7 +169,8 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
                 _, message = message_status(exc, f"stream infer {request.id!r}")
                 return kpb.ModelStreamInferResponse(
                     error_message=message,
-                    infer_response=kpb.ModelInferResponse(model_name=request.model_name, id=request.id))
+                    infer_response=kpb.ModelInferResponse(model_name=request.model_name, id=request.id),
+                )
 
         async for response in answer_concurrently(requests, one):
             yield response
@@ -168,8 +179,9 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         server = self._app.model_server(request.model_name)  # NOT_FOUND / UNAVAILABLE
         info = await self._info(request.model_name, context)
         if request.model_version and request.model_version not in info.metadata.versions:
-            raise NotFound(f"Request for unknown model: '{request.model_name}' version {request.model_version} "
-                           "is not found")
+            raise NotFound(
+                f"Request for unknown model: '{request.model_name}' version {request.model_version} is not found"
+            )
         batch = _read_input(request, info)
         _check_outputs(request, info)
         timeout_s = query_timeout_s(context, self._app.config.default_deadline_s)
@@ -187,7 +199,8 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         if info is None:
             metadata, config = await asyncio.gather(
                 self._forward(self._triton.ModelMetadata, kpb.ModelMetadataRequest(name=model), context),
-                self._forward(self._triton.ModelConfig, kpb.ModelConfigRequest(name=model), context))
+                self._forward(self._triton.ModelConfig, kpb.ModelConfigRequest(name=model), context),
+            )
             info = self._infos.setdefault(model, ModelInfo(metadata, config))
         return info
 
@@ -211,9 +224,19 @@ def _unimplemented(name: str):  # type: ignore[no-untyped-def]
 
 
 # The generated base class would raise NotImplementedError (INTERNAL through our interceptor).
-for _name in ("RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload", "SystemSharedMemoryStatus",
-              "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister", "CudaSharedMemoryStatus",
-              "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister", "TraceSetting", "LogSettings"):
+for _name in (
+    "RepositoryIndex",
+    "RepositoryModelLoad",
+    "RepositoryModelUnload",
+    "SystemSharedMemoryStatus",
+    "SystemSharedMemoryRegister",
+    "SystemSharedMemoryUnregister",
+    "CudaSharedMemoryStatus",
+    "CudaSharedMemoryRegister",
+    "CudaSharedMemoryUnregister",
+    "TraceSetting",
+    "LogSettings",
+):
     setattr(KServeServicer, _name, _unimplemented(_name))
 
 
@@ -237,14 +260,18 @@ def _read_input(request: kpb.ModelInferRequest, info: ModelInfo) -> np.ndarray:
     if tensor.name != expected.name:
         raise InvalidArgument(f"unexpected inference input '{tensor.name}' for model '{model}'")
     if tensor.datatype != expected.datatype:
-        raise InvalidArgument(f"inference input '{tensor.name}' data-type is '{tensor.datatype}', but model "
-                              f"'{model}' expects '{expected.datatype}'")
+        raise InvalidArgument(
+            f"inference input '{tensor.name}' data-type is '{tensor.datatype}', but model "
+            f"'{model}' expects '{expected.datatype}'"
+        )
     _check_params(tensor.parameters, f"input '{tensor.name}'")
     shape = [int(d) for d in tensor.shape]
     dims = list(expected.shape)
     if len(shape) != len(dims) or shape[1:] != dims[1:] or shape[0] < 1:
-        raise InvalidArgument(f"unexpected shape for input '{tensor.name}' for model '{model}'. "
-                              f"Expected {_dims(dims)}, got {_dims(shape)}")
+        raise InvalidArgument(
+            f"unexpected shape for input '{tensor.name}' for model '{model}'. "
+            f"Expected {_dims(dims)}, got {_dims(shape)}"
+        )
     max_batch = info.config.config.max_batch_size
     if max_batch and shape[0] > max_batch:
         raise InvalidArgument(f"inference request batch-size must be <= {max_batch} for '{model}'")
@@ -252,26 +279,31 @@ def _read_input(request: kpb.ModelInferRequest, info: ModelInfo) -> np.ndarray:
     data = _input_bytes(request, tensor, dtype)
     needed = int(np.prod(shape)) * dtype.itemsize
     if len(data) != needed:
-        raise InvalidArgument(f"input byte size mismatch for input '{tensor.name}' for model '{model}'. "
-                              f"Expected {needed}, got {len(data)}")
+        raise InvalidArgument(
+            f"input byte size mismatch for input '{tensor.name}' for model '{model}'. "
+            f"Expected {needed}, got {len(data)}"
+        )
     batch = np.frombuffer(data, dtype=dtype).reshape(shape)
     if not np.isfinite(batch).all():
         raise InvalidArgument(f"input '{tensor.name}' for model '{model}' contains NaN or infinity")
     return batch
 
 
-def _input_bytes(request: kpb.ModelInferRequest, tensor: kpb.ModelInferRequest.InferInputTensor,
-                 dtype: np.dtype) -> bytes:
+def _input_bytes(
+    request: kpb.ModelInferRequest, tensor: kpb.ModelInferRequest.InferInputTensor, dtype: np.dtype
+) -> bytes:
     if request.raw_input_contents:
         if len(request.raw_input_contents) != 1:
-            raise InvalidArgument(f"expected 1 raw input content for model '{request.model_name}', "
-                                  f"got {len(request.raw_input_contents)}")
+            raise InvalidArgument(
+                f"expected 1 raw input content for model '{request.model_name}', got {len(request.raw_input_contents)}"
+            )
         return request.raw_input_contents[0]
     field = _TYPED_CONTENTS.get(tensor.datatype)
     values = getattr(tensor.contents, field) if field else ()
     if not values:
-        raise InvalidArgument(f"unable to find data for input tensor '{tensor.name}' for model "
-                              f"'{request.model_name}' in request.")
+        raise InvalidArgument(
+            f"unable to find data for input tensor '{tensor.name}' for model '{request.model_name}' in request."
+        )
     return np.asarray(values, dtype=dtype).tobytes()
 
 
@@ -293,9 +325,14 @@ def _infer_response(request: kpb.ModelInferRequest, info: ModelInfo, answers: li
     logits = np.stack([a.logits for a in answers]).astype(dtype)
     flags = [a.reconstructed for a in answers]
     response = kpb.ModelInferResponse(
-        model_name=request.model_name, model_version=info.version, id=request.id,
-        outputs=[kpb.ModelInferResponse.InferOutputTensor(name=info.output.name, datatype=info.output.datatype,
-                                                          shape=list(logits.shape))],
+        model_name=request.model_name,
+        model_version=info.version,
+        id=request.id,
+        outputs=[
+            kpb.ModelInferResponse.InferOutputTensor(
+                name=info.output.name, datatype=info.output.datatype, shape=list(logits.shape)
+            )
+        ],
         raw_output_contents=[logits.tobytes()],
     )
     response.parameters[RECONSTRUCTED_PARAM].bool_param = any(flags)

@@ -4,11 +4,17 @@ from prometheus_client import Counter, Histogram
 
 _LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2, 5)
 
-ANSWERS = Counter("codedserve_answers_total", "Queries answered, by model, scheme and source", ["model", "scheme", "source"])
+ANSWERS = Counter(
+    "codedserve_answers_total", "Queries answered, by model, scheme and source", ["model", "scheme", "source"]
+)
 FAILURES = Counter("codedserve_query_failures_total", "Queries not answered, by model and status", ["model", "code"])
-QUERY_SECONDS = Histogram("codedserve_query_seconds", "Arrival to answer", ["model", "source"], buckets=_LATENCY_BUCKETS)
+QUERY_SECONDS = Histogram(
+    "codedserve_query_seconds", "Arrival to answer", ["model", "source"], buckets=_LATENCY_BUCKETS
+)
 WORKER_CALLS = Counter("codedserve_worker_calls_total", "Triton calls, by model and outcome", ["model", "outcome"])
-LATE_DISCARDED = Counter("codedserve_late_outputs_discarded_total", "Own outputs that came after a reconstruction", ["model"])
+LATE_DISCARDED = Counter(
+    "codedserve_late_outputs_discarded_total", "Own outputs that came after a reconstruction", ["model"]
+)
 DECODE_SECONDS = Histogram("codedserve_decode_seconds", "Decoder round trip", ["model"], buckets=_LATENCY_BUCKETS)
 GROUPS = Counter("codedserve_groups_total", "Coding groups sealed, by how they filled", ["model", "fill"])
 HEDGES = Counter("codedserve_hedged_calls_total", "Deployed calls that sent a hedge copy", ["model"])

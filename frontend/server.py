@@ -53,14 +53,20 @@ async def create_server(config: FrontendConfig) -> FrontendServer:
     await app.start()
     running = await start_server(
         [lambda server: pb_grpc.add_FrontendServicer_to_server(FrontendServicer(app), server)],
-        [SERVICE_NAME], config.address, config.max_message_bytes, serving=False,
+        [SERVICE_NAME],
+        config.address,
+        config.max_message_bytes,
+        serving=False,
     )
     kserve, kservicer = None, None
     if config.kserve_address is not None:
         kservicer = KServeServicer(app)
         kserve = await start_server(
             [lambda server: kserve_grpc.add_GRPCInferenceServiceServicer_to_server(kservicer, server)],
-            [KSERVE_SERVICE_NAME], config.kserve_address, config.max_message_bytes, serving=False,
+            [KSERVE_SERVICE_NAME],
+            config.kserve_address,
+            config.max_message_bytes,
+            serving=False,
         )
 
     async def become_ready() -> None:

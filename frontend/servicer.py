@@ -56,11 +56,19 @@ class FrontendServicer(pb_grpc.FrontendServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=[
-            pb.ModelInfo(model=r.model, scheme=r.scheme, k=r.k, r=self._app.servers[r.model].layout.parities,
-                         params=r.param_dict, parity_model=r.parity_model)
-            for r in self._app.config.routes
-        ])
+        return pb.ListModelsResponse(
+            models=[
+                pb.ModelInfo(
+                    model=r.model,
+                    scheme=r.scheme,
+                    k=r.k,
+                    r=self._app.servers[r.model].layout.parities,
+                    params=r.param_dict,
+                    parity_model=r.parity_model,
+                )
+                for r in self._app.config.routes
+            ]
+        )
 
     async def _classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> Answer:
         server = self._app.model_server(request.model)  # NOT_FOUND / UNAVAILABLE

@@ -100,8 +100,9 @@ class TritonPool:
         except InferenceServerException as exc:
             raise WorkerError(f"Triton at {self.urls[0]}: {exc.message()}") from exc
         shape = tuple(int(d) for d in meta.inputs[0].shape[1:])
-        return ModelSignature(meta.inputs[0].name, meta.outputs[0].name, shape,
-                              np.dtype(triton_to_np_dtype(meta.inputs[0].datatype)))
+        return ModelSignature(
+            meta.inputs[0].name, meta.outputs[0].name, shape, np.dtype(triton_to_np_dtype(meta.inputs[0].datatype))
+        )
 
     def pick(self, avoid: int | None = None) -> int:
         """The next instance in round-robin order, skipping ``avoid`` when there is another."""
@@ -110,8 +111,14 @@ class TritonPool:
             index = next(self._next) % len(self._clients)
         return index
 
-    async def infer(self, model: str, batch: np.ndarray, signature: ModelSignature, fault: Fault | None = None,
-                    instance: int | None = None) -> np.ndarray:
+    async def infer(
+        self,
+        model: str,
+        batch: np.ndarray,
+        signature: ModelSignature,
+        fault: Fault | None = None,
+        instance: int | None = None,
+    ) -> np.ndarray:
         """One ModelInfer on ``instance`` (default: the next); returns the output rows. Raises WorkerError."""
         if fault is not None:
             if fault.fail:
@@ -123,7 +130,9 @@ class TritonPool:
         infer_input.set_data_from_numpy(np.ascontiguousarray(batch, dtype=signature.dtype))
         try:
             result = await client.infer(
-                model, [infer_input], outputs=[InferRequestedOutput(signature.output_name)],
+                model,
+                [infer_input],
+                outputs=[InferRequestedOutput(signature.output_name)],
                 client_timeout=self.timeout_s,
             )
         except InferenceServerException as exc:

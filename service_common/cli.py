@@ -20,13 +20,23 @@ class ServiceConfig:
 def add_service_flags(parser: argparse.ArgumentParser, env_prefix: str, default_port: int) -> None:
     """Flags with env fallbacks (``<PREFIX>_ADDRESS`` etc.), so k8s can configure by env."""
     env = os.environ.get
-    parser.add_argument("--address", default=env(f"{env_prefix}_ADDRESS", f"127.0.0.1:{default_port}"),
-                        help="host:port to listen on; port 0 picks a free one (env %(default)s)")
-    parser.add_argument("--metrics-port", type=int, default=env(f"{env_prefix}_METRICS_PORT"),
-                        help="serve Prometheus /metrics on 127.0.0.1:PORT (off when unset)")
-    parser.add_argument("--max-message-bytes", type=int,
-                        default=int(env(f"{env_prefix}_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES)),
-                        help="largest gRPC message accepted or sent; bigger ones get RESOURCE_EXHAUSTED")
+    parser.add_argument(
+        "--address",
+        default=env(f"{env_prefix}_ADDRESS", f"127.0.0.1:{default_port}"),
+        help="host:port to listen on; port 0 picks a free one (env %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=env(f"{env_prefix}_METRICS_PORT"),
+        help="serve Prometheus /metrics on 127.0.0.1:PORT (off when unset)",
+    )
+    parser.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=int(env(f"{env_prefix}_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES)),
+        help="largest gRPC message accepted or sent; bigger ones get RESOURCE_EXHAUSTED",
+    )
     parser.add_argument("--log-level", default=env(f"{env_prefix}_LOG_LEVEL", "INFO"))
 
 

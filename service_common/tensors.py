@@ -31,4 +31,6 @@ def to_numpy(tensor: pb.Tensor, what: str = "tensor") -> np.ndarray:
 def from_numpy(array: np.ndarray) -> pb.Tensor:
     """Encode an array as a little-endian Tensor message."""
     array = np.ascontiguousarray(array)
-    return pb.Tensor(dtype=array.dtype.name, shape=list(array.shape), data=array.astype(array.dtype.newbyteorder("<")).tobytes())
+    return pb.Tensor(
+        dtype=array.dtype.name, shape=list(array.shape), data=array.astype(array.dtype.newbyteorder("<")).tobytes()
+    )

@@ -3,10 +3,10 @@
 import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from codedserve.v1 import codedserve_pb2 as pb
 from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from coding import parm
 from decoder_service.server import create_server as create_decoder
 from encoder_service.server import create_server as create_encoder
@@ -40,8 +40,11 @@ async def test_encode_then_decode_round_trip_matches_the_library(services):
 
     outputs = np.array([[1, 2, 3], [0, 0, 0]], dtype=np.float32)
     parity_out = np.array([[5, 5, 5]], dtype=np.float32)
-    reply = await decoder.Decode(pb.DecodeRequest(
-        code=_code(), outputs=from_numpy(outputs), present=[True, False], parity_outputs=from_numpy(parity_out)))
+    reply = await decoder.Decode(
+        pb.DecodeRequest(
+            code=_code(), outputs=from_numpy(outputs), present=[True, False], parity_outputs=from_numpy(parity_out)
+        )
+    )
     rebuilt = to_numpy(reply.reconstructions, "r")
     np.testing.assert_allclose(rebuilt, [[1, 2, 3], [4, 3, 2]])  # present row echoed, absent row rebuilt
     assert list(reply.faulty_workers) == []
@@ -58,9 +61,15 @@ async def test_approxifer_decodes_a_linear_model_and_names_a_lying_worker(servic
     outputs = coded.reshape(6, -1) @ weights
     outputs[3] *= -1
     present = [True, True, True, True, True, False]
-    reply = await decoder.Decode(pb.DecodeRequest(
-        code=code, outputs=from_numpy(np.zeros((2, 10), np.float32)), present=[False, False],
-        parity_outputs=from_numpy(outputs), parity_present=present))
+    reply = await decoder.Decode(
+        pb.DecodeRequest(
+            code=code,
+            outputs=from_numpy(np.zeros((2, 10), np.float32)),
+            present=[False, False],
+            parity_outputs=from_numpy(outputs),
+            parity_present=present,
+        )
+    )
     assert list(reply.faulty_workers) == [3]
     truth = group.reshape(2, -1) @ weights
     rebuilt = to_numpy(reply.reconstructions, "r")
@@ -83,16 +92,31 @@ def _tensor(dtype="float32", shape=(2, 1, 28, 28), data=None):
     "request_, code, message",
     [
         (pb.EncodeRequest(code=_code(3), queries=_tensor()), grpc.StatusCode.INVALID_ARGUMENT, "k=3 queries"),
-        (pb.EncodeRequest(code=_code(), queries=_tensor(dtype="complex64")), grpc.StatusCode.INVALID_ARGUMENT,
-         "unsupported dtype"),
-        (pb.EncodeRequest(code=_code(), queries=_tensor(shape=(0, 1, 28, 28))), grpc.StatusCode.INVALID_ARGUMENT,
-         "empty tensor"),
-        (pb.EncodeRequest(code=_code(), queries=_tensor(data=b"123")), grpc.StatusCode.INVALID_ARGUMENT,
-         "needs 6272 bytes, got 3"),
-        (pb.EncodeRequest(code=pb.CodeSpec(scheme="nope", k=2), queries=_tensor()), grpc.StatusCode.INVALID_ARGUMENT,
-         "unknown coding scheme"),
-        (pb.EncodeRequest(code=_code(), queries=_tensor(shape=(2, 1, 512, 512))), grpc.StatusCode.RESOURCE_EXHAUSTED,
-         ""),
+        (
+            pb.EncodeRequest(code=_code(), queries=_tensor(dtype="complex64")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "unsupported dtype",
+        ),
+        (
+            pb.EncodeRequest(code=_code(), queries=_tensor(shape=(0, 1, 28, 28))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "empty tensor",
+        ),
+        (
+            pb.EncodeRequest(code=_code(), queries=_tensor(data=b"123")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "needs 6272 bytes, got 3",
+        ),
+        (
+            pb.EncodeRequest(code=pb.CodeSpec(scheme="nope", k=2), queries=_tensor()),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "unknown coding scheme",
+        ),
+        (
+            pb.EncodeRequest(code=_code(), queries=_tensor(shape=(2, 1, 512, 512))),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "",
+        ),
     ],
 )
 async def test_bad_encode_requests_get_clear_statuses(services, request_, code, message):
@@ -107,7 +131,13 @@ async def test_decode_with_nothing_missing_is_invalid(services):
     _, decoder, _ = services
     zeros = from_numpy(np.zeros((2, 10), np.float32))
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await decoder.Decode(pb.DecodeRequest(code=_code(), outputs=zeros, present=[True, True],
-                                              parity_outputs=from_numpy(np.zeros((1, 10), np.float32))))
+        await decoder.Decode(
+            pb.DecodeRequest(
+                code=_code(),
+                outputs=zeros,
+                present=[True, True],
+                parity_outputs=from_numpy(np.zeros((1, 10), np.float32)),
+            )
+        )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "nothing to decode" in err.value.details()

@@ -24,8 +24,10 @@ def parity_name(k: int) -> str:
 
 def weights(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal((784, spec.NUM_CLASSES)).astype(np.float32) / 10,
-            rng.standard_normal(spec.NUM_CLASSES).astype(np.float32))
+    return (
+        rng.standard_normal((784, spec.NUM_CLASSES)).astype(np.float32) / 10,
+        rng.standard_normal(spec.NUM_CLASSES).astype(np.float32),
+    )
 
 
 def reference(x: np.ndarray) -> np.ndarray:
@@ -39,7 +41,8 @@ def _linear_onnx(path: Path, w: np.ndarray, b: np.ndarray) -> None:
         helper.make_node("Gemm", ["flat", "W", "b"], [spec.OUTPUT_NAME]),
     ]
     graph = helper.make_graph(
-        nodes, "linear",
+        nodes,
+        "linear",
         [helper.make_tensor_value_info(spec.INPUT_NAME, TensorProto.FLOAT, ["batch", *spec.IMAGE_SHAPE])],
         [helper.make_tensor_value_info(spec.OUTPUT_NAME, TensorProto.FLOAT, ["batch", spec.NUM_CLASSES])],
         initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")],
@@ -53,8 +56,7 @@ def write_repository(root: Path, ks: tuple[int, ...] = (2,)) -> list[str]:
     w, b = weights()
     names = [DEPLOYED, *(parity_name(k) for k in ks)]
     biases = [b, *(k * b for k in ks)]
-    for name, bias in zip(names, biases):
+    for name, bias in zip(names, biases, strict=True):
         _linear_onnx(root / name / "1" / "model.onnx", w, bias)
         (root / name / "config.pbtxt").write_text(config_text(name))
     return names
-

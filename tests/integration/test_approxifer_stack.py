@@ -10,10 +10,10 @@ import time
 import grpc
 import numpy as np
 import pytest
-
-from bench.stack import Stack
 from codedserve.v1 import codedserve_pb2 as pb
 from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
+
+from bench.stack import Stack
 from service_common.tensors import from_numpy
 from tests.integration import linear_models
 
@@ -22,11 +22,27 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 MODEL = linear_models.DEPLOYED
 FRONTENDS = {
     # K=2, S=1, A=1: N = 2K+2A+S-1 = 6 coded queries; worker 3 lies, worker 5 straggles for 3 s.
-    "byzantine": ["--route", f"{MODEL}=approxifer:k=2,s=1,a=1", "--inject-coded-faults", "3=corrupt,5=delay=3000",
-                  "--straggler-timeout-ms", "100", "--fill-timeout-ms", "2000", "--allow-fault-metadata"],
+    "byzantine": [
+        "--route",
+        f"{MODEL}=approxifer:k=2,s=1,a=1",
+        "--inject-coded-faults",
+        "3=corrupt,5=delay=3000",
+        "--straggler-timeout-ms",
+        "100",
+        "--fill-timeout-ms",
+        "2000",
+        "--allow-fault-metadata",
+    ],
     # Systematic: the 2 originals go to the model as usual, plus N-K = 3 Berrut parities (N = 2K+S = 5).
-    "systematic": ["--route", f"{MODEL}=approxifer:k=2,s=1,n=5,systematic=true", "--straggler-timeout-ms", "40",
-                   "--fill-timeout-ms", "2000", "--allow-fault-metadata"],
+    "systematic": [
+        "--route",
+        f"{MODEL}=approxifer:k=2,s=1,n=5,systematic=true",
+        "--straggler-timeout-ms",
+        "40",
+        "--fill-timeout-ms",
+        "2000",
+        "--allow-fault-metadata",
+    ],
 }
 
 

@@ -15,11 +15,28 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 def test_compare_runs_every_scheme_and_its_counts_are_consistent(tmp_path):
     repo = tmp_path / "repo"
     linear_models.write_repository(repo)
-    runs = compare.main([
-        "--model-repository", str(repo), "--model", linear_models.DEPLOYED,
-        "--parity-model", linear_models.parity_name(2), "--encoder", "add",
-        "--rate", "60", "--duration", "2", "--profile", "stalls", "--tag", "smoke", "--out", str(tmp_path / "out"),
-    ])
+    runs = compare.main(
+        [
+            "--model-repository",
+            str(repo),
+            "--model",
+            linear_models.DEPLOYED,
+            "--parity-model",
+            linear_models.parity_name(2),
+            "--encoder",
+            "add",
+            "--rate",
+            "60",
+            "--duration",
+            "2",
+            "--profile",
+            "stalls",
+            "--tag",
+            "smoke",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     by = {r.summary.name: r for r in runs}
     assert list(by) == list(compare.SCHEMES)
     for run in runs:

@@ -28,8 +28,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 MODEL = linear_models.DEPLOYED
 STRAGGLER_MS = 40
 FRONTEND = FrontendSpec(
-    flags=["--route", f"{MODEL}=parm:k=2,encoder=add,parity_model={linear_models.parity_name(2)}",
-           "--straggler-timeout-ms", str(STRAGGLER_MS), "--fill-timeout-ms", "100", "--allow-fault-metadata"],
+    flags=[
+        "--route",
+        f"{MODEL}=parm:k=2,encoder=add,parity_model={linear_models.parity_name(2)}",
+        "--straggler-timeout-ms",
+        str(STRAGGLER_MS),
+        "--fill-timeout-ms",
+        "100",
+        "--allow-fault-metadata",
+    ],
     kserve=True,
 )
 
@@ -67,8 +74,11 @@ def _input(x: np.ndarray, name: str = "input", datatype: str = "FP32") -> grpccl
 
 def _flags(result: grpcclient.InferResult) -> tuple[bool, str, str]:
     params = result.get_response().parameters
-    return (params[RECONSTRUCTED_PARAM].bool_param, params[SCHEME_PARAM].string_param,
-            params[RECONSTRUCTED_ROWS_PARAM].string_param)
+    return (
+        params[RECONSTRUCTED_PARAM].bool_param,
+        params[SCHEME_PARAM].string_param,
+        params[RECONSTRUCTED_ROWS_PARAM].string_param,
+    )
 
 
 def test_server_and_model_readiness_and_metadata_match_triton(client, triton):
@@ -122,7 +132,8 @@ async def test_aio_client_straggler_is_reconstructed_long_before_it_would_answer
             return result, time.perf_counter() - start
 
         (normal, _), (straggler, seconds) = await asyncio.gather(
-            one(10, None), one(11, {"codedserve-fault": "delay=3000"}))
+            one(10, None), one(11, {"codedserve-fault": "delay=3000"})
+        )
     assert _flags(normal) == (False, "parm", "0")
     assert _flags(straggler) == (True, "parm", "1")
     np.testing.assert_allclose(straggler.as_numpy("logits"), linear_models.reference(_rows(11)), rtol=1e-3, atol=1e-3)
@@ -150,8 +161,9 @@ def test_stream_answers_every_request_and_reports_errors_per_message(stack):
     assert len(errors) == 1 and "not served" in errors[0].message()
     for result, _ in (r for r in replies if r[1] is None):
         i = int(result.get_response().id)
-        np.testing.assert_allclose(result.as_numpy("logits"), linear_models.reference(_rows(20 + i)), rtol=1e-3,
-                                   atol=1e-3)
+        np.testing.assert_allclose(
+            result.as_numpy("logits"), linear_models.reference(_rows(20 + i)), rtol=1e-3, atol=1e-3
+        )
 
 
 def _status(call) -> str:
@@ -212,8 +224,11 @@ def test_malformed_requests_get_the_status_real_triton_returns(stack, case):
 def test_the_client_deadline_bounds_a_batch_that_cannot_be_rebuilt(client):
     """Four delayed rows: at least two share a coding group, which one parity cannot rebuild."""
     start = time.perf_counter()
-    status = _status(lambda: client.infer(MODEL, [_input(_rows(4, batch=4))], client_timeout=0.5,
-                                          headers={"codedserve-fault": "delay=3000"}))
+    status = _status(
+        lambda: client.infer(
+            MODEL, [_input(_rows(4, batch=4))], client_timeout=0.5, headers={"codedserve-fault": "delay=3000"}
+        )
+    )
     assert status == "StatusCode.DEADLINE_EXCEEDED"
     assert time.perf_counter() - start < 1.5
 
@@ -221,8 +236,10 @@ def test_the_client_deadline_bounds_a_batch_that_cannot_be_rebuilt(client):
 def test_nan_input_is_rejected_before_it_reaches_a_coding_group(client):
     """A deliberate difference from Triton (which computes NaNs): one NaN query would poison the
     reconstructions of its whole group."""
-    assert _status(lambda: client.infer(MODEL, [_input(np.full((1, 1, 28, 28), np.nan, np.float32))])) == \
-        "StatusCode.INVALID_ARGUMENT"
+    assert (
+        _status(lambda: client.infer(MODEL, [_input(np.full((1, 1, 28, 28), np.nan, np.float32))]))
+        == "StatusCode.INVALID_ARGUMENT"
+    )
 
 
 def test_unsupported_triton_extensions_are_unimplemented(client):
@@ -236,5 +253,6 @@ def test_grpc_health_reports_serving_on_the_kserve_port(stack):
 
     with grpc.insecure_channel(stack.kserve_address("coded")) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService"), timeout=5)
+            health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService"), timeout=5
+        )
     assert reply.status == health_pb2.HealthCheckResponse.SERVING

@@ -13,10 +13,10 @@ import time
 import grpc
 import numpy as np
 import pytest
-
-from bench.stack import Stack
 from codedserve.v1 import codedserve_pb2 as pb
 from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
+
+from bench.stack import Stack
 from service_common.tensors import from_numpy
 from tests.integration import linear_models
 
@@ -24,9 +24,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 STRAGGLER_MS = 40
 FRONTENDS = {
-    "coded": ["--route", f"{linear_models.DEPLOYED}=parm:k=2,encoder=add,parity_model={linear_models.parity_name(2)}",
-              "--straggler-timeout-ms", str(STRAGGLER_MS), "--fill-timeout-ms", "2000", "--allow-fault-metadata",
-              "--max-message-bytes", str(1 << 20)],
+    "coded": [
+        "--route",
+        f"{linear_models.DEPLOYED}=parm:k=2,encoder=add,parity_model={linear_models.parity_name(2)}",
+        "--straggler-timeout-ms",
+        str(STRAGGLER_MS),
+        "--fill-timeout-ms",
+        "2000",
+        "--allow-fault-metadata",
+        "--max-message-bytes",
+        str(1 << 20),
+    ],
     "uncoded": ["--route", f"{linear_models.DEPLOYED}=none", "--allow-fault-metadata"],
 }
 
@@ -125,16 +133,33 @@ def test_a_stream_answers_every_query_once(stack):
     "request_, code, message",
     [
         (pb.ClassifyRequest(model="nope", input=from_numpy(_query(0))), grpc.StatusCode.NOT_FOUND, "not served"),
-        (pb.ClassifyRequest(model=linear_models.DEPLOYED, input=from_numpy(np.zeros((28, 28), np.float32))),
-         grpc.StatusCode.INVALID_ARGUMENT, "expected shape [1, 28, 28], got [28, 28]"),
-        (pb.ClassifyRequest(model=linear_models.DEPLOYED, input=from_numpy(np.zeros((1, 28, 28), np.float64))),
-         grpc.StatusCode.INVALID_ARGUMENT, "expected dtype float32, got float64"),
-        (pb.ClassifyRequest(model=linear_models.DEPLOYED, input=pb.Tensor(dtype="float32", shape=[0])),
-         grpc.StatusCode.INVALID_ARGUMENT, "empty tensor"),
-        (pb.ClassifyRequest(model=linear_models.DEPLOYED, input=from_numpy(np.full((1, 28, 28), np.nan, np.float32))),
-         grpc.StatusCode.INVALID_ARGUMENT, "NaN"),
-        (pb.ClassifyRequest(model=linear_models.DEPLOYED, input=from_numpy(np.zeros((1, 600, 600), np.float32))),
-         grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
+        (
+            pb.ClassifyRequest(model=linear_models.DEPLOYED, input=from_numpy(np.zeros((28, 28), np.float32))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "expected shape [1, 28, 28], got [28, 28]",
+        ),
+        (
+            pb.ClassifyRequest(model=linear_models.DEPLOYED, input=from_numpy(np.zeros((1, 28, 28), np.float64))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "expected dtype float32, got float64",
+        ),
+        (
+            pb.ClassifyRequest(model=linear_models.DEPLOYED, input=pb.Tensor(dtype="float32", shape=[0])),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "empty tensor",
+        ),
+        (
+            pb.ClassifyRequest(
+                model=linear_models.DEPLOYED, input=from_numpy(np.full((1, 28, 28), np.nan, np.float32))
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "NaN",
+        ),
+        (
+            pb.ClassifyRequest(model=linear_models.DEPLOYED, input=from_numpy(np.zeros((1, 600, 600), np.float32))),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "",
+        ),
     ],
 )
 def test_bad_input_gets_a_clear_status(stack, request_, code, message):

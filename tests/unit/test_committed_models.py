@@ -22,7 +22,7 @@ MANIFEST = json.loads((REPO / "manifest.json").read_text())["models"]
 
 def _run(name: str, x: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(REPO / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
-    return np.concatenate([session.run(None, {INPUT_NAME: x[i:i + 1000]})[0] for i in range(0, len(x), 1000)])
+    return np.concatenate([session.run(None, {INPUT_NAME: x[i : i + 1000]})[0] for i in range(0, len(x), 1000)])
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_degraded_accuracy_is_reproduced_by_the_serving_encoder_and_decoder(name
     scheme = get_scheme("parm", k, {"encoder": entry["encoder"]})
     parity_out = _run(name, np.concatenate([scheme.encode(x[g]) for g in groups]))
     hits = 0
-    for g, p in zip(groups, parity_out):
+    for g, p in zip(groups, parity_out, strict=True):
         for j in range(k):
             present = np.arange(k) != j
             hits += scheme.decode(deployed[g], present, p[None]).argmax() == labels[g[j]]

@@ -65,11 +65,13 @@ async def test_a_hedge_is_sent_only_after_the_delay():
 async def test_a_failed_first_copy_is_hedged_at_once_and_all_failing_raises():
     pool = FakePool([0.0, 0.0])
     out = await _dispatcher(pool, Dispatch("hedge", hedge_delay_ms=1000)).call(
-        "m", np.zeros((1, 1)), SIG, Fault(fail=True))
+        "m", np.zeros((1, 1)), SIG, Fault(fail=True)
+    )
     assert out[0, 0] == 1
     with pytest.raises(WorkerError):
         await _dispatcher(FakePool([0.0, 0.0], failing={0, 1}), Dispatch("replicate")).call(
-            "m", np.zeros((1, 1)), SIG, None)
+            "m", np.zeros((1, 1)), SIG, None
+        )
 
 
 def test_routes_parse_baselines_and_reject_nonsense():

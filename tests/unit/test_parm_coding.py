@@ -90,10 +90,14 @@ def test_scheme_encode_decode_shapes():
         (lambda: get_scheme("parm", 2, {"encoder": "xor"}), "unknown ParM encoder"),
         (lambda: get_scheme("parm", 2).encode(_group(3)), "k=2 queries"),
         (lambda: get_scheme("parm", 2, {"encoder": "concat"}).encode(_group(2, h=27)), "even H, W"),
-        (lambda: get_scheme("parm", 2).decode(np.zeros((2, 10)), np.array([True, True]), np.zeros((1, 10))),
-         "nothing to decode"),
-        (lambda: get_scheme("parm", 2).decode(np.zeros((2, 10)), np.array([True, False]), np.zeros((1, 9))),
-         "parity outputs of shape"),
+        (
+            lambda: get_scheme("parm", 2).decode(np.zeros((2, 10)), np.array([True, True]), np.zeros((1, 10))),
+            "nothing to decode",
+        ),
+        (
+            lambda: get_scheme("parm", 2).decode(np.zeros((2, 10)), np.array([True, False]), np.zeros((1, 9))),
+            "parity outputs of shape",
+        ),
     ],
 )
 def test_bad_requests_raise_coding_errors_that_name_the_problem(call, message):
