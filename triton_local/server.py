@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import filecmp
 import importlib.util
 import logging
@@ -24,7 +23,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,8 +34,6 @@ DEFAULT_BUILD_DIR = REPO_ROOT / ".triton"
 OUR_BACKEND = Path(__file__).resolve().parent / "backend" / "onnxruntime" / "model.py"
 _PYTHON_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
 _STUB = "triton_python_backend_stub"
-_PR_SET_PDEATHSIG = 1
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 
 class TritonStartError(RuntimeError):
@@ -145,17 +141,17 @@ def server_env(install: TritonInstall) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM tritonserver when its parent dies, so a killed test run
-    cannot leave a server behind. libc is resolved in the parent (no dlopen between fork and exec)."""
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _death_signal_hook() -> Callable[[], None] | None:
-    """Only from the main thread: the kernel sends PDEATHSIG when the parent *thread* exits, and a worker
-    thread (``asyncio.to_thread``, an executor shut down with its loop) would take the server down with it."""
-    return _die_with_parent if threading.current_thread() is threading.main_thread() else None
+def _die_with_parent() -> list[str]:
+    """A ``setpriv --pdeathsig TERM`` prefix: tritonserver gets SIGTERM when its parent dies, so a killed test
+    run cannot leave a server behind. setpriv sets it and execs in place (same pid), so Popen can spawn with
+    vfork: a ``preexec_fn`` would force fork(), and forking a process whose gRPC threads are busy let gRPC's
+    fork handlers abort the child (seen: "epoll_wait error: Bad file descriptor", exit -6).
+    Only from the main thread: the kernel sends PDEATHSIG when the parent *thread* exits, and a worker thread
+    (``asyncio.to_thread``, an executor shut down with its loop) would take the server down with it."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or threading.current_thread() is not threading.main_thread():
+        return []
+    return [setpriv, "--pdeathsig", "TERM", "--"]
 
 
 class TritonServer:
@@ -225,8 +221,9 @@ class TritonServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:  # append: a restarted server keeps its history
             self._proc = subprocess.Popen(
-                self.command(install, backends), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=server_env(install), start_new_session=True, preexec_fn=_death_signal_hook(),
+                [*_die_with_parent(), *self.command(install, backends)], stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT,
+                env=server_env(install), start_new_session=True,
             )  # fmt: skip
         self._started_at = time.monotonic()
         atexit.register(self.stop)  # an interpreter that exits without stop() still takes the server down
