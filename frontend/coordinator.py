@@ -72,9 +72,12 @@ class ModelServer:
 
     async def load(self) -> None:
         """Fetch the model signatures from Triton (raises WorkerError while Triton is not ready)."""
-        self.signature = await self._deployed_pool.signature(self.route.model)
+        signature = await self._deployed_pool.signature(self.route.model)
         if self.layout.parity_model:
             self._parity_signature = await self._parity_pool.signature(self.route.parity_model)
+        # Last: a set signature means "ready", so it must not be set while the parity model (on other
+        # instances, possibly still loading) is missing; a failed attempt is retried whole.
+        self.signature = signature
 
     async def classify(self, x: np.ndarray, timeout_s: float, fault: Fault | None = None) -> Answer:
         """Answer one query exactly once, within ``timeout_s``. ``fault`` forces an injected fault
