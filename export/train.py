@@ -161,7 +161,8 @@ def _fit(
 ) -> Trained:
     """Run epochs of ``loss_fn`` over ``epoch_batches()`` (index tensors) under one cosine LR schedule."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total_steps, budget = cfg.epochs * len(epoch_batches()), cfg.time_budget_s or math.inf
+    total_steps = cfg.epochs * len(epoch_batches())
+    budget = math.inf if cfg.time_budget_s is None else max(cfg.time_budget_s, 1e-9)
     start, step, history = time.monotonic(), 0, []
     best = (-1.0, 0, copy.deepcopy(model.state_dict()))
     epochs = _bar(range(1, cfg.epochs + 1), desc=desc, unit="epoch")

@@ -102,15 +102,19 @@ class _Run:
         budget = args.time_budget_s if args.time_budget_s is not None else profile.time_budget_s
         self.budget_left = budget or None
         self.models_left = len(args.datasets) * (1 + len(args.codes))
+        self.min_share = 0.1 * (budget or 0.0) / self.models_left  # what a model gets once others overspent
         self.entries: list[dict] = []
 
-    def _cfg(self, cfg: TrainConfig) -> TrainConfig:
-        """``cfg`` with --arch and an even share of the training time left (a model's unused time goes on)."""
+    def _cfg(self, cfg: TrainConfig, parity: bool) -> TrainConfig:
+        """``cfg`` with the CLI overrides and an even share of the training time left (unused time goes on)."""
         if self.args.arch:
             cfg = dataclasses.replace(cfg, arch=self.args.arch)
+        if parity and self.args.decode_ce_weight is not None:
+            cfg = dataclasses.replace(cfg, decode_ce_weight=self.args.decode_ce_weight)
         if self.budget_left is None:
             return cfg
-        return dataclasses.replace(cfg, time_budget_s=max(self.budget_left, 0.0) / self.models_left)
+        share = max(self.budget_left / self.models_left, self.min_share)
+        return dataclasses.replace(cfg, time_budget_s=share)
 
     def _record(self, result: train.Trained, cfg: TrainConfig, facts: dict, metrics: dict, **ids) -> None:
         entry = model_entry(
@@ -125,7 +129,7 @@ class _Run:
 
     def dataset(self, dataset: str) -> None:
         data = train.load_data(dataset, self.args.data, self.device, limit=self.profile.limit)
-        cfg = self._cfg(self.profile.deployed)
+        cfg = self._cfg(self.profile.deployed, parity=False)
         deployed = train.train_deployed(data, cfg, desc=f"{dataset} deployed")
         name = deployed_model_name(dataset)
         facts = write_model(deployed.model, name, self.args.out, _check_batch(data.test))
@@ -138,7 +142,7 @@ class _Run:
     def parity(
         self, data: train.Data, teacher: train.Teacher, deployed: torch.nn.Module, dataset: str, encoder: str, k: int
     ) -> None:
-        cfg = self._cfg(self.profile.parity_for(k))
+        cfg = self._cfg(self.profile.parity_for(k), parity=True)
         result = train.train_parity(data, teacher, encoder, k, cfg, deployed, f"{dataset} parity {encoder} k={k}")
         name = parity_model_name(dataset, encoder, k)
         facts = write_model(result.model, name, self.args.out, _check_batch(data.test, encoder, k))
@@ -161,8 +165,9 @@ def _parse_codes(text: str) -> list[tuple[str, int]]:
     codes = [(c.rstrip("0123456789"), int(c[len(c.rstrip("0123456789")) :] or 0)) for c in text.split(",") if c]
     unknown = [c for c in codes if c not in CODES and not (c[0] == "add" and c[1] >= 2)]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown codes {unknown}; known: {','.join(f'{e}{k}' for e, k in CODES)}"
-                                         " and addK for any K >= 2")
+        raise argparse.ArgumentTypeError(
+            f"unknown codes {unknown}; known: {','.join(f'{e}{k}' for e, k in CODES)} and addK for any K >= 2"
+        )
     return codes
 
 
@@ -198,6 +203,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "the models in turn (default: the profile's: cpu 1200, full 360)",
     )
     p.add_argument("--arch", choices=sorted(ARCHS), help="override the profile's architecture (deployed and parity)")
+    p.add_argument(
+        "--decode-ce-weight",
+        type=float,
+        help="override the parity models' helping term (cross-entropy of the decoded outputs; 0 = pure ParM MSE)",
+    )
     p.add_argument("--results", type=Path, help="results JSON (default: export/results/<profile>.json)")
     return p.parse_args(argv)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 from torch import nn
 
@@ -56,10 +57,11 @@ def test_parity_loss_is_zero_at_the_exact_target_and_mse_otherwise() -> None:
     torch.testing.assert_close(train.parity_loss(off, slots), torch.tensor(1.0))
 
 
-def test_training_stops_at_its_time_budget_and_keeps_the_best_epoch() -> None:
+@pytest.mark.parametrize("budget_s", [0.0, 1.0])  # 0: a run whose budget others spent must still stop
+def test_training_stops_at_its_time_budget_and_keeps_the_best_epoch(budget_s: float) -> None:
     data = _data()
     start = time.monotonic()
-    result = train.train_deployed(data, train.TrainConfig(epochs=10_000, batch_size=16, time_budget_s=1.0))
+    result = train.train_deployed(data, train.TrainConfig(epochs=10_000, batch_size=16, time_budget_s=budget_s))
     assert time.monotonic() - start < 10.0
     assert 1 <= result.best_epoch <= result.epochs < 10_000
     assert result.val_metric == max(h["val"] for h in result.history)
