@@ -100,7 +100,7 @@ class FaultPlan:
     """Injected faults on deployed-model calls, for demos and tests (never on in production).
 
     A share of calls is delayed by a uniform [delay_min_ms, delay_max_ms], another share fails.
-    ``allow_metadata`` lets a request's ``codedserve-fault`` metadata (``delay=MS`` or ``fail``)
+    ``allow_metadata`` lets a request's ``codedserve-fault`` metadata (``delay=MS``, ``fail`` or ``corrupt``)
     force a fault on that one query: how integration tests make exactly one straggler.
     """
 
@@ -123,10 +123,6 @@ class FaultPlan:
             raise ValueError("delay_share + fail_share must not exceed 1")
         if not 0 <= self.delay_min_ms <= self.delay_max_ms:
             raise ValueError(f"need 0 <= delay_min_ms <= delay_max_ms, got {self.delay_min_ms}, {self.delay_max_ms}")
-
-    @property
-    def active(self) -> bool:
-        return self.delay_share > 0 or self.fail_share > 0 or self.allow_metadata
 
 
 @dataclass(frozen=True)

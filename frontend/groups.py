@@ -172,6 +172,3 @@ class CodingGroup:
             elif q.failed and self.hopeless(q):
                 actions.append((Action.FAIL, q))
         return actions
-
-    def settled(self) -> bool:
-        return all(q.answered for q in self.queries)
