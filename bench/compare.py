@@ -8,17 +8,22 @@ and one frontend per scheme:
   hedge2/3   hedged requests over t0, t1 (or t0..t2), delay = observed p95 (The Tail at Scale)
   replicate  every query to two of t0, t1 (+100% load): the upper bound on tail masking
   parm       ParM k=2: deployed model on t0, t1, parity model on t2 (+50% requests)
+  approxifer ApproxIFER K=2, S=1: N=3 Berrut-coded queries on the deployed model, t0..t2 (+50%);
+             every answer is decoded (approximate), no parity model to train
   direct     the load generator straight to Triton t0, no frontend: the floor
 
 Then, for each scheme in turn, an open-loop Poisson load with a fault profile injected from
-outside (SIGSTOP stalls, a CPU tenant, SIGKILLed workers). Writes a Markdown table, JSON and PNG
-plots to bench/results/.
+outside (SIGSTOP stalls, a CPU tenant, SIGKILLed workers, held network links, ParM's shuffles),
+or Collage-CNN's service-time recipe applied by the frontends. With --netns (forced by the
+network profiles) each tritonserver runs in its own network namespace behind a shaped link.
+Writes a Markdown table, JSON and PNG plots to bench/results/.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -33,8 +38,9 @@ import tritonclient.grpc.aio as triton_aio
 from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 
 from bench import plots
-from bench.faults import PROFILES
+from bench.faults import FRONTEND_FLAGS, PROFILES
 from bench.load import Record, Sender, frontend_sender, run_load, triton_sender
+from bench.netns import WorkerNetwork, unavailable
 from bench.report import Summary, markdown_table, summarize
 from bench.stack import REPO_ROOT, FrontendSpec, Stack
 from coding import spec
@@ -42,7 +48,8 @@ from export.datasets import load
 
 log = logging.getLogger("bench.compare")
 
-SCHEMES = ("direct", "none", "equal", "hedge2", "hedge3", "replicate", "parm")
+SCHEMES = ("direct", "none", "equal", "hedge2", "hedge3", "replicate", "parm", "approxifer")
+CODED = ("parm", "approxifer")
 
 
 @dataclass(frozen=True)
@@ -57,14 +64,11 @@ class SchemeRun:
 
 
 def frontend_specs(model: str, parity: str, args: argparse.Namespace) -> dict[str, FrontendSpec]:
-    common = ["--max-inflight", "100000", "--default-deadline-s", "10"]
-    coded = [
-        f"{model}=parm:k={args.k},encoder={args.encoder},parity_model={parity}",
-        "--straggler-timeout-ms",
-        str(args.straggler_timeout_ms),
-        "--fill-timeout-ms",
-        str(args.fill_timeout_ms),
-    ]
+    common = ["--max-inflight", "100000", "--default-deadline-s", "10", *FRONTEND_FLAGS.get(args.profile, ())]
+    timeouts = ["--straggler-timeout-ms", str(args.straggler_timeout_ms)]
+    timeouts += ["--fill-timeout-ms", str(args.fill_timeout_ms)]
+    coded = [f"{model}=parm:k={args.k},encoder={args.encoder},parity_model={parity}", *timeouts]
+    berrut = [f"{model}=approxifer:k={args.k},s=1", *timeouts]
     return {
         "none": FrontendSpec(["--route", f"{model}=none", *common], tritons=(0, 1)),
         "equal": FrontendSpec(["--route", f"{model}=none", *common], tritons=(0, 1, 2)),
@@ -72,6 +76,7 @@ def frontend_specs(model: str, parity: str, args: argparse.Namespace) -> dict[st
         "hedge3": FrontendSpec(["--route", f"{model}=hedge", *common], tritons=(0, 1, 2)),
         "replicate": FrontendSpec(["--route", f"{model}=replicate", *common], tritons=(0, 1)),
         "parm": FrontendSpec(["--route", *coded, *common], tritons=(0, 1), parity_tritons=(2,)),
+        "approxifer": FrontendSpec(["--route", *berrut, *common], tritons=(0, 1, 2)),
     }
 
 
@@ -122,18 +127,23 @@ def run_all(args: argparse.Namespace) -> list[SchemeRun]:
     queries, truth = images[picks, None].astype(np.float32) / 255.0, labels[picks]
     specs = {k: v for k, v in frontend_specs(model, parity, args).items() if k in args.schemes}
     runs = []
-    with Stack(
-        [model, parity],
-        specs,
-        model_repository=args.model_repository,
-        triton_count=3,
-        log_dir=REPO_ROOT / ".logs" / "compare",
-    ) as stack:
+    with contextlib.ExitStack() as resources:
+        network = resources.enter_context(WorkerNetwork(3)) if args.netns else None
+        stack = resources.enter_context(
+            Stack(
+                [model, parity],
+                specs,
+                model_repository=args.model_repository,
+                triton_count=3,
+                log_dir=REPO_ROOT / ".logs" / "compare",
+                network=network,
+            )
+        )
         for name in args.schemes:
             # An unmeasured second of load first: connections, Triton's first inferences, the hedge window.
             asyncio.run(_run_scheme(name, stack, model, queries[: int(args.rate)], args.rate, f"{name} warm-up"))
             before = settled_triton_calls(stack)
-            with PROFILES[args.profile](stack.tritons, seed=args.seed) as faults:
+            with PROFILES[args.profile](stack.tritons, seed=args.seed, network=network) as faults:
                 records = asyncio.run(_run_scheme(name, stack, model, queries, args.rate, name))
             summary = summarize(name, records, truth)
             runs.append(SchemeRun(summary, settled_triton_calls(stack) - before, faults.events))
@@ -196,17 +206,17 @@ def write_report(args: argparse.Namespace, runs: list[SchemeRun]) -> Path:
 
 
 def _headline(by: dict[str, SchemeRun]) -> list[str]:
-    """(p99.9 - p50) of the coded scheme against each baseline, and the medians side by side."""
-    if "parm" not in by:
-        return []
+    """(p99.9 - p50) of each coded scheme against each baseline, and the medians side by side."""
     gap = {n: r.summary.p999_ms - r.summary.p50_ms for n, r in by.items()}
-    out = ["Headline (ratios of p99.9 - p50; > 1 means ParM's tail is tighter):", ""]
-    for base in ("none", "equal", "hedge2", "hedge3", "replicate", "direct"):
-        if base in gap and gap["parm"] > 0:
-            out.append(
-                f"- {base}: {gap[base]:.2f} ms vs parm {gap['parm']:.2f} ms -> {gap[base] / gap['parm']:.2f}x; "
-                f"median {by[base].summary.p50_ms:.2f} vs {by['parm'].summary.p50_ms:.2f} ms"
-            )
+    out = []
+    for coded in (c for c in CODED if c in by and gap[c] > 0):
+        out += ["", f"Headline for {coded} (ratios of p99.9 - p50; > 1 means {coded}'s tail is tighter):", ""]
+        for base in ("none", "equal", "hedge2", "hedge3", "replicate", "direct"):
+            if base in gap:
+                out.append(
+                    f"- {base}: {gap[base]:.2f} ms vs {coded} {gap[coded]:.2f} ms -> {gap[base] / gap[coded]:.2f}x; "
+                    f"median {by[base].summary.p50_ms:.2f} vs {by[coded].summary.p50_ms:.2f} ms"
+                )
     return out
 
 
@@ -224,6 +234,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--straggler-timeout-ms", type=float, default=8.0)
     p.add_argument("--fill-timeout-ms", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--netns",
+        action="store_true",
+        help="run each tritonserver in its own network namespace behind a shaped link (root only; "
+        "forced by the network profiles netdelay and shuffles)",
+    )
     p.add_argument("--model-repository", type=Path, default=REPO_ROOT / "model_repository")
     p.add_argument("--model", default=None, help="deployed model (default: <dataset>_cnn)")
     p.add_argument("--parity-model", default=None, help="parity model (default: from dataset, encoder, k)")
@@ -241,6 +257,13 @@ def main(argv: list[str] | None = None) -> list[SchemeRun]:
     if unknown:
         raise SystemExit(f"unknown schemes {sorted(unknown)}; known: {SCHEMES}")
     args.tag = args.tag or f"{args.profile}-{args.rate:.0f}qps"
+    if PROFILES[args.profile].needs_network:
+        args.netns = True
+    if args.netns and (reason := unavailable()):
+        raise SystemExit(f"--netns / profile {args.profile!r}: {reason}")
+    if args.profile in FRONTEND_FLAGS and "direct" in args.schemes:
+        # The profile is applied by the frontends; a client straight to Triton would not see it.
+        args.schemes.remove("direct")
     args.command = "python -m bench.compare " + " ".join(argv if argv is not None else sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

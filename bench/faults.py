@@ -4,8 +4,15 @@
   (a GC pause, a noisy neighbour, a throttled VM: the worker is up but answers late).
 - ``contention``: a background tenant that burns one core in a loop (CPU interference).
 - ``kills``: SIGKILL a random worker every few seconds and restart it (a crash and recovery).
+- ``netdelay``: hold a random worker's network link for 20–100 ms every 0.3–1 s (the network twin of
+  ``stalls``: the worker runs, its requests wait in the link's queue). Needs the workers in namespaces.
+- ``shuffles``: ParM's published background load (methods.md §1.6): concurrent loops, each sending a random
+  128–256 MB between two random workers over their shaped links, so queries queue behind bulk traffic.
+- ``collage``: Collage-CNN's published recipe (methods.md §2.4): every worker answer takes a latency drawn
+  from the artifact's empirical distribution. It is a per-call service time, so the frontend applies it
+  (``--inject-service-time collage``); nothing runs here.
 - ``none``: nothing, the control.
-Every injector runs in one thread, stops when its run ends, and always SIGCONTs what it stopped.
+Every injector runs in one thread, stops when its run ends, and always SIGCONTs (releases) what it stopped.
 """
 
 from __future__ import annotations
@@ -15,11 +22,14 @@ import multiprocessing
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from bench.netns import WorkerNetwork
 from triton_local.server import TritonServer
 
 log = logging.getLogger(__name__)
@@ -35,9 +45,13 @@ class FaultInjector:
     """Base: a background thread running ``_step`` until stopped; a context manager."""
 
     name = "none"
+    needs_network = False  # True: the workers must run in namespaces (bench.netns)
 
-    def __init__(self, workers: Sequence[TritonServer], seed: int = 0) -> None:
+    def __init__(self, workers: Sequence[TritonServer], seed: int = 0, network: WorkerNetwork | None = None) -> None:
+        if self.needs_network and network is None:
+            raise ValueError(f"fault profile {self.name!r} needs the workers in network namespaces (--network)")
         self.workers = list(workers)
+        self.network = network
         self.rng = random.Random(seed)
         self.events = 0
         self._stop = threading.Event()
@@ -68,9 +82,9 @@ class FaultInjector:
 class Stalls(FaultInjector):
     name = "stalls"
 
-    def __init__(self, workers: Sequence[TritonServer], seed: int = 0, profile: StallProfile = StallProfile()) -> None:
-        super().__init__(workers, seed)
-        self.profile = profile
+    def __init__(self, workers: Sequence[TritonServer], seed: int = 0, **kw: object) -> None:
+        super().__init__(workers, seed, **kw)
+        self.profile = StallProfile()
 
     def _step(self) -> None:
         if self._stop.wait(self.rng.uniform(*self.profile.every_s)):
@@ -96,8 +110,8 @@ class Contention(FaultInjector):
 
     name = "contention"
 
-    def __init__(self, workers: Sequence[TritonServer], seed: int = 0, max_s: float = 900.0) -> None:
-        super().__init__(workers, seed)
+    def __init__(self, workers: Sequence[TritonServer], seed: int = 0, max_s: float = 900.0, **kw: object) -> None:
+        super().__init__(workers, seed, **kw)
         self._tenant = multiprocessing.get_context("spawn").Process(
             target=_burn, args=(time.monotonic() + max_s,), daemon=True
         )
@@ -117,8 +131,8 @@ class Kills(FaultInjector):
 
     name = "kills"
 
-    def __init__(self, workers: Sequence[TritonServer], seed: int = 0, every_s: float = 8.0) -> None:
-        super().__init__(workers, seed)
+    def __init__(self, workers: Sequence[TritonServer], seed: int = 0, every_s: float = 8.0, **kw: object) -> None:
+        super().__init__(workers, seed, **kw)
         self.every_s = every_s
 
     def _step(self) -> None:
@@ -133,9 +147,112 @@ class Kills(FaultInjector):
         self.events += 1
 
 
+class NetDelay(FaultInjector):
+    """Hold a random worker's inbound link for 20–100 ms every 0.3–1 s: requests to it wait in the queue."""
+
+    name = "netdelay"
+    needs_network = True
+
+    def __init__(self, workers: Sequence[TritonServer], seed: int = 0, **kw: object) -> None:
+        super().__init__(workers, seed, **kw)
+        self.profile = StallProfile()
+
+    def _step(self) -> None:
+        assert self.network is not None
+        if self._stop.wait(self.rng.uniform(*self.profile.every_s)):
+            return
+        victim = self.rng.randrange(len(self.workers))
+        self.network.hold(victim)
+        try:
+            time.sleep(self.rng.uniform(*self.profile.stall_ms) / 1e3)
+        finally:
+            self.network.release(victim)
+        self.events += 1
+
+
+@dataclass(frozen=True)
+class ShuffleProfile:
+    """ParM's shuffle: 128-256 MB between two random instances, repeated. ParM ran 4 over 12 instances
+    (fig9-11); ``per_workers`` keeps that ratio (one shuffle per 3 workers, at least one)."""
+
+    megabytes: tuple[int, int] = (128, 256)
+    per_workers: int = 3
+    sink_port: int = 5701
+
+
+class Shuffles(FaultInjector):
+    """Bulk transfers between worker namespaces over their shaped links (real TCP, real queues)."""
+
+    name = "shuffles"
+    needs_network = True
+
+    def __init__(self, workers: Sequence[TritonServer], seed: int = 0, **kw: object) -> None:
+        super().__init__(workers, seed, **kw)
+        self.profile = ShuffleProfile()
+        self.loops = max(1, len(self.workers) // self.profile.per_workers)
+        self._sinks: list[subprocess.Popen[bytes]] = []
+        self._senders: set[subprocess.Popen[bytes]] = set()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def _python(self, worker: int, *args: str) -> subprocess.Popen[bytes]:
+        assert self.network is not None
+        argv = [*self.network.exec_prefix(worker), sys.executable, "-m", "bench.shuffle", *args]
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def __enter__(self) -> FaultInjector:
+        port = str(self.profile.sink_port)
+        self._sinks = [self._python(i, "sink", "--port", port, "--max-s", "900") for i in range(len(self.workers))]
+        time.sleep(0.5)  # the sinks listen before the first transfer
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"shuffle-{i}", daemon=True) for i in range(self.loops)
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def _step(self) -> None:
+        assert self.network is not None
+        with self._lock:  # one rng, several loops
+            source, dest = self.rng.sample(range(len(self.workers)), 2)
+            nbytes = self.rng.randint(*self.profile.megabytes) << 20
+        to = f"{self.network.address(dest)}:{self.profile.sink_port}"
+        sender = self._python(source, "send", "--to", to, "--bytes", str(nbytes), "--max-s", "120")
+        with self._lock:
+            self._senders.add(sender)
+        try:
+            while sender.poll() is None and not self._stop.wait(0.05):
+                pass
+        finally:
+            if sender.poll() is None:
+                sender.terminate()
+            sender.wait()
+            with self._lock:
+                self._senders.discard(sender)
+                self.events += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        for proc in self._sinks:
+            proc.terminate()
+        for proc in self._sinks:
+            proc.wait(timeout=10)
+
+
 PROFILES: dict[str, Callable[..., FaultInjector]] = {
     "none": FaultInjector,
     "stalls": Stalls,
     "contention": Contention,
     "kills": Kills,
+    "netdelay": NetDelay,
+    "shuffles": Shuffles,
+    "collage": FaultInjector,  # applied by the frontends themselves: see the module docstring
 }
+
+# Profiles that the frontends carry out, as the flags that turn them on.
+FRONTEND_FLAGS: dict[str, tuple[str, ...]] = {"collage": ("--inject-service-time", "collage")}

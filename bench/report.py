@@ -24,6 +24,7 @@ class Summary:
     p999_ms: float
     max_ms: float
     mean_ms: float
+    stddev_ms: float
     accuracy: float  # over answered queries
     reconstructed: int
     reconstructed_accuracy: float  # NaN when nothing was reconstructed
@@ -51,6 +52,7 @@ def summarize(name: str, records: list[Record], labels: np.ndarray) -> Summary:
         p999_ms=p999,
         max_ms=float(latencies_ms.max()),
         mean_ms=float(latencies_ms.mean()),
+        stddev_ms=float(latencies_ms.std()),
         accuracy=_accuracy(ok, labels),
         reconstructed=len(rebuilt),
         reconstructed_accuracy=_accuracy(rebuilt, labels),
@@ -65,15 +67,15 @@ def _accuracy(records: list[Record], labels: np.ndarray) -> float:
 
 def markdown_table(summaries: list[Summary]) -> str:
     head = (
-        "| run | queries | answered | errors | p50 ms | p99 ms | p99.9 ms | max ms | accuracy "
-        "| reconstructed | accuracy of reconstructed |"
+        "| run | queries | answered | errors | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | mean ms | stddev ms "
+        "| accuracy | reconstructed | accuracy of reconstructed |"
     )
-    rows = [head, "|" + "---|" * 11]
+    rows = [head, "|" + "---|" * 14]
     for s in summaries:
         errors = ", ".join(f"{k} {v}" for k, v in s.errors.items()) or "0"
         rows.append(
-            f"| {s.name} | {s.queries} | {s.answered} | {errors} | {s.p50_ms:.2f} | {s.p99_ms:.2f} "
-            f"| {s.p999_ms:.2f} | {s.max_ms:.1f} | {s.accuracy:.2%} | {s.reconstructed} "
-            f"| {s.reconstructed_accuracy:.2%} |"
+            f"| {s.name} | {s.queries} | {s.answered} | {errors} | {s.p50_ms:.2f} | {s.p90_ms:.2f} | {s.p99_ms:.2f} "
+            f"| {s.p999_ms:.2f} | {s.max_ms:.1f} | {s.mean_ms:.2f} | {s.stddev_ms:.2f} | {s.accuracy:.2%} "
+            f"| {s.reconstructed} | {s.reconstructed_accuracy:.2%} |"
         )
     return "\n".join(rows)

@@ -20,7 +20,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from triton_local.server import TritonConfig, TritonServer, free_ports
+from bench.netns import WorkerNetwork
+from triton_local.server import HOST, TritonConfig, TritonServer, free_ports
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,8 @@ class FrontendSpec:
 @dataclass
 class Stack:
     """``triton_count`` tritonservers + encoder + decoder + frontends. A context manager; every
-    process it started is stopped on exit."""
+    process it started is stopped on exit. With a ``network``, Triton i runs in its namespace i and
+    is reached over that namespace's shaped link; everything else stays on 127.0.0.1."""
 
     models: Sequence[str]
     frontends: dict[str, FrontendSpec | Sequence[str]]  # name -> spec (a plain list: just its flags)
@@ -112,6 +114,7 @@ class Stack:
     tritons: list[TritonServer] = field(default_factory=list)
     services: dict[str, ServiceProcess] = field(default_factory=dict)
     kserve_ports: dict[str, int] = field(default_factory=dict)
+    network: WorkerNetwork | None = None
 
     def __enter__(self) -> Stack:
         try:
@@ -135,7 +138,11 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for i in range(self.triton_count):
             config = TritonConfig(
-                self.model_repository, models=tuple(self.models), log_path=self.log_dir / f"tritonserver-{i}.log"
+                self.model_repository,
+                models=tuple(self.models),
+                log_path=self.log_dir / f"tritonserver-{i}.log",
+                host=self.network.address(i) if self.network else HOST,
+                launcher=self.network.exec_prefix(i) if self.network else (),
             )
             self.tritons.append(TritonServer(config).start())
         specs = {n: s if isinstance(s, FrontendSpec) else FrontendSpec(flags=s) for n, s in self.frontends.items()}

@@ -9,6 +9,7 @@ import os
 
 from frontend.config import FaultPlan, FrontendConfig, parse_route
 from frontend.server import create_server
+from frontend.service_time import DISTRIBUTIONS
 from frontend.workers import parse_fault_metadata
 from service_common.cli import DEFAULT_MAX_MESSAGE_BYTES
 from service_common.logs import setup_logging
@@ -90,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     faults.add_argument("--inject-fail-share", type=float, default=0.0, help="share of deployed calls failed")
     faults.add_argument("--inject-seed", type=int, default=0)
     faults.add_argument(
+        "--inject-service-time",
+        default="",
+        choices=["", *sorted(DISTRIBUTIONS)],
+        help="every Triton call lasts at least a latency drawn from this distribution (collage: Collage-CNN's recipe)",
+    )
+    faults.add_argument(
         "--inject-coded-faults",
         default="",
         help="faults pinned to coded workers of every group, WORKER=FAULT,... e.g. 3=delay=3000,5=corrupt",
@@ -116,6 +123,7 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
             args.inject_seed,
             args.allow_fault_metadata,
             _coded_faults(args.inject_coded_faults),
+            args.inject_service_time,
         )
         return FrontendConfig(
             address=args.address,

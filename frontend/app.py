@@ -11,6 +11,7 @@ from frontend.coding_clients import CodingClients
 from frontend.config import FrontendConfig
 from frontend.coordinator import ModelServer
 from frontend.dispatch import Dispatcher
+from frontend.service_time import ServiceTime
 from frontend.workers import FaultInjector, TritonPool, WorkerError, parse_fault_metadata
 from service_common.errors import NotFound, ResourceExhausted, Unavailable
 
@@ -20,12 +21,10 @@ log = logging.getLogger(__name__)
 class FrontendApp:
     def __init__(self, config: FrontendConfig) -> None:
         self.config = config
-        self.pool = TritonPool(config.triton_urls, config.triton_timeout_s, config.max_message_bytes)
+        self.pool = self._pool(config.triton_urls, seed=config.faults.seed)
         parity_urls = config.parity_triton_urls or config.triton_urls
         self.parity_pool = (
-            self.pool
-            if parity_urls == config.triton_urls
-            else TritonPool(parity_urls, config.triton_timeout_s, config.max_message_bytes)
+            self.pool if parity_urls == config.triton_urls else self._pool(parity_urls, seed=config.faults.seed + 1)
         )
         self.coders = CodingClients(
             config.encoder_address, config.decoder_address, config.coding_timeout_s, config.max_message_bytes
@@ -46,6 +45,11 @@ class FrontendApp:
             for r in config.routes
         }
         self._inflight = 0
+
+    def _pool(self, urls: tuple[str, ...], seed: int) -> TritonPool:
+        name = self.config.faults.service_time
+        service_time = ServiceTime(name, seed) if name else None
+        return TritonPool(urls, self.config.triton_timeout_s, self.config.max_message_bytes, service_time)
 
     async def start(self) -> None:
         await self.pool.start()

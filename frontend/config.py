@@ -113,6 +113,9 @@ class FaultPlan:
     # Faults pinned to coded workers of every group, e.g. ((3, "delay=3000"), (5, "corrupt")): how tests
     # make one straggling and one lying ApproxIFER worker. Worker numbering as in coding.berrut.coded_nodes.
     coded: tuple[tuple[int, str], ...] = ()
+    # Every Triton call (deployed and parity) lasts at least a latency drawn from this named distribution
+    # (frontend.service_time; "collage" is Collage-CNN's published straggler recipe). Empty: off.
+    service_time: str = ""
 
     def __post_init__(self) -> None:
         for name in ("delay_share", "fail_share"):

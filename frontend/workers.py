@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import logging
 import random
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,7 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
 
 from frontend.config import FaultPlan
+from frontend.service_time import ServiceTime
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +75,12 @@ def parse_fault_metadata(value: str) -> Fault:
 class TritonPool:
     """Round-robin over one or more Triton servers that all serve the same repository."""
 
-    def __init__(self, urls: tuple[str, ...], timeout_s: float, max_message_bytes: int) -> None:
+    def __init__(
+        self, urls: tuple[str, ...], timeout_s: float, max_message_bytes: int, service_time: ServiceTime | None = None
+    ) -> None:
         self.urls = urls
         self.timeout_s = timeout_s
+        self.service_time = service_time  # injected: each call lasts at least a drawn latency
         self._channel_args = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -125,6 +130,7 @@ class TritonPool:
                 raise WorkerError(f"injected failure on {model}")
             if fault.delay_s:
                 await asyncio.sleep(fault.delay_s)
+        started = time.monotonic()
         client = self._clients[self.pick() if instance is None else instance]
         infer_input = InferInput(signature.input_name, list(batch.shape), np_to_triton_dtype(signature.dtype))
         infer_input.set_data_from_numpy(np.ascontiguousarray(batch, dtype=signature.dtype))
@@ -137,5 +143,7 @@ class TritonPool:
             )
         except InferenceServerException as exc:
             raise WorkerError(f"{model}: {exc.message()}") from exc
+        if self.service_time is not None:
+            await asyncio.sleep(self.service_time.draw_s() - (time.monotonic() - started))
         output = result.as_numpy(signature.output_name)
         return -output if fault is not None and fault.corrupt else output

@@ -66,6 +66,10 @@ class TritonConfig:
     ready_timeout_s: float = 60.0
     stop_grace_s: float = 15.0
     extra_args: tuple[str, ...] = ()
+    # Where it listens, and a command prefix it runs under: the benchmarks put each worker in its own
+    # network namespace (host = that namespace's address, launcher = ``ip netns exec <ns>``).
+    host: str = HOST
+    launcher: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_repository", Path(self.model_repository).resolve())
@@ -157,8 +161,8 @@ def _die_with_parent() -> list[str]:
 class TritonServer:
     """One tritonserver subprocess: ``start()``, ``wait_ready()``, ``stop()``, or ``with TritonServer(cfg) as s``.
 
-    ``grpc_url`` and ``http_url`` are ``127.0.0.1:PORT`` (what tritonclient takes); ``metrics_url`` is the
-    full ``http://127.0.0.1:PORT/metrics`` to scrape.
+    ``grpc_url`` and ``http_url`` are ``HOST:PORT`` (what tritonclient takes; 127.0.0.1 unless the config
+    names another host); ``metrics_url`` is the full ``http://HOST:PORT/metrics`` to scrape.
     """
 
     def __init__(self, config: TritonConfig) -> None:
@@ -170,15 +174,15 @@ class TritonServer:
 
     @property
     def grpc_url(self) -> str:
-        return f"{HOST}:{self._ports[0]}"
+        return f"{self.config.host}:{self._ports[0]}"
 
     @property
     def http_url(self) -> str:
-        return f"{HOST}:{self._ports[1]}"
+        return f"{self.config.host}:{self._ports[1]}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{HOST}:{self._ports[2]}/metrics"
+        return f"http://{self.config.host}:{self._ports[2]}/metrics"
 
     @property
     def pid(self) -> int | None:
@@ -188,16 +192,18 @@ class TritonServer:
         return self._proc is not None and self._proc.poll() is None
 
     def command(self, install: TritonInstall, backends: Path) -> list[str]:
-        """The tritonserver argv; always loopback addresses, verbose logging off."""
+        """The tritonserver argv (after the config's launcher); binds only the config's host, verbose logging off."""
         grpc, http, metrics = self._ports
         cfg = self.config
+        host = cfg.host
         args = [
+            *cfg.launcher,
             str(install.binary),
             f"--model-repository={cfg.model_repository}",
             f"--backend-directory={backends}",
-            f"--grpc-address={HOST}", f"--grpc-port={grpc}",
-            f"--http-address={HOST}", f"--http-port={http}",
-            f"--metrics-address={HOST}", f"--metrics-port={metrics}",
+            f"--grpc-address={host}", f"--grpc-port={grpc}",
+            f"--http-address={host}", f"--http-port={http}",
+            f"--metrics-address={host}", f"--metrics-port={metrics}",
             "--log-verbose=0",
         ]  # fmt: skip
         if cfg.model_config_name:

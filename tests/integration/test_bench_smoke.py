@@ -50,7 +50,10 @@ def test_compare_runs_every_scheme_and_its_counts_are_consistent(tmp_path):
     assert by["replicate"].triton_calls == 240  # losers run to completion, never cancelled
     assert 120 <= by["hedge2"].triton_calls <= 240
     assert 180 <= by["parm"].triton_calls <= 240  # k=2: one parity per group; padded partial groups add more
-    assert all(by[n].summary.reconstructed == 0 for n in by if n != "parm")
+    # K=2 on N=3 workers: 3 calls per full group of 2; a group sealed with 1 query still sends all 3.
+    assert 180 <= by["approxifer"].triton_calls <= 360
+    assert by["approxifer"].summary.reconstructed == by["approxifer"].summary.answered  # every answer decoded
+    assert all(by[n].summary.reconstructed == 0 for n in by if n not in compare.CODED)
     report = json.loads((tmp_path / "out" / "smoke.json").read_text())
     assert [r["name"] for r in report["runs"]] == list(compare.SCHEMES)
     for name in ("smoke.md", "smoke-tail.png", "smoke-gap.png"):
