@@ -24,9 +24,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import re
+import signal
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -106,16 +109,18 @@ def triton_calls(stack: Stack) -> int:
     return total
 
 
-async def _run_scheme(name: str, stack: Stack, model: str, images: np.ndarray, rate: float, desc: str) -> list[Record]:
+async def _run_scheme(
+    name: str, stack: Stack, model: str, images: np.ndarray, rate: float, desc: str, seed: int = 0
+) -> list[Record]:
     if name == "direct":
         client = triton_aio.InferenceServerClient(stack.tritons[0].grpc_url)
         try:
-            return await run_load(triton_sender(client, model, images, 10.0), len(images), rate, desc=desc)
+            return await run_load(triton_sender(client, model, images, 10.0), len(images), rate, seed=seed, desc=desc)
         finally:
             await client.close()
     async with grpc.aio.insecure_channel(stack.address(name)) as channel:
         send: Sender = frontend_sender(pb_grpc.FrontendStub(channel), model, images, 10.0)
-        return await run_load(send, len(images), rate, desc=desc)
+        return await run_load(send, len(images), rate, seed=seed, desc=desc)
 
 
 def run_all(args: argparse.Namespace) -> list[SchemeRun]:
@@ -139,24 +144,42 @@ def run_all(args: argparse.Namespace) -> list[SchemeRun]:
                 network=network,
             )
         )
+        calls = dict.fromkeys(args.schemes, 0)
+        events = dict.fromkeys(args.schemes, 0)
+        records: dict[str, list[Record]] = {name: [] for name in args.schemes}
+        for r, segment in enumerate(np.array_split(np.arange(n), args.rounds)):
+            for name in _rotated(args.schemes, r):
+                if r == 0:
+                    # An unmeasured second of load first: connections, Triton's first inferences, the hedge window.
+                    warm = queries[: int(args.rate)]
+                    asyncio.run(_run_scheme(name, stack, model, warm, args.rate, f"{name} warm-up"))
+                before = settled_triton_calls(stack)
+                # Round r replays the same fault schedule (seed) and arrival times for every scheme.
+                with PROFILES[args.profile](stack.tritons, seed=args.seed + r, network=network) as faults:
+                    desc = name if args.rounds == 1 else f"{name} {r + 1}/{args.rounds}"
+                    got = asyncio.run(_run_scheme(name, stack, model, queries[segment], args.rate, desc, seed=r))
+                calls[name] += settled_triton_calls(stack) - before
+                events[name] += faults.events
+                records[name] += [dataclasses.replace(rec, index=int(segment[rec.index])) for rec in got]
         for name in args.schemes:
-            # An unmeasured second of load first: connections, Triton's first inferences, the hedge window.
-            asyncio.run(_run_scheme(name, stack, model, queries[: int(args.rate)], args.rate, f"{name} warm-up"))
-            before = settled_triton_calls(stack)
-            with PROFILES[args.profile](stack.tritons, seed=args.seed, network=network) as faults:
-                records = asyncio.run(_run_scheme(name, stack, model, queries, args.rate, name))
-            summary = summarize(name, records, truth)
-            runs.append(SchemeRun(summary, settled_triton_calls(stack) - before, faults.events))
+            summary = summarize(name, records[name], truth)
+            runs.append(SchemeRun(summary, calls[name], events[name]))
             log.info(
                 "%s: p50 %.2f ms, p99.9 %.2f ms, %d reconstructed, %d fault events",
                 name,
                 summary.p50_ms,
                 summary.p999_ms,
                 summary.reconstructed,
-                faults.events,
+                events[name],
             )
-            _keep_latencies(args, name, records)
+            _keep_latencies(args, name, records[name])
     return runs
+
+
+def _rotated(names: list[str], r: int) -> list[str]:
+    """Round r starts at scheme r: slow drifts of the machine do not always hit the same scheme last."""
+    shift = r % len(names)
+    return names[shift:] + names[:shift]
 
 
 def _keep_latencies(args: argparse.Namespace, name: str, records: list[Record]) -> None:
@@ -166,8 +189,9 @@ def _keep_latencies(args: argparse.Namespace, name: str, records: list[Record]) 
 def write_report(args: argparse.Namespace, runs: list[SchemeRun]) -> Path:
     by = {r.summary.name: r for r in runs}
     lines = [
-        f"# {args.tag}: {args.dataset}, {args.rate:.0f} q/s Poisson for {args.duration:.0f} s per scheme, "
-        f"fault profile `{args.profile}`",
+        f"# {args.tag}: {args.dataset}, {args.rate:.0f} q/s Poisson for {args.duration:.0f} s per scheme"
+        + (f" in {args.rounds} interleaved rounds" if args.rounds > 1 else "")
+        + f", fault profile `{args.profile}`",
         "",
         f"Command: `{args.command}`",
         "",
@@ -233,6 +257,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--schemes", default=",".join(SCHEMES), help=f"comma-separated subset of {SCHEMES}")
     p.add_argument("--straggler-timeout-ms", type=float, default=8.0)
     p.add_argument("--fill-timeout-ms", type=float, default=5.0)
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="split each scheme's duration into this many segments, run round-robin over the schemes "
+        "(interleaved: every scheme sees the machine at every stage of the run)",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(
         "--netns",
@@ -249,13 +280,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> list[SchemeRun]:
-    import sys
-
     args = _parser().parse_args(argv)
     args.schemes = [s for s in args.schemes.split(",") if s]
     unknown = set(args.schemes) - set(SCHEMES)
     if unknown:
         raise SystemExit(f"unknown schemes {sorted(unknown)}; known: {SCHEMES}")
+    if args.rounds < 1 or args.rounds > args.rate * args.duration:
+        raise SystemExit(f"--rounds must be between 1 and the number of queries, got {args.rounds}")
     args.tag = args.tag or f"{args.profile}-{args.rate:.0f}qps"
     if PROFILES[args.profile].needs_network:
         args.netns = True
@@ -277,4 +308,6 @@ def main(argv: list[str] | None = None) -> list[SchemeRun]:
 
 
 if __name__ == "__main__":
+    # SIGTERM unwinds like Ctrl-C, so every process, namespace and injected fault is cleaned up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     main()

@@ -4,8 +4,10 @@ so slow answers cannot hide queueing. Every query's latency and outcome is recor
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -18,6 +20,7 @@ from tritonclient.grpc import InferInput
 from tritonclient.utils import InferenceServerException
 
 from coding import spec
+from service_common.gc_tuning import freeze_startup_heap
 from service_common.tensors import from_numpy
 
 # send(i) -> (label, reconstructed); raises on failure. One per target kind below.
@@ -66,7 +69,27 @@ def triton_sender(client: triton_aio.InferenceServerClient, model: str, images: 
 async def run_load(
     send: Sender, n: int, rate: float, *, poisson: bool = True, seed: int = 0, desc: str = "load"
 ) -> list[Record]:
-    """Send queries 0..n-1 at ``rate`` q/s; returns exactly one Record per query."""
+    """Send queries 0..n-1 at ``rate`` q/s; returns exactly one Record per query. The collector is off
+    while it runs (memory is bounded by ``n``): a collection pause here would show up as every in-flight
+    query's latency, whatever the scheme under test."""
+    with _no_gc_pauses():
+        return await _run_load(send, n, rate, poisson, seed, desc)
+
+
+@contextlib.contextmanager
+def _no_gc_pauses() -> Iterator[None]:
+    was_enabled = gc.isenabled()
+    freeze_startup_heap()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        if was_enabled:
+            gc.enable()
+
+
+async def _run_load(send: Sender, n: int, rate: float, poisson: bool, seed: int, desc: str) -> list[Record]:
     offsets = arrival_times(n, rate, poisson, seed)
     progress = tqdm(total=n, desc=desc, unit="q", mininterval=1.0)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -109,6 +110,7 @@ class WorkerNetwork:
             _run("ip", "netns", "add", ns)
             self._made.append(("netns", ns))
             _run("ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            self._made.append(("link", host_end))  # deleted explicitly: a namespace's teardown is asynchronous
             _run("ip", "link", "set", host_end, "master", self.bridge)
             _run("ip", "link", "set", host_end, "up")
             inside = self.exec_prefix(i)
@@ -133,8 +135,16 @@ class WorkerNetwork:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as kick:
             kick.sendto(b"", (self.address(i), _DISCARD_PORT))
 
+    def inbound_bytes(self, i: int) -> int:
+        """Bytes that have crossed worker ``i``'s inbound link (tbf's own counter)."""
+        shown = subprocess.run(["tc", "-s", "qdisc", "show", "dev", self._host_end(i)], capture_output=True, text=True)
+        sent = re.search(r"Sent (\d+) bytes", shown.stdout)
+        if sent is None:
+            raise RuntimeError(f"no tbf counters on {self._host_end(i)}: {shown.stderr.strip() or shown.stdout}")
+        return int(sent.group(1))
+
     def close(self) -> None:
-        """Delete what was made (a namespace takes its veth pair with it); never raises."""
+        """Delete what was made, newest first; never raises."""
         for kind, name in reversed(self._made):
             argv = ["ip", "netns", "del", name] if kind == "netns" else ["ip", "link", "del", name]
             done = subprocess.run(argv, capture_output=True, text=True)

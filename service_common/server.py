@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from service_common.gc_tuning import freeze_startup_heap
 from service_common.interceptor import ErrorMappingInterceptor
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ async def start_server(
     await server.start()
     running = Running(server, port, health_servicer, tuple(service_names))
     await running.set_serving(serving)
+    freeze_startup_heap()  # no full-heap GC pauses in the serving path (see gc_tuning)
     return running
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bench import compare
+from bench import compare, netns
 from tests.integration import linear_models
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -31,6 +31,8 @@ def test_compare_runs_every_scheme_and_its_counts_are_consistent(tmp_path):
             "2",
             "--profile",
             "stalls",
+            "--rounds",
+            "2",  # interleaved: each scheme's 120 queries in two segments, merged back by index
             "--tag",
             "smoke",
             "--out",
@@ -58,3 +60,37 @@ def test_compare_runs_every_scheme_and_its_counts_are_consistent(tmp_path):
     assert [r["name"] for r in report["runs"]] == list(compare.SCHEMES)
     for name in ("smoke.md", "smoke-tail.png", "smoke-gap.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
+
+
+def _smoke(tmp_path, profile: str, schemes: str) -> dict[str, compare.SchemeRun]:
+    repo = tmp_path / "repo"
+    linear_models.write_repository(repo)
+    runs = compare.main(
+        ["--model-repository", str(repo), "--model", linear_models.DEPLOYED,
+         "--parity-model", linear_models.parity_name(2), "--encoder", "add", "--rate", "60", "--duration", "2",
+         "--profile", profile, "--schemes", schemes, "--tag", profile, "--out", str(tmp_path / "out")]
+    )  # fmt: skip
+    for run in runs:
+        s = run.summary
+        assert s.answered + sum(s.errors.values()) == s.queries == 120, s.name
+    return {r.summary.name: r for r in runs}
+
+
+_NO_NETNS = netns.unavailable()
+
+
+@pytest.mark.skipif(_NO_NETNS is not None, reason=f"network namespaces: {_NO_NETNS}")
+def test_network_profile_runs_the_workers_in_namespaces(tmp_path):
+    by = _smoke(tmp_path, "netdelay", "direct,none,parm")
+    assert list(by) == ["direct", "none", "parm"]
+    assert all(r.fault_events >= 1 for r in by.values())  # links were held during every run
+    assert by["direct"].triton_calls == by["none"].triton_calls == 120  # the namespaced Tritons counted every call
+
+
+def test_collage_profile_gives_every_worker_call_its_service_time(tmp_path):
+    by = _smoke(tmp_path, "collage", "direct,none,parm")
+    assert list(by) == ["none", "parm"]  # direct skipped: the frontends apply this profile
+    assert by["none"].summary.p50_ms >= 83.6  # no call is faster than the distribution's minimum
+    # A query gets its own answer or its rebuild from partner + parity, whichever is first; with random
+    # service times of about 140 ms the rebuild often wins.
+    assert by["parm"].summary.reconstructed > 0

@@ -1,0 +1,56 @@
+"""Benchmark summaries: percentiles, spread and accuracy computed over exactly the queries sent."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.compare import _rotated
+from bench.load import Record
+from bench.report import markdown_table, summarize
+
+
+def _records(latencies_ms, codes=None, labels=None, rebuilt=()):
+    codes = codes or ["OK"] * len(latencies_ms)
+    labels = labels if labels is not None else [0] * len(latencies_ms)
+    return [
+        Record(i, ms / 1e3, code, label if code == "OK" else -1, i in rebuilt)
+        for i, (ms, code, label) in enumerate(zip(latencies_ms, codes, labels, strict=True))
+    ]
+
+
+def test_summary_percentiles_mean_and_stddev_cover_every_query_errors_included():
+    latencies = np.arange(1, 1001, dtype=float)  # 1..1000 ms
+    codes = ["OK"] * 999 + ["UNAVAILABLE"]
+    s = summarize("x", _records(latencies, codes), np.zeros(1000, dtype=int))
+    assert s.queries == 1000 and s.answered == 999 and s.errors == {"UNAVAILABLE": 1}
+    assert s.p50_ms == pytest.approx(np.percentile(latencies, 50))
+    assert s.p999_ms == pytest.approx(np.percentile(latencies, 99.9))
+    assert s.max_ms == 1000.0
+    assert s.mean_ms == pytest.approx(500.5)
+    assert s.stddev_ms == pytest.approx(np.std(latencies))
+
+
+def test_accuracy_counts_answers_only_and_reconstructed_ones_separately():
+    truth = np.array([1, 2, 3, 4])
+    records = _records([5, 5, 5, 5], labels=[1, 2, 0, 4], rebuilt={2, 3})
+    s = summarize("x", records, truth)
+    assert s.accuracy == pytest.approx(0.75)
+    assert s.reconstructed == 2 and s.reconstructed_accuracy == pytest.approx(0.5)
+    assert "| x | 4 | 4 | 0 |" in markdown_table([s])
+
+
+def test_a_query_recorded_twice_is_refused():
+    records = _records([1, 2])
+    with pytest.raises(ValueError, match="recorded twice"):
+        summarize("x", [records[0], records[0]], np.zeros(2, dtype=int))
+
+
+def test_each_round_starts_at_another_scheme():
+    names = ["a", "b", "c"]
+    assert [_rotated(names, r) for r in range(4)] == [
+        ["a", "b", "c"],
+        ["b", "c", "a"],
+        ["c", "a", "b"],
+        ["a", "b", "c"],
+    ]
