@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -60,6 +61,11 @@ class SchemeRun:
     summary: Summary
     triton_calls: int  # ModelInfer executions counted by the Tritons themselves, all models
     fault_events: int
+    cpu_s: float = 0.0  # the whole machine's busy CPU time while this scheme's load ran (every process)
+
+    @property
+    def cpu_ms_per_query(self) -> float:
+        return 1e3 * self.cpu_s / self.summary.queries
 
     @property
     def extra_load(self) -> float:
@@ -95,6 +101,15 @@ def settled_triton_calls(stack: Stack, quiet_s: float = 0.3, limit_s: float = 10
             break
         count = now
     return count
+
+
+def cpu_busy_s() -> float:
+    """Seconds of CPU time the whole machine has spent busy since boot (all cores; /proc/stat's first line
+    minus idle and iowait). On a machine this run has to itself, a difference of two readings is what the
+    scheme under test cost: its frontend, the coding services, the Tritons, the load generator, the faults."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def triton_calls(stack: Stack) -> int:
@@ -145,6 +160,7 @@ def run_all(args: argparse.Namespace) -> list[SchemeRun]:
             )
         )
         calls = dict.fromkeys(args.schemes, 0)
+        cpu = dict.fromkeys(args.schemes, 0.0)
         events = dict.fromkeys(args.schemes, 0)
         records: dict[str, list[Record]] = {name: [] for name in args.schemes}
         for r, segment in enumerate(np.array_split(np.arange(n), args.rounds)):
@@ -153,17 +169,18 @@ def run_all(args: argparse.Namespace) -> list[SchemeRun]:
                     # An unmeasured second of load first: connections, Triton's first inferences, the hedge window.
                     warm = queries[: int(args.rate)]
                     asyncio.run(_run_scheme(name, stack, model, warm, args.rate, f"{name} warm-up"))
-                before = settled_triton_calls(stack)
+                before, cpu_before = settled_triton_calls(stack), cpu_busy_s()
                 # Round r replays the same fault schedule (seed) and arrival times for every scheme.
                 with PROFILES[args.profile](stack.tritons, seed=args.seed + r, network=network) as faults:
                     desc = name if args.rounds == 1 else f"{name} {r + 1}/{args.rounds}"
                     got = asyncio.run(_run_scheme(name, stack, model, queries[segment], args.rate, desc, seed=r))
                 calls[name] += settled_triton_calls(stack) - before
+                cpu[name] += cpu_busy_s() - cpu_before  # after settling: the losers' work counts too
                 events[name] += faults.events
                 records[name] += [dataclasses.replace(rec, index=int(segment[rec.index])) for rec in got]
         for name in args.schemes:
             summary = summarize(name, records[name], truth)
-            runs.append(SchemeRun(summary, calls[name], events[name]))
+            runs.append(SchemeRun(summary, calls[name], events[name], cpu[name]))
             log.info(
                 "%s: p50 %.2f ms, p99.9 %.2f ms, %d reconstructed, %d fault events",
                 name,
@@ -197,14 +214,15 @@ def write_report(args: argparse.Namespace, runs: list[SchemeRun]) -> Path:
         "",
         markdown_table([r.summary for r in runs]),
         "",
-        "| scheme | Triton calls per query | extra load | fault events | p99.9 - p50 (ms) |",
-        "|---|---|---|---|---|",
+        "| scheme | Triton calls per query | extra load | CPU ms per query (whole machine) | fault events "
+        "| p99.9 - p50 (ms) |",
+        "|---|---|---|---|---|---|",
     ]
     for r in runs:
         s = r.summary
         lines.append(
-            f"| {s.name} | {r.triton_calls / s.queries:.3f} | {r.extra_load:+.1%} | {r.fault_events} "
-            f"| {s.p999_ms - s.p50_ms:.2f} |"
+            f"| {s.name} | {r.triton_calls / s.queries:.3f} | {r.extra_load:+.1%} | {r.cpu_ms_per_query:.2f} "
+            f"| {r.fault_events} | {s.p999_ms - s.p50_ms:.2f} |"
         )
     lines += ["", *_headline(by)]
     path = args.out / f"{args.tag}.md"
@@ -218,6 +236,7 @@ def write_report(args: argparse.Namespace, runs: list[SchemeRun]) -> Path:
                         **r.summary.as_dict(),
                         "triton_calls": r.triton_calls,
                         "extra_load": r.extra_load,
+                        "cpu_ms_per_query": r.cpu_ms_per_query,
                         "fault_events": r.fault_events,
                     }
                     for r in runs

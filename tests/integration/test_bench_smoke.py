@@ -47,6 +47,7 @@ def test_compare_runs_every_scheme_and_its_counts_are_consistent(tmp_path):
         assert s.answered + sum(s.errors.values()) == s.queries  # every query answered or failed, once
         assert s.p50_ms <= s.p99_ms <= s.p999_ms <= s.max_ms
         assert s.reconstructed <= s.answered
+        assert run.cpu_s > 0  # the machine did work while the scheme ran
     for name in ("direct", "none", "equal"):
         assert by[name].triton_calls == 120  # Triton's own count: exactly one call per query
     assert by["replicate"].triton_calls == 240  # losers run to completion, never cancelled

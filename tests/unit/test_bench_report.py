@@ -54,3 +54,17 @@ def test_each_round_starts_at_another_scheme():
         ["c", "a", "b"],
         ["a", "b", "c"],
     ]
+
+
+def test_overview_rates_each_scheme_against_equal_resource_replication_in_the_same_run():
+    from bench.overview import gap_table
+
+    def run(name, p50, p999):
+        return {"name": name, "p50_ms": p50, "p999_ms": p999}
+
+    reports = {"stalls": {"runs": [run("equal", 5.0, 85.0), run("parm", 6.0, 26.0), run("hedge2", 5.0, 45.0)]}}
+    table = gap_table(reports).splitlines()
+    assert table[0].startswith("| profile (file) | none | equal | hedge2")
+    row = table[2]
+    assert row.startswith("| stalls | – | 80.0 | 40.0 (2.00×) |")
+    assert "| 20.0 (4.00×) |" in row  # parm: 80 / 20
