@@ -28,11 +28,9 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,15 +111,8 @@ def cpu_busy_s() -> float:
 
 
 def triton_calls(stack: Stack) -> int:
-    """Sum of nv_inference_request_success over every model on every Triton (Triton's own count)."""
-    total = 0
-    for triton in stack.tritons:
-        try:
-            text = urllib.request.urlopen(triton.metrics_url, timeout=5).read().decode()
-        except OSError:
-            continue  # a killed worker restarting: its count restarts too (kills profile undercounts)
-        total += sum(int(float(v)) for v in re.findall(r"^nv_inference_request_success\{[^}]*\} (\S+)$", text, re.M))
-    return total
+    """Successful inferences over every model on every Triton (Triton's own count)."""
+    return sum(t.successful_inferences() for t in stack.tritons)
 
 
 async def _run_scheme(
@@ -174,7 +165,8 @@ def run_all(args: argparse.Namespace) -> list[SchemeRun]:
                 with PROFILES[args.profile](stack.tritons, seed=args.seed + r, network=network) as faults:
                     desc = name if args.rounds == 1 else f"{name} {r + 1}/{args.rounds}"
                     got = asyncio.run(_run_scheme(name, stack, model, queries[segment], args.rate, desc, seed=r))
-                calls[name] += settled_triton_calls(stack) - before
+                # A killed worker's counter restarts at 0: add what it had counted when it was killed.
+                calls[name] += settled_triton_calls(stack) - before + faults.calls_lost_to_kills
                 cpu[name] += cpu_busy_s() - cpu_before  # after settling: the losers' work counts too
                 events[name] += faults.events
                 records[name] += [dataclasses.replace(rec, index=int(segment[rec.index])) for rec in got]

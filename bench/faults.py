@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bench.netns import WorkerNetwork
@@ -49,11 +49,12 @@ class FaultInjector:
 
     def __init__(self, workers: Sequence[TritonServer], seed: int = 0, network: WorkerNetwork | None = None) -> None:
         if self.needs_network and network is None:
-            raise ValueError(f"fault profile {self.name!r} needs the workers in network namespaces (--network)")
+            raise ValueError(f"fault profile {self.name!r} needs the workers in network namespaces (--netns)")
         self.workers = list(workers)
         self.network = network
         self.rng = random.Random(seed)
         self.events = 0
+        self.calls_lost_to_kills = 0  # inferences counted by workers this injector killed (their count restarts)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -141,6 +142,7 @@ class Kills(FaultInjector):
         victim = self.rng.choice(self.workers)
         if victim.pid is None:
             return
+        self.calls_lost_to_kills += victim.successful_inferences()
         os.kill(victim.pid, signal.SIGKILL)
         victim.stop()
         victim.start()  # same ports: clients reconnect once it is back
@@ -191,7 +193,6 @@ class Shuffles(FaultInjector):
         self.profile = ShuffleProfile()
         self.loops = max(1, len(self.workers) // self.profile.per_workers)
         self._sinks: list[subprocess.Popen[bytes]] = []
-        self._senders: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
@@ -218,18 +219,16 @@ class Shuffles(FaultInjector):
             nbytes = self.rng.randint(*self.profile.megabytes) << 20
         to = f"{self.network.address(dest)}:{self.profile.sink_port}"
         sender = self._python(source, "send", "--to", to, "--bytes", str(nbytes), "--max-s", "120")
-        with self._lock:
-            self._senders.add(sender)
         try:
             while sender.poll() is None and not self._stop.wait(0.05):
                 pass
         finally:
             if sender.poll() is None:
-                sender.terminate()
+                sender.terminate()  # the run ended mid-transfer
             sender.wait()
+        if sender.returncode == 0:
             with self._lock:
-                self._senders.discard(sender)
-                self.events += 1
+                self.events += 1  # one whole transfer
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
@@ -244,7 +243,7 @@ class Shuffles(FaultInjector):
             proc.wait(timeout=10)
 
 
-PROFILES: dict[str, Callable[..., FaultInjector]] = {
+PROFILES: dict[str, type[FaultInjector]] = {
     "none": FaultInjector,
     "stalls": Stalls,
     "contention": Contention,

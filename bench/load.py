@@ -101,7 +101,9 @@ async def _run_load(send: Sender, n: int, rate: float, poisson: bool, seed: int,
         except grpc.aio.AioRpcError as exc:
             record = Record(i, time.perf_counter() - start, exc.code().name)
         except InferenceServerException as exc:
-            record = Record(i, time.perf_counter() - start, str(exc.status() or "TRITON_ERROR"))
+            # tritonclient reports "StatusCode.UNAVAILABLE"; the frontend's records say "UNAVAILABLE"
+            status = str(exc.status() or "TRITON_ERROR").removeprefix("StatusCode.")
+            record = Record(i, time.perf_counter() - start, status)
         progress.update()
         return record
 

@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.role == "sink":
         sink(args.port, args.max_s)
-    else:
-        send(args.to, args.bytes, args.max_s)
+    elif send(args.to, args.bytes, args.max_s) < args.bytes:
+        raise SystemExit(f"sent less than {args.bytes} bytes to {args.to} within {args.max_s:.0f} s")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import filecmp
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -279,6 +280,17 @@ class TritonServer:
             proc.wait()
         LOG.info("tritonserver pid %d stopped with %s", proc.pid, proc.returncode)
         return proc.returncode
+
+    def successful_inferences(self) -> int:
+        """Executions Triton has counted since it started (``nv_inference_request_success`` summed over
+        models); 0 while it does not answer (a killed server that is restarting)."""
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            text = opener.open(self.metrics_url, timeout=5).read().decode()
+        except OSError:
+            return 0
+        counts = re.findall(r"^nv_inference_request_success\{[^}]*\} (\S+)$", text, re.M)
+        return sum(int(float(v)) for v in counts)
 
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of the server log, for error messages."""
