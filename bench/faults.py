@@ -80,8 +80,8 @@ class FaultInjector:
         pass
 
 
-class Stalls(FaultInjector):
-    name = "stalls"
+class Bursts(FaultInjector):
+    """Every 0.3-1 s, pause a random worker for 20-100 ms, then resume it; subclasses say how."""
 
     def __init__(self, workers: Sequence[TritonServer], seed: int = 0, **kw: object) -> None:
         super().__init__(workers, seed, **kw)
@@ -90,15 +90,39 @@ class Stalls(FaultInjector):
     def _step(self) -> None:
         if self._stop.wait(self.rng.uniform(*self.profile.every_s)):
             return
-        victim = self.rng.choice(self.workers)
-        if victim.pid is None:
+        victim = self.rng.randrange(len(self.workers))
+        if not self._pause(victim):
             return
-        os.kill(victim.pid, signal.SIGSTOP)
         try:
             time.sleep(self.rng.uniform(*self.profile.stall_ms) / 1e3)
         finally:
-            os.kill(victim.pid, signal.SIGCONT)
+            self._resume(victim)
         self.events += 1
+
+    def _pause(self, victim: int) -> bool:
+        raise NotImplementedError
+
+    def _resume(self, victim: int) -> None:
+        raise NotImplementedError
+
+
+class Stalls(Bursts):
+    """SIGSTOP the whole tritonserver, then SIGCONT: the worker is up but answers late."""
+
+    name = "stalls"
+
+    _stopped = 0  # the pid SIGSTOPped: exactly that process is SIGCONTed
+
+    def _pause(self, victim: int) -> bool:
+        pid = self.workers[victim].pid
+        if pid is None:
+            return False
+        self._stopped = pid
+        os.kill(pid, signal.SIGSTOP)
+        return True
+
+    def _resume(self, victim: int) -> None:
+        os.kill(self._stopped, signal.SIGCONT)
 
 
 def _burn(stop_at: float) -> None:
@@ -149,27 +173,20 @@ class Kills(FaultInjector):
         self.events += 1
 
 
-class NetDelay(FaultInjector):
-    """Hold a random worker's inbound link for 20–100 ms every 0.3–1 s: requests to it wait in the queue."""
+class NetDelay(Bursts):
+    """Hold the worker's inbound link (bench.netns): its requests wait in the link's queue, none is lost."""
 
     name = "netdelay"
     needs_network = True
 
-    def __init__(self, workers: Sequence[TritonServer], seed: int = 0, **kw: object) -> None:
-        super().__init__(workers, seed, **kw)
-        self.profile = StallProfile()
-
-    def _step(self) -> None:
+    def _pause(self, victim: int) -> bool:
         assert self.network is not None
-        if self._stop.wait(self.rng.uniform(*self.profile.every_s)):
-            return
-        victim = self.rng.randrange(len(self.workers))
         self.network.hold(victim)
-        try:
-            time.sleep(self.rng.uniform(*self.profile.stall_ms) / 1e3)
-        finally:
-            self.network.release(victim)
-        self.events += 1
+        return True
+
+    def _resume(self, victim: int) -> None:
+        assert self.network is not None
+        self.network.release(victim)
 
 
 @dataclass(frozen=True)
