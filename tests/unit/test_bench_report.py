@@ -68,3 +68,18 @@ def test_overview_rates_each_scheme_against_equal_resource_replication_in_the_sa
     row = table[2]
     assert row.startswith("| stalls | – | 80.0 | 40.0 (2.00×) |")
     assert "| 20.0 (4.00×) |" in row  # parm: 80 / 20
+
+
+def test_cpu_breakdown_table_keeps_busy_processes_and_totals_each_scheme():
+    from bench.cpu_breakdown import markdown
+
+    table = markdown(
+        {"none": {"frontend": 2.0, "idle": 0.0, "triton": 1.0}, "parm": {"frontend": 3.0, "idle": 0.0, "triton": 2.5}}
+    )
+    assert table.splitlines() == [
+        "| process | none | parm |",
+        "|---|---|---|",
+        "| frontend | 2.00 | 3.00 |",
+        "| triton | 1.00 | 2.50 |",
+        "| total | 3.00 | 5.50 |",
+    ]

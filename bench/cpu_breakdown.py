@@ -1,0 +1,102 @@
+"""python -m bench.cpu_breakdown: where the CPU goes, per process, for each scheme under the same load.
+
+Starts the comparison's stack (3 tritonservers, the coding services, one frontend per scheme), sends an
+open-loop Poisson load through each scheme in turn with no faults, and reads every process's CPU time
+(/proc/<pid>/stat, children included: Triton's backend stubs) before and after. Prints CPU ms per query
+per process, so a scheme's extra cost can be traced to the process that pays it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from bench import compare
+from bench.load import load_frontend
+from bench.stack import REPO_ROOT, Stack
+from coding import spec
+from export.datasets import load
+
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and of its children that have exited and been waited for."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) * _TICK_S
+
+
+def processes(stack: Stack) -> dict[str, list[int]]:
+    """Every process of the stack by role; a Triton's backend stubs count with it."""
+    coding = ("encoder", "decoder")
+    roles = {
+        name if name in coding else f"frontend `{name}`": [service.proc.pid]
+        for name, service in stack.services.items()
+        if service.proc
+    }
+    for i, triton in enumerate(stack.tritons):
+        assert triton.pid is not None
+        children = Path(f"/proc/{triton.pid}/task/{triton.pid}/children").read_text().split()
+        roles[f"triton t{i}"] = [triton.pid, *map(int, children)]
+    roles["load generator"] = [os.getpid()]
+    return roles
+
+
+def breakdown(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """scheme -> role -> CPU ms per query."""
+    model = spec.deployed_model_name(args.dataset)
+    parity = spec.parity_model_name(args.dataset, args.encoder, args.k)
+    options = compare._parser().parse_args(["--k", str(args.k), "--encoder", args.encoder, "--profile", "none"])
+    specs = {name: s for name, s in compare.frontend_specs(model, parity, options).items() if name in args.schemes}
+    images, _ = load(args.dataset, "test")
+    n = int(args.rate * args.duration)
+    queries = images[np.resize(np.arange(len(images)), n), None].astype(np.float32) / 255.0
+    result: dict[str, dict[str, float]] = {}
+    with Stack([model, parity], specs, triton_count=3, log_dir=REPO_ROOT / ".logs" / "cpu_breakdown") as stack:
+        roles = processes(stack)
+        for name in args.schemes:
+            address = stack.address(name)
+            asyncio.run(load_frontend(address, model, queries[: int(args.rate)], args.rate, desc=f"{name} warm-up"))
+            before = {role: sum(map(cpu_s, pids)) for role, pids in roles.items()}
+            asyncio.run(load_frontend(address, model, queries, args.rate, timeout_s=10.0, desc=name))
+            compare.settled_triton_calls(stack)  # losers and late parities finish inside this scheme's window
+            result[name] = {role: 1e3 * (sum(map(cpu_s, pids)) - before[role]) / n for role, pids in roles.items()}
+    return result
+
+
+def markdown(result: dict[str, dict[str, float]]) -> str:
+    schemes = list(result)
+    roles = [r for r in next(iter(result.values())) if any(result[s][r] >= 0.01 for s in schemes)]
+    lines = ["| process | " + " | ".join(schemes) + " |", "|---|" + "---|" * len(schemes)]
+    lines += [f"| {r} | " + " | ".join(f"{result[s][r]:.2f}" for s in schemes) + " |" for r in roles]
+    lines.append("| total | " + " | ".join(f"{sum(result[s].values()):.2f}" for s in schemes) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    p = argparse.ArgumentParser(prog="python -m bench.cpu_breakdown", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--schemes", default="none,parm", help=f"comma-separated subset of {compare.SCHEMES[1:]}")
+    p.add_argument("--rate", type=float, default=150.0, help="Poisson arrivals per second")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of load per scheme")
+    p.add_argument("--dataset", default="mnist", choices=spec.DATASETS)
+    p.add_argument("--encoder", default="concat", choices=spec.PARM_ENCODERS)
+    p.add_argument("--k", type=int, default=2)
+    args = p.parse_args(argv)
+    args.schemes = [s for s in args.schemes.split(",") if s]
+    unknown = set(args.schemes) - set(compare.SCHEMES[1:])
+    if unknown:
+        raise SystemExit(f"unknown schemes {sorted(unknown)}; known: {compare.SCHEMES[1:]}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    table = markdown(breakdown(args))
+    print(f"CPU ms per query, {args.rate:.0f} q/s for {args.duration:.0f} s per scheme, no faults:\n\n{table}")
+    return table
+
+
+if __name__ == "__main__":
+    main()
