@@ -70,12 +70,25 @@ class SchemeRun:
         return self.triton_calls / self.summary.queries - 1.0
 
 
-def frontend_specs(model: str, parity: str, args: argparse.Namespace) -> dict[str, FrontendSpec]:
-    common = ["--max-inflight", "100000", "--default-deadline-s", "10", *FRONTEND_FLAGS.get(args.profile, ())]
-    timeouts = ["--straggler-timeout-ms", str(args.straggler_timeout_ms)]
-    timeouts += ["--fill-timeout-ms", str(args.fill_timeout_ms)]
-    coded = [f"{model}=parm:k={args.k},encoder={args.encoder},parity_model={parity}", *timeouts]
-    berrut = [f"{model}=approxifer:k={args.k},s=1", *timeouts]
+STRAGGLER_TIMEOUT_MS = 8.0
+FILL_TIMEOUT_MS = 5.0
+
+
+def frontend_specs(
+    model: str,
+    parity: str,
+    *,
+    k: int = 2,
+    encoder: str = "concat",
+    straggler_timeout_ms: float = STRAGGLER_TIMEOUT_MS,
+    fill_timeout_ms: float = FILL_TIMEOUT_MS,
+    profile: str = "none",
+) -> dict[str, FrontendSpec]:
+    """One frontend per scheme, as the comparison runs them (``profile``: its frontend-applied flags)."""
+    common = ["--max-inflight", "100000", "--default-deadline-s", "10", *FRONTEND_FLAGS.get(profile, ())]
+    timeouts = ["--straggler-timeout-ms", str(straggler_timeout_ms), "--fill-timeout-ms", str(fill_timeout_ms)]
+    coded = [f"{model}=parm:k={k},encoder={encoder},parity_model={parity}", *timeouts]
+    berrut = [f"{model}=approxifer:k={k},s=1", *timeouts]
     return {
         "none": FrontendSpec(["--route", f"{model}=none", *common], tritons=(0, 1)),
         "equal": FrontendSpec(["--route", f"{model}=none", *common], tritons=(0, 1, 2)),
@@ -136,7 +149,16 @@ def run_all(args: argparse.Namespace) -> list[SchemeRun]:
     n = int(args.rate * args.duration)
     picks = np.resize(np.arange(len(images)), n)
     queries, truth = images[picks, None].astype(np.float32) / 255.0, labels[picks]
-    specs = {k: v for k, v in frontend_specs(model, parity, args).items() if k in args.schemes}
+    all_specs = frontend_specs(
+        model,
+        parity,
+        k=args.k,
+        encoder=args.encoder,
+        straggler_timeout_ms=args.straggler_timeout_ms,
+        fill_timeout_ms=args.fill_timeout_ms,
+        profile=args.profile,
+    )
+    specs = {name: s for name, s in all_specs.items() if name in args.schemes}
     runs = []
     with contextlib.ExitStack() as resources:
         network = resources.enter_context(WorkerNetwork(3)) if args.netns else None
@@ -266,8 +288,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=60.0, help="seconds of load per scheme")
     p.add_argument("--profile", default="stalls", choices=sorted(PROFILES))
     p.add_argument("--schemes", default=",".join(SCHEMES), help=f"comma-separated subset of {SCHEMES}")
-    p.add_argument("--straggler-timeout-ms", type=float, default=8.0)
-    p.add_argument("--fill-timeout-ms", type=float, default=5.0)
+    p.add_argument("--straggler-timeout-ms", type=float, default=STRAGGLER_TIMEOUT_MS)
+    p.add_argument("--fill-timeout-ms", type=float, default=FILL_TIMEOUT_MS)
     p.add_argument(
         "--rounds",
         type=int,

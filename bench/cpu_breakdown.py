@@ -51,8 +51,8 @@ def breakdown(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """scheme -> role -> CPU ms per query."""
     model = spec.deployed_model_name(args.dataset)
     parity = spec.parity_model_name(args.dataset, args.encoder, args.k)
-    options = compare._parser().parse_args(["--k", str(args.k), "--encoder", args.encoder, "--profile", "none"])
-    specs = {name: s for name, s in compare.frontend_specs(model, parity, options).items() if name in args.schemes}
+    all_specs = compare.frontend_specs(model, parity, k=args.k, encoder=args.encoder)
+    specs = {name: s for name, s in all_specs.items() if name in args.schemes}
     images, _ = load(args.dataset, "test")
     n = int(args.rate * args.duration)
     queries = images[np.resize(np.arange(len(images)), n), None].astype(np.float32) / 255.0

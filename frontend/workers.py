@@ -130,7 +130,7 @@ class TritonPool:
                 raise WorkerError(f"injected failure on {model}")
             if fault.delay_s:
                 await asyncio.sleep(fault.delay_s)
-        started = time.monotonic()
+        started = time.monotonic() if self.service_time is not None else 0.0
         client = self._clients[self.pick() if instance is None else instance]
         infer_input = InferInput(signature.input_name, list(batch.shape), np_to_triton_dtype(signature.dtype))
         infer_input.set_data_from_numpy(np.ascontiguousarray(batch, dtype=signature.dtype))
