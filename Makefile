@@ -16,7 +16,8 @@ help:  ## list the targets
 demo: $(SETUP) $(STUBS) $(DATA)  ## start the stack on CPU, send the MNIST test split with injected stragglers, print a summary
 	$(PY) -m bench.demo
 
-test: $(SETUP) $(STUBS) $(DATA)  ## run the test suite (unit, gRPC, integration with the real tritonserver)
+test: $(SETUP) $(STUBS) $(DATA)  ## lint, type-check, then the test suite (unit, gRPC, integration with the real tritonserver)
+	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest tests
 
 setup: $(SETUP) $(STUBS)  ## create .venv with the pinned packages and generate the gRPC stubs
@@ -43,8 +44,11 @@ $(DATA): $(SETUP)
 models: $(SETUP) $(DATA)  ## retrain every model on CPU and export to model_repository/ (about 25 min)
 	$(PY) -m export.train_all --profile cpu --out model_repository
 
-lint:  ## ruff lint and format check
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+PACKAGES := coding frontend encoder_service decoder_service service_common triton_local bench export
+lint: $(SETUP) $(STUBS)  ## ruff lint, ruff format check, mypy over the packages
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy $(PACKAGES)
 
 clean:  ## remove build outputs (keeps .venv and data/)
 	rm -rf .triton .logs protos/codedserve/v1/*_pb2*.py protos/codedserve/v1/*_pb2.pyi

@@ -83,8 +83,8 @@ class FaultInjector:
 class Bursts(FaultInjector):
     """Every 0.3-1 s, pause a random worker for 20-100 ms, then resume it; subclasses say how."""
 
-    def __init__(self, workers: Sequence[TritonServer], seed: int = 0, **kw: object) -> None:
-        super().__init__(workers, seed, **kw)
+    def __init__(self, workers: Sequence[TritonServer], seed: int = 0, network: WorkerNetwork | None = None) -> None:
+        super().__init__(workers, seed, network)
         self.profile = StallProfile()
 
     def _step(self) -> None:
@@ -135,8 +135,10 @@ class Contention(FaultInjector):
 
     name = "contention"
 
-    def __init__(self, workers: Sequence[TritonServer], seed: int = 0, max_s: float = 900.0, **kw: object) -> None:
-        super().__init__(workers, seed, **kw)
+    def __init__(
+        self, workers: Sequence[TritonServer], seed: int = 0, max_s: float = 900.0, network: WorkerNetwork | None = None
+    ) -> None:
+        super().__init__(workers, seed, network)
         self._tenant = multiprocessing.get_context("spawn").Process(
             target=_burn, args=(time.monotonic() + max_s,), daemon=True
         )
@@ -156,8 +158,10 @@ class Kills(FaultInjector):
 
     name = "kills"
 
-    def __init__(self, workers: Sequence[TritonServer], seed: int = 0, every_s: float = 8.0, **kw: object) -> None:
-        super().__init__(workers, seed, **kw)
+    def __init__(
+        self, workers: Sequence[TritonServer], seed: int = 0, every_s: float = 8.0, network: WorkerNetwork | None = None
+    ) -> None:
+        super().__init__(workers, seed, network)
         self.every_s = every_s
 
     def _step(self) -> None:
@@ -205,8 +209,8 @@ class Shuffles(FaultInjector):
     name = "shuffles"
     needs_network = True
 
-    def __init__(self, workers: Sequence[TritonServer], seed: int = 0, **kw: object) -> None:
-        super().__init__(workers, seed, **kw)
+    def __init__(self, workers: Sequence[TritonServer], seed: int = 0, network: WorkerNetwork | None = None) -> None:
+        super().__init__(workers, seed, network)
         self.profile = ShuffleProfile()
         self.loops = max(1, len(self.workers) // self.profile.per_workers)
         self._sinks: list[subprocess.Popen[bytes]] = []

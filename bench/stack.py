@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +36,7 @@ class ServiceProcess:
     argv: list[str]
     port: int
     log_path: Path
+    env: Mapping[str, str] = field(default_factory=dict)  # on top of this process's environment
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -50,7 +51,7 @@ class ServiceProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=REPO_ROOT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
         return self
 
@@ -107,7 +108,7 @@ class Stack:
     is reached over that namespace's shaped link; everything else stays on 127.0.0.1."""
 
     models: Sequence[str]
-    frontends: dict[str, FrontendSpec | Sequence[str]]  # name -> spec (a plain list: just its flags)
+    frontends: Mapping[str, FrontendSpec | Sequence[str]]  # name -> spec (a plain list: just its flags)
     model_repository: Path = REPO_ROOT / "model_repository"
     log_dir: Path = REPO_ROOT / ".logs"
     triton_count: int = 1
@@ -115,6 +116,7 @@ class Stack:
     services: dict[str, ServiceProcess] = field(default_factory=dict)
     kserve_ports: dict[str, int] = field(default_factory=dict)
     network: WorkerNetwork | None = None
+    service_env: Mapping[str, str] = field(default_factory=dict)  # for every service, e.g. CODEDSERVE_SCHEME_MODULES
 
     def __enter__(self) -> Stack:
         try:
@@ -168,7 +170,8 @@ class Stack:
 
     def _spawn(self, name: str, argv: list[str], port: int) -> None:
         argv = [sys.executable, *argv, "--address", f"127.0.0.1:{port}"]
-        self.services[name] = ServiceProcess(name, argv, port, self.log_dir / f"{name}.log").start()
+        log_path = self.log_dir / f"{name}.log"
+        self.services[name] = ServiceProcess(name, argv, port, log_path, self.service_env).start()
 
     def address(self, name: str) -> str:
         return self.services[name].address

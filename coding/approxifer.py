@@ -14,7 +14,7 @@ import numpy as np
 
 from coding import berrut
 from coding.errors import CodingError
-from coding.layout import GroupLayout
+from coding.scheme import DEPLOYED, Arrivals, Outputs, Shape, Slot, check_outputs
 
 
 def min_workers(k: int, s: int, a: int) -> int:
@@ -102,37 +102,54 @@ class ApproxiferScheme:
             raise CodingError(f"worker indices must lie in [0, n={self.workers}), got {sorted(idx.tolist())}")
         return idx.astype(np.int64)
 
-    # ---- the interface every scheme shares (coding.schemes) -------------------------------------
+    # ---- the Scheme protocol (coding.scheme) --------------------------------------------------
 
     @property
-    def layout(self) -> GroupLayout:
-        parities = self.workers - self.k if self.systematic else self.workers
-        return GroupLayout(
-            k=self.k, parities=parities, systematic=self.systematic, parity_model=False, needed=self.needed
-        )
+    def data_slots(self) -> tuple[Slot, ...]:
+        return tuple(Slot(i, DEPLOYED) for i in range(self.k))
 
-    def parity_queries(self, group: np.ndarray) -> np.ndarray:
-        """The coded queries only: all N, or the N - K beyond the originals when systematic."""
-        coded = self.encode(group)
+    @property
+    def coded_slots(self) -> tuple[Slot, ...]:
+        """All N workers' coded queries, or the N - K beyond the originals when systematic; every one
+        runs the deployed model itself."""
+        count = self.workers - self.k if self.systematic else self.workers
+        return tuple(Slot(i, DEPLOYED) for i in range(count))
+
+    @property
+    def encodes(self) -> bool:
+        return True
+
+    def coded_inputs(self, inputs: np.ndarray) -> np.ndarray:
+        coded = self.encode(inputs)
         return coded[self.k :] if self.systematic else coded
 
-    def decode_group(
-        self, outputs: np.ndarray, present: np.ndarray, parity_outputs: np.ndarray, parity_present: np.ndarray
-    ) -> tuple[np.ndarray, list[int]]:
-        """``(k, classes)`` decoded answers from whatever arrived, and the workers judged Byzantine.
+    def recoverable(self, arrivals: Arrivals) -> frozenset[int]:
+        """Any n - s outputs decode every query (the originals' outputs count when systematic)."""
+        count = sum(arrivals.coded) + (sum(arrivals.data) if self.systematic else 0)
+        return frozenset(arrivals.absent()) if count >= self.needed else frozenset()
+
+    def decode_slots(self, data_outputs: Outputs, coded_outputs: Outputs) -> tuple[list[np.ndarray], list[int]]:
+        """Decoded answers of every data slot from whatever arrived, and the workers judged Byzantine.
 
         Workers are numbered as in :func:`coding.berrut.coded_nodes`: systematic, 0..K-1 are the originals
-        (``outputs``/``present``) and K..N-1 the parities; otherwise 0..N-1 are the parities.
+        (the data slots) and K..N-1 the parities; otherwise 0..N-1 are the coded slots.
         """
-        present, parity_present = np.asarray(present, dtype=bool), np.asarray(parity_present, dtype=bool)
+        check_outputs(self, data_outputs, coded_outputs)
         offset = self.k if self.systematic else 0
-        rows = [parity_outputs[parity_present]]
-        idx = [np.flatnonzero(parity_present) + offset]
+        arrived = [(i + offset, o) for i, o in enumerate(coded_outputs) if o is not None]
         if self.systematic:
-            rows.insert(0, outputs[present])
-            idx.insert(0, np.flatnonzero(present))
-        arrived, workers = np.concatenate(rows), np.concatenate(idx)
-        faulty = self.locate(arrived, workers)
+            arrived = [(j, o) for j, o in enumerate(data_outputs) if o is not None] + arrived
+        if not arrived:
+            raise CodingError("nothing arrived to decode from")
+        workers = np.array([w for w, _ in arrived], dtype=np.int64)
+        outputs = np.stack([o for _, o in arrived])
+        faulty = self.locate(outputs, workers)
         keep = ~np.isin(workers, faulty)
-        decoded = berrut.decode(arrived[keep], workers[keep], self.k, self.workers, self.systematic)
-        return decoded, faulty
+        decoded = berrut.decode(outputs[keep], workers[keep], self.k, self.workers, self.systematic)
+        return list(decoded), faulty
+
+    def coded_output_shape(self, index: int, data_output_shape: Shape) -> Shape:
+        return data_output_shape  # every coded query runs the deployed model
+
+    def models(self, served: str) -> dict[str, str]:
+        return {DEPLOYED: served}

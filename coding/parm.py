@@ -10,9 +10,14 @@ Outputs (logits) of a group are ``(k, num_classes)``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from coding import spec
+from coding.errors import CodingError
+from coding.scheme import DEPLOYED, Arrivals, Outputs, Shape, Slot, check_outputs
 
 Array = Any  # numpy.ndarray or torch.Tensor: only operations both share are used here
 
@@ -77,3 +82,105 @@ def subtraction_decode(parity_output: Array, slot_outputs: Array, present: Array
     rest = (slot_outputs * mask).sum(-2)
     n_absent = (1.0 - mask).sum(-2)
     return (parity_output - rest) / n_absent
+
+
+PARITY = "parity"  # the role of the parity model
+
+
+@dataclass(frozen=True)
+class ParmScheme:
+    """ParM: k queries on the deployed model, one parity query on a learned parity model (r = 1).
+
+    ``parity_model`` names the parity model on Triton; empty: the export naming
+    (:func:`coding.spec.parity_model_name`, e.g. ``mnist_parm_add_k2`` for ``mnist_cnn``).
+    """
+
+    encoder: str
+    k: int
+    parity_model: str = ""
+    name: str = "parm"
+    r: int = 1
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise CodingError(f"unknown ParM encoder {self.encoder!r}; known: {sorted(ENCODERS)}")
+        if self.k < 2:
+            raise CodingError(f"ParM needs k >= 2, got k={self.k}")
+        if self.encoder == "concat" and self.k not in (2, 4):
+            raise CodingError(f"the concatenation encoder supports k in (2, 4), got k={self.k}")
+
+    # ---- the math ---------------------------------------------------------------------------
+
+    def encode(self, group: np.ndarray) -> np.ndarray:
+        """``(k, C, H, W)`` float32 queries -> ``(r, C, H, W)`` parity queries."""
+        if group.ndim < 2 or group.shape[0] != self.k:
+            raise CodingError(f"expected a coding group of k={self.k} queries, got shape {list(group.shape)}")
+        if self.encoder == "concat" and (group.ndim != 4 or group.shape[-1] % 2 or group.shape[-2] % 2):
+            raise CodingError(f"the concatenation encoder needs (k, C, H, W) with even H, W; got {list(group.shape)}")
+        parity = ENCODERS[self.encoder](group.astype(np.float32, copy=False))
+        return parity[None].astype(np.float32, copy=False)
+
+    def decode(self, slot_outputs: np.ndarray, present: np.ndarray, parity_outputs: np.ndarray) -> np.ndarray:
+        """Rebuild the output of the query in the absent slots.
+
+        ``slot_outputs`` ``(k, classes)``, ``present`` ``(k,)`` bool, ``parity_outputs`` ``(r, classes)``.
+        """
+        if slot_outputs.ndim != 2 or slot_outputs.shape[0] != self.k:
+            raise CodingError(f"expected outputs of shape (k={self.k}, classes), got {list(slot_outputs.shape)}")
+        if present.shape != (self.k,):
+            raise CodingError(f"expected a presence mask of length k={self.k}, got {list(present.shape)}")
+        if present.all():
+            raise CodingError("nothing to decode: every output of the coding group is present")
+        if parity_outputs.shape != (self.r, slot_outputs.shape[1]):
+            raise CodingError(
+                f"expected parity outputs of shape ({self.r}, {slot_outputs.shape[1]}), "
+                f"got {list(parity_outputs.shape)}"
+            )
+        decoded = subtraction_decode(parity_outputs[0].astype(np.float64), slot_outputs.astype(np.float64), present)
+        return decoded.astype(np.float32)
+
+    # ---- the Scheme protocol (coding.scheme) --------------------------------------------------
+
+    @property
+    def data_slots(self) -> tuple[Slot, ...]:
+        return tuple(Slot(i, DEPLOYED) for i in range(self.k))
+
+    @property
+    def coded_slots(self) -> tuple[Slot, ...]:
+        return (Slot(0, PARITY),)
+
+    @property
+    def systematic(self) -> bool:
+        return True
+
+    @property
+    def encodes(self) -> bool:
+        return True
+
+    def coded_inputs(self, inputs: np.ndarray) -> np.ndarray:
+        return self.encode(inputs)
+
+    def recoverable(self, arrivals: Arrivals) -> frozenset[int]:
+        """With the parity output in, the subtraction decoder solves one unknown: the absent slots must
+        all hold one call (a padded group's repeats of one query count once)."""
+        if not all(arrivals.coded) or arrivals.unknowns() != 1:
+            return frozenset()
+        return frozenset(arrivals.absent())
+
+    def decode_slots(self, data_outputs: Outputs, coded_outputs: Outputs) -> tuple[list[np.ndarray], list[int]]:
+        check_outputs(self, data_outputs, coded_outputs)
+        parity = coded_outputs[0]
+        if parity is None:
+            raise CodingError("ParM cannot decode without its parity output")
+        present = np.array([o is not None for o in data_outputs])
+        zeros = np.zeros_like(parity)
+        stacked = np.stack([zeros if o is None else o for o in data_outputs]).astype(np.float32)
+        stacked[~present] = self.decode(stacked, present, parity[None])
+        return list(stacked), []
+
+    def coded_output_shape(self, index: int, data_output_shape: Shape) -> Shape:
+        return data_output_shape  # the parity model learns the sum of k outputs: the same shape
+
+    def models(self, served: str) -> dict[str, str]:
+        parity = self.parity_model or spec.parity_model_name(served.removesuffix("_cnn"), self.encoder, self.k)
+        return {DEPLOYED: served, PARITY: parity}

@@ -1,4 +1,4 @@
-"""Encoder: k queries in, the scheme's coded (parity) queries out. Proto <-> numpy here; the math is coding/."""
+"""Encoder: a group's queries in, the input of every coded slot out. Proto <-> numpy here; the math is coding/."""
 
 from __future__ import annotations
 
@@ -15,4 +15,4 @@ class EncoderServicer(pb_grpc.EncoderServicer):
         scheme = get_scheme(request.code.scheme, request.code.k, request.code.params)
         queries = to_numpy(request.queries, "queries")
         # Encoding a group is microseconds of numpy: cheaper inline than a hop to an executor.
-        return pb.EncodeResponse(parities=from_numpy(scheme.parity_queries(queries)))
+        return pb.EncodeResponse(parities=from_numpy(scheme.coded_inputs(queries)))

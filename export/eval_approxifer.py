@@ -113,7 +113,9 @@ def straggler_row(model: Model, data: tuple[np.ndarray, np.ndarray], k: int, s: 
     lean, beside = ApproxiferScheme(k, s=s, systematic=True), ApproxiferScheme(k, n=2 * k + s, s=s, systematic=True)
     outputs = tr.coded_outputs(model, coded)
     parities = model(np.stack([lean.encode(q)[k:] for q in tr.queries]))
-    decoded, lean_hits, beside_hits = [], [], []
+    decoded: list[np.ndarray] = []
+    lean_hits: list[np.ndarray] = []
+    beside_hits: list[np.ndarray] = []
     for t in range(trials):
         arrived = np.sort(rng.choice(coded.workers, coded.needed, replace=False))
         decoded.append(coded.decode(outputs[t, arrived], arrived))

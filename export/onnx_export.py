@@ -62,10 +62,17 @@ def check_onnx(model: nn.Module, path: Path, batch: np.ndarray) -> float:
     return float(np.abs(ort_out - torch_out).max())
 
 
-def config_text(name: str, kind: str | None = None) -> str:
-    """Triton ``config.pbtxt`` text for one model; ``kind=None`` lets Triton place it (CPU-safe)."""
+def config_text(
+    name: str,
+    kind: str | None = None,
+    input_dims: tuple[int, ...] = IMAGE_SHAPE,
+    output_dims: tuple[int, ...] = (NUM_CLASSES,),
+) -> str:
+    """Triton ``config.pbtxt`` text for one model; ``kind=None`` lets Triton place it (CPU-safe).
+    Dims exclude the batch axis (a collage model, say, answers ``(cells, classes)``)."""
     kind_line = f"\n    kind: {kind}" if kind else ""
-    dims = ", ".join(str(d) for d in IMAGE_SHAPE)
+    dims = ", ".join(str(d) for d in input_dims)
+    out_dims = ", ".join(str(d) for d in output_dims)
     return f"""name: "{name}"
 backend: "onnxruntime"
 max_batch_size: {MAX_BATCH_SIZE}
@@ -80,7 +87,7 @@ output [
   {{
     name: "{OUTPUT_NAME}"
     data_type: TYPE_FP32
-    dims: [ {NUM_CLASSES} ]
+    dims: [ {out_dims} ]
   }}
 ]
 dynamic_batching {{ }}

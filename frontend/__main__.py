@@ -7,10 +7,11 @@ import asyncio
 import logging
 import os
 
+from coding.schemes import load_scheme_modules
 from frontend.config import FaultPlan, FrontendConfig, parse_route
+from frontend.injection import parse_fault_metadata
 from frontend.server import create_server
 from frontend.service_time import DISTRIBUTIONS
-from frontend.workers import parse_fault_metadata
 from service_common.cli import DEFAULT_MAX_MESSAGE_BYTES
 from service_common.logs import setup_logging
 from service_common.metrics import serve_metrics
@@ -85,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
         help="serve Prometheus /metrics on 127.0.0.1:PORT",
     )
     p.add_argument("--log-level", default=env("CODEDSERVE_LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--scheme-module",
+        action="append",
+        default=None,
+        help="import this module at start-up so it registers more coding schemes; repeatable; the encoder "
+        "and decoder need the same ones (env CODEDSERVE_SCHEME_MODULES, comma-separated)",
+    )
     faults = p.add_argument_group("fault injection (demos and tests only)")
     faults.add_argument("--inject-delay-share", type=float, default=0.0, help="share of deployed calls delayed")
     faults.add_argument("--inject-delay-ms", default="50,200", help="MIN,MAX of the injected delay")
@@ -97,9 +105,12 @@ def _parser() -> argparse.ArgumentParser:
         help="every Triton call lasts at least a latency drawn from this distribution (collage: Collage-CNN's recipe)",
     )
     faults.add_argument(
+        "--inject-worker-faults",
         "--inject-coded-faults",
+        dest="inject_worker_faults",
         default="",
-        help="faults pinned to coded workers of every group, WORKER=FAULT,... e.g. 3=delay=3000,5=corrupt",
+        help="faults pinned to workers of every group, WORKER=FAULT,... e.g. 3=delay=3000,5=corrupt; workers "
+        "are numbered data slots first, then coded slots (coded slots only for a non-systematic code)",
     )
     faults.add_argument(
         "--allow-fault-metadata",
@@ -114,7 +125,9 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
     urls = args.triton_url or [u for u in env("CODEDSERVE_TRITON_URLS", "127.0.0.1:8001").split(",") if u]
     routes = args.route or [r for r in env("CODEDSERVE_ROUTES", "mnist_cnn=parm:k=2,encoder=concat").split(";") if r]
     delay_min, _, delay_max = args.inject_delay_ms.partition(",")
+    modules = args.scheme_module or [m for m in env("CODEDSERVE_SCHEME_MODULES", "").split(",") if m]
     try:
+        load_scheme_modules(modules)  # before the routes: they may name a plug-in scheme
         faults = FaultPlan(
             args.inject_delay_share,
             float(delay_min),
@@ -122,7 +135,7 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
             args.inject_fail_share,
             args.inject_seed,
             args.allow_fault_metadata,
-            _coded_faults(args.inject_coded_faults),
+            _worker_faults(args.inject_worker_faults),
             args.inject_service_time,
         )
         return FrontendConfig(
@@ -143,12 +156,13 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
             faults=faults,
             parity_triton_urls=tuple(args.parity_triton_url or ()),
             cancel_losers=args.cancel_losers,
+            scheme_modules=tuple(modules),
         )
     except ValueError as exc:
         raise SystemExit(f"frontend: bad configuration: {exc}") from exc
 
 
-def _coded_faults(text: str) -> tuple[tuple[int, str], ...]:
+def _worker_faults(text: str) -> tuple[tuple[int, str], ...]:
     """``3=delay=3000,5=corrupt`` -> ((3, "delay=3000"), (5, "corrupt")), each fault checked."""
     pinned = []
     for item in filter(None, text.split(",")):

@@ -11,8 +11,9 @@ from frontend.coding_clients import CodingClients
 from frontend.config import FrontendConfig
 from frontend.coordinator import ModelServer
 from frontend.dispatch import Dispatcher
-from frontend.service_time import ServiceTime
-from frontend.workers import FaultInjector, TritonPool, WorkerError, parse_fault_metadata
+from frontend.injection import InjectingPool
+from frontend.placement import Placer
+from frontend.workers import Pool, TritonPool, WorkerError
 from service_common.errors import NotFound, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
@@ -21,47 +22,38 @@ log = logging.getLogger(__name__)
 class FrontendApp:
     def __init__(self, config: FrontendConfig) -> None:
         self.config = config
-        self.pool = self._pool(config.triton_urls, seed=config.faults.seed)
-        parity_urls = config.parity_triton_urls or config.triton_urls
-        self.parity_pool = (
-            self.pool if parity_urls == config.triton_urls else self._pool(parity_urls, seed=config.faults.seed + 1)
-        )
-        self.coders = CodingClients(
-            config.encoder_address, config.decoder_address, config.coding_timeout_s, config.max_message_bytes
-        )
-        faults = FaultInjector(config.faults)
-        coded_faults = tuple((worker, parse_fault_metadata(f)) for worker, f in config.faults.coded)
+        self.placer = Placer(serving(config))
+        self.pool = self._pool()
+        self.coders = CodingClients(config.encoder_address, config.decoder_address, config.max_message_bytes)
         self.servers = {
             r.model: ModelServer(
                 r,
-                Dispatcher(self.pool, r.dispatch, faults, config.cancel_losers),
                 self.pool,
-                self.parity_pool,
+                self.placer,
+                Dispatcher(self.pool, self.placer, r.dispatch, config.cancel_losers),
                 self.coders,
                 config.straggler_timeout_ms / 1e3,
                 config.fill_timeout_ms / 1e3,
-                coded_faults,
             )
             for r in config.routes
         }
         self._inflight = 0
 
-    def _pool(self, urls: tuple[str, ...], seed: int) -> TritonPool:
-        name = self.config.faults.service_time
-        service_time = ServiceTime(name, seed) if name else None
-        return TritonPool(urls, self.config.triton_timeout_s, self.config.max_message_bytes, service_time)
+    def _pool(self) -> Pool:
+        """The Triton pool; wrapped by fault injection only when the configuration asks for it."""
+        pool = TritonPool(instance_urls(self.config), self.config.triton_timeout_s, self.config.max_message_bytes)
+        if not self.config.faults.active:
+            return pool
+        deployed = set().union(*(r.data_models for r in self.config.routes))
+        return InjectingPool(pool, self.config.faults, deployed)
 
     async def start(self) -> None:
         await self.pool.start()
-        if self.parity_pool is not self.pool:
-            await self.parity_pool.start()
         await self.coders.start()
 
     async def close(self) -> None:
         await asyncio.gather(*(s.drain(timeout_s=5.0) for s in self.servers.values()))
         await self.pool.close()
-        if self.parity_pool is not self.pool:
-            await self.parity_pool.close()
         await self.coders.close()
 
     @property
@@ -107,3 +99,22 @@ class FrontendApp:
             yield
         finally:
             self._inflight -= 1
+
+
+def instance_urls(config: FrontendConfig) -> tuple[str, ...]:
+    """Every Triton instance, numbered: the deployed models' first, then the parity-only ones."""
+    return tuple(dict.fromkeys((*config.triton_urls, *config.parity_triton_urls)))
+
+
+def serving(config: FrontendConfig) -> dict[str, tuple[int, ...]]:
+    """Model -> the instances that serve it: the models of data slots on ``triton_urls``, the others
+    (parity, collage, coded models) on ``parity_triton_urls`` (default: the same instances)."""
+    number = {url: i for i, url in enumerate(instance_urls(config))}
+    data = tuple(number[u] for u in config.triton_urls)
+    coded = tuple(number[u] for u in config.parity_triton_urls) or data
+    result: dict[str, tuple[int, ...]] = {}
+    for route in config.routes:
+        for model in route.models.values():
+            instances = data if model in route.data_models else coded
+            result[model] = tuple(dict.fromkeys((*result.get(model, ()), *instances)))
+    return result

@@ -7,7 +7,9 @@ import numpy as np
 from codedserve.v1 import codedserve_pb2 as pb
 from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 
+from coding.scheme import Outputs
 from frontend.config import Route
+from service_common.errors import ServiceError
 from service_common.tensors import from_numpy, to_numpy
 
 
@@ -16,9 +18,10 @@ class CodingServiceError(Exception):
 
 
 class CodingClients:
-    def __init__(self, encoder_address: str, decoder_address: str, timeout_s: float, max_message_bytes: int) -> None:
+    """Channels to the encoder and decoder; every call's timeout is the caller's time left."""
+
+    def __init__(self, encoder_address: str, decoder_address: str, max_message_bytes: int) -> None:
         self._addresses = (encoder_address, decoder_address)
-        self._timeout_s = timeout_s
         self._options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -38,32 +41,37 @@ class CodingClients:
     def _code(route: Route) -> pb.CodeSpec:
         return pb.CodeSpec(scheme=route.scheme, k=route.k, params=route.param_dict)
 
-    async def encode(self, route: Route, group_inputs: np.ndarray) -> np.ndarray:
-        request = pb.EncodeRequest(code=self._code(route), queries=from_numpy(group_inputs))
+    async def encode(self, route: Route, inputs: np.ndarray, timeout_s: float) -> np.ndarray:
+        """The coded input of every coded slot, ``(r, ...)``."""
+        request = pb.EncodeRequest(code=self._code(route), queries=from_numpy(inputs))
         try:
-            response = await self._encoder.Encode(request, timeout=self._timeout_s)
+            response = await self._encoder.Encode(request, timeout=timeout_s)
+            return to_numpy(response.parities, "parities")
         except grpc.aio.AioRpcError as exc:
             raise CodingServiceError(f"encoder at {self._addresses[0]}: {exc.code().name}: {exc.details()}") from exc
-        return to_numpy(response.parities, "parities")
+        except ServiceError as exc:
+            raise CodingServiceError(f"encoder at {self._addresses[0]} answered garbage: {exc}") from exc
 
     async def decode(
-        self,
-        route: Route,
-        outputs: np.ndarray,
-        present: np.ndarray,
-        parity_outputs: np.ndarray,
-        parity_present: np.ndarray,
-    ) -> tuple[np.ndarray, list[int]]:
-        """``(k, classes)`` decoded answers for every slot, and the coded workers judged Byzantine."""
+        self, route: Route, data_outputs: Outputs, coded_outputs: Outputs, timeout_s: float
+    ) -> tuple[list[np.ndarray], list[int]]:
+        """Every data slot's output (absent ones rebuilt), and the coded workers judged Byzantine."""
         request = pb.DecodeRequest(
             code=self._code(route),
-            outputs=from_numpy(outputs),
-            present=present.tolist(),
-            parity_outputs=from_numpy(parity_outputs),
-            parity_present=parity_present.tolist(),
+            present=[o is not None for o in data_outputs],
+            parity_present=[o is not None for o in coded_outputs],
+            slot_outputs=[_tensor(o) for o in data_outputs],
+            coded_outputs=[_tensor(o) for o in coded_outputs],
         )
         try:
-            response = await self._decoder.Decode(request, timeout=self._timeout_s)
+            response = await self._decoder.Decode(request, timeout=timeout_s)
+            rebuilt = [to_numpy(t, "slot_reconstructions") for t in response.slot_reconstructions]
         except grpc.aio.AioRpcError as exc:
             raise CodingServiceError(f"decoder at {self._addresses[1]}: {exc.code().name}: {exc.details()}") from exc
-        return to_numpy(response.reconstructions, "reconstructions"), list(response.faulty_workers)
+        except ServiceError as exc:
+            raise CodingServiceError(f"decoder at {self._addresses[1]} answered garbage: {exc}") from exc
+        return rebuilt, list(response.faulty_workers)
+
+
+def _tensor(array: np.ndarray | None) -> pb.Tensor:
+    return pb.Tensor() if array is None else from_numpy(array)

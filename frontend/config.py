@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from coding import spec
 from coding.errors import CodingError
+from coding.scheme import Scheme, Uncoded
 from coding.schemes import get_scheme
 
 UNCODED = "none"
@@ -33,14 +33,15 @@ class Dispatch:
 
 @dataclass(frozen=True)
 class Route:
-    """How one deployed model is served: a coding scheme (k, parity model) or an uncoded baseline."""
+    """How one served model is served: a coding scheme, or an uncoded baseline (``code`` is then
+    :class:`coding.scheme.Uncoded`). ``model`` is the name clients ask for."""
 
     model: str
     scheme: str = UNCODED
     k: int = 1
     params: tuple[tuple[str, str], ...] = ()
-    parity_model: str = ""
     dispatch: Dispatch = field(default_factory=Dispatch)
+    code: Scheme = field(default_factory=Uncoded)
 
     @property
     def coded(self) -> bool:
@@ -50,11 +51,27 @@ class Route:
     def param_dict(self) -> dict[str, str]:
         return dict(self.params)
 
+    @property
+    def models(self) -> dict[str, str]:
+        """Role -> model name on Triton, for every model the route's slots run on."""
+        return self.code.models(self.model)
+
+    @property
+    def data_models(self) -> set[str]:
+        return {self.models[s.role] for s in self.code.data_slots}
+
+    @property
+    def parity_model(self) -> str:
+        """The model of the coded slots when it is not one the data slots run on ("" otherwise)."""
+        coded = [self.models[s.role] for s in self.code.coded_slots]
+        return next((m for m in coded if m not in self.data_models), "")
+
 
 def parse_route(text: str) -> Route:
-    """``MODEL=SCHEME[:key=value,...]``. Coded: ``mnist_cnn=parm:k=2,encoder=concat``. Baselines:
+    """``MODEL=SCHEME[:key=value,...]``. Coded: ``mnist_cnn=parm:k=2,encoder=concat`` (any scheme of
+    :mod:`coding.schemes`; its own parameters, e.g. ParM's ``parity_model=``). Baselines:
     ``mnist_cnn=none``, ``mnist_cnn=replicate[:copies=2]``, ``mnist_cnn=hedge[:delay_ms=8]`` (no delay:
-    adaptive p95). The parity model defaults to the export naming; ``parity_model=`` overrides."""
+    adaptive p95)."""
     model, sep, rest = text.partition("=")
     if not sep or not model:
         raise ValueError(f"route {text!r}: expected MODEL=SCHEME[:key=value,...]")
@@ -62,18 +79,12 @@ def parse_route(text: str) -> Route:
     params = dict(_kv(item, text) for item in opts.split(",") if item)
     try:
         if scheme in BASELINES:
-            return Route(model, scheme, dispatch=_baseline_dispatch(scheme, params))
+            return Route(model, scheme, dispatch=_baseline_dispatch(scheme, params), code=Uncoded(scheme))
         k = int(params.pop("k", "2"))
-        parity_model = params.pop("parity_model", "")
-        layout = get_scheme(scheme, k, params).layout  # validates scheme, k and params now, not at the first query
+        code = get_scheme(scheme, k, params)  # validates scheme, k and params now, not at the first query
     except (CodingError, ValueError) as exc:
         raise ValueError(f"route {text!r}: {exc}") from exc
-    if not layout.parity_model:
-        parity_model = ""  # the coded queries run on the deployed model itself
-    elif not parity_model:
-        dataset = model.removesuffix("_cnn")
-        parity_model = spec.parity_model_name(dataset, params.get("encoder", "add"), k)
-    return Route(model, scheme, k, tuple(sorted(params.items())), parity_model)
+    return Route(model, scheme, k, tuple(sorted(params.items())), code=code)
 
 
 def _baseline_dispatch(scheme: str, params: dict[str, str]) -> Dispatch:
@@ -110,12 +121,18 @@ class FaultPlan:
     fail_share: float = 0.0
     seed: int = 0
     allow_metadata: bool = False
-    # Faults pinned to coded workers of every group, e.g. ((3, "delay=3000"), (5, "corrupt")): how tests
-    # make one straggling and one lying ApproxIFER worker. Worker numbering as in coding.berrut.coded_nodes.
-    coded: tuple[tuple[int, str], ...] = ()
+    # Faults pinned to workers of every group, e.g. ((3, "delay=3000"), (5, "corrupt")): how tests make one
+    # straggling and one lying ApproxIFER worker, or one slow COIN member. Workers are numbered data slots
+    # first, then coded slots (coded slots only when non-systematic), as in coding.berrut.coded_nodes.
+    workers: tuple[tuple[int, str], ...] = ()
     # Every Triton call (deployed and parity) lasts at least a latency drawn from this named distribution
     # (frontend.service_time; "collage" is Collage-CNN's published straggler recipe). Empty: off.
     service_time: str = ""
+
+    @property
+    def active(self) -> bool:
+        """Anything to inject: only then does the frontend wrap its Triton pool (frontend.injection)."""
+        return bool(self.delay_share or self.fail_share or self.allow_metadata or self.workers or self.service_time)
 
     def __post_init__(self) -> None:
         for name in ("delay_share", "fail_share"):
@@ -131,7 +148,7 @@ class FaultPlan:
 @dataclass(frozen=True)
 class FrontendConfig:
     address: str
-    triton_urls: tuple[str, ...]  # instances serving the deployed models (round-robin)
+    triton_urls: tuple[str, ...]  # instances serving the deployed models
     encoder_address: str
     decoder_address: str
     routes: tuple[Route, ...]
@@ -139,7 +156,6 @@ class FrontendConfig:
     fill_timeout_ms: float = 5.0  # a partial coding group is sealed (padded) after this
     default_deadline_s: float = 5.0  # for clients that send no deadline
     triton_timeout_s: float = 30.0  # safety deadline only: expiring calls stress Triton 2.51
-    coding_timeout_s: float = 2.0  # encoder/decoder calls
     max_inflight: int = 4096  # queries accepted at once; beyond: RESOURCE_EXHAUSTED
     max_message_bytes: int = 16 * 1024 * 1024
     metrics_port: int | None = None
@@ -150,6 +166,7 @@ class FrontendConfig:
     # Cancel the losing copy of a hedged/replicated call. Off: cancelling in-flight calls crashes
     # tritonserver 2.51 (fixed in 2.57); turn on only against a newer Triton.
     cancel_losers: bool = False
+    scheme_modules: tuple[str, ...] = ()  # plug-in modules that register more coding schemes
 
     def __post_init__(self) -> None:
         if not self.triton_urls:

@@ -1,12 +1,15 @@
-"""Sending a deployed-model call: once, replicated, or hedged — the uncoded baselines live here.
+"""Sending a Triton call: once, replicated, or hedged — the uncoded baselines live here.
 
-The first successful copy wins. Losing copies are left to finish and are discarded, unless
-``cancel_losers`` is on (never against the local Triton 2.51: cancelling in-flight calls crashes it).
+Every call of a route goes through its Dispatcher. Data calls follow the route's policy; coded calls
+are sent once (their redundancy is the code's). The first successful copy wins. Losing copies are
+left to finish and are discarded, unless ``cancel_losers`` is on (never against the local Triton 2.51:
+cancelling in-flight calls crashes it). Extra copies go to instances the call does not use yet.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import numpy as np
@@ -14,37 +17,39 @@ import numpy as np
 from frontend import metrics
 from frontend.config import Dispatch
 from frontend.latency import LatencyWindow
-from frontend.workers import Fault, FaultInjector, ModelSignature, TritonPool, WorkerError
+from frontend.placement import Placer
+from frontend.workers import CallInfo, ModelSignature, Pool, WorkerError
 
 HEDGE_QUANTILE = 0.95  # The Tail at Scale: hedge after about the p95 of normal latency
 
 
 class Dispatcher:
-    def __init__(self, pool: TritonPool, policy: Dispatch, faults: FaultInjector, cancel_losers: bool) -> None:
+    def __init__(self, pool: Pool, placer: Placer, policy: Dispatch, cancel_losers: bool) -> None:
         self._pool = pool
+        self._placer = placer
         self._policy = policy
-        self._faults = faults
         self._cancel_losers = cancel_losers
-        self.latency = LatencyWindow()
+        self.latency = LatencyWindow()  # of the data calls: what the hedging delay adapts to
 
-    async def call(self, model: str, batch: np.ndarray, signature: ModelSignature, forced: Fault | None) -> np.ndarray:
-        """The deployed model's output for ``batch``; ``forced`` overrides the first copy's injected fault."""
-        first = self._pool.pick()
-        first_fault = forced if forced is not None else self._faults.draw()
-        if self._policy.mode == "single":
-            return await self._one(model, batch, signature, first, first_fault)
-        tasks = [asyncio.ensure_future(self._one(model, batch, signature, first, first_fault))]
+    async def call(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature) -> np.ndarray:
+        """The output of ``batch`` on ``call.model``: first from ``call.instance``, then from copies."""
+        if call.kind != "data" or self._policy.mode == "single":
+            return await self._one(call, batch, signature)
+        tasks: list[asyncio.Future[np.ndarray]] = [asyncio.ensure_future(self._one(call, batch, signature))]
         if self._policy.mode == "hedge":
             done, _ = await asyncio.wait(tasks, timeout=self._hedge_delay_s())
             if done and tasks[0].exception() is None:
                 return tasks[0].result()
-            metrics.HEDGES.labels(model).inc()
+            metrics.HEDGES.labels(call.model).inc()
             copies = 1
         else:
             copies = self._policy.copies - 1
-        for _ in range(copies):
-            instance = self._pool.pick(avoid=first)
-            tasks.append(asyncio.ensure_future(self._one(model, batch, signature, instance, self._faults.draw())))
+        used = {call.instance: 1}
+        for copy in range(1, copies + 1):
+            instance = self._placer.place(call.model, used)
+            used[instance] = used.get(instance, 0) + 1
+            replica = dataclasses.replace(call, instance=instance, copy=copy)
+            tasks.append(asyncio.ensure_future(self._one(replica, batch, signature)))
         return await self._first_success(tasks)
 
     def _hedge_delay_s(self) -> float:
@@ -52,17 +57,16 @@ class Dispatcher:
             return self._policy.hedge_delay_ms / 1e3
         return self.latency.quantile(HEDGE_QUANTILE)
 
-    async def _one(
-        self, model: str, batch: np.ndarray, signature: ModelSignature, instance: int, fault: Fault
-    ) -> np.ndarray:
+    async def _one(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature) -> np.ndarray:
         start = time.perf_counter()
         try:
-            out = await self._pool.infer(model, batch, signature, fault, instance=instance)
+            out = await self._pool.infer(call, batch, signature)
         except WorkerError:
-            metrics.WORKER_CALLS.labels(model, "error").inc()
+            metrics.WORKER_CALLS.labels(call.model, "error").inc()
             raise
-        self.latency.record(time.perf_counter() - start)
-        metrics.WORKER_CALLS.labels(model, "ok").inc()
+        if call.kind == "data":
+            self.latency.record(time.perf_counter() - start)
+        metrics.WORKER_CALLS.labels(call.model, "ok").inc()
         return out
 
     async def _first_success(self, tasks: list[asyncio.Future[np.ndarray]]) -> np.ndarray:

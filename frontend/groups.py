@@ -1,174 +1,297 @@
 """Coding groups: the pure state machine that decides, per query, when to answer and how.
 
-No I/O here: the coordinator feeds events in (an output arrived, a call failed, a straggler
-deadline passed, a coded output arrived) and asks :meth:`CodingGroup.next_actions` what to do.
-That keeps the exactly-once and decodability rules unit-testable without Triton or gRPC.
+No I/O here. A group's events are methods — a query added, the group sealed, an output arrived, a
+call failed, a straggler deadline passed, the encoder or decoder answered — and each returns the
+actions to take (:mod:`frontend.actions`). The coordinator executes them and never writes a group's
+fields, so the exactly-once and decodability rules are properties of this class, tested here.
 
-A group has k slots (queries in arrival order; a partial group repeats its queries) and ``r``
-coded queries. Systematic codes (ParM, systematic ApproxIFER) also send every query to the deployed
-model and decode only the missing ones; non-systematic ApproxIFER decodes every answer. A decode
-needs ``needed`` outputs, counting slots whose query answered and coded outputs that arrived.
+A group holds up to ``group_size`` queries and the slots its scheme asks for (:mod:`coding.scheme`):
+data slots, each a query on a model, and coded slots. Slots holding the same query on the same model
+(a partial group repeats its queries) are one *call*. The group places every call it sends on a
+Triton instance (:mod:`frontend.placement`), never one it already uses while another is free.
+Systematic codes send every data call at once and decode only the missing ones; a non-systematic
+code (ApproxIFER) sends none and decodes every answer.
 """
 
 from __future__ import annotations
 
-import enum
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from coding.layout import GroupLayout
+from coding.scheme import Arrivals, Scheme, group_size
+from frontend.actions import Action, Answer, Decode, Discarded, Encode, Fail, Infer, Output
+from frontend.placement import Placer
 
-UNCODED = GroupLayout(k=1, parities=0, systematic=True, parity_model=False, needed=1)
+DATA, CODED = "data", "coded"
 
 
-class Action(enum.Enum):
-    ANSWER_OWN = "answer_own"  # the deployed model's own output is in: answer with it
-    DECODE = "decode"  # own output late, failed or never sent, and the group can rebuild it now
-    FAIL = "fail"  # the group can never rebuild it and no own output will come
+@dataclass(eq=False)
+class Call:
+    """One inference of the group: a query on one model (data) or one coded input on one model (coded)."""
+
+    kind: str
+    role: str
+    slots: list[int]  # the data slots it fills (data) or its coded slot (coded)
+    worker: int
+    query: Query | None = None
+    instance: int | None = None
+    output: np.ndarray | None = None
+    failed: bool = False  # no own output will come: the call failed, or was never sent (non-systematic)
+    rebuilt: np.ndarray | None = None
+    faulty: tuple[int, ...] = ()
+    decoding: bool = False
+    decode_failed: bool = False
 
 
 @dataclass(eq=False)
 class Query:
-    """One client query inside a coding group."""
+    """One client query inside a coding group; ``ticket`` is the coordinator's, opaque here."""
 
     index: int
     input: np.ndarray
-    output: np.ndarray | None = None
-    failed: bool = False  # its own deployed-model call failed (or was never sent: non-systematic)
-    straggling: bool = False  # its straggler deadline passed with no output
-    decoding: bool = False  # a decode covering it is in flight
-    decode_failed: bool = False
-    answered: bool = False  # exactly-once guard: set by whoever answers (or gives up on) it
-    waiter: Any = None  # the coordinator's future; opaque here
+    deadline: float
+    ticket: Any
+    annotation: Any = None
+    calls: list[Call] = field(default_factory=list)
+    straggling: bool = False  # its straggler deadline passed with an output still missing
+    closed: bool = False  # answered, failed, or given up by its client: exactly once
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
+class DecodeHandle:
+    """Which calls one decode rebuilds."""
+
+    calls: tuple[Call, ...]
+
+
 class CodingGroup:
-    """Up to k queries (in arrival order) plus the outputs of the coded queries made from them."""
+    """Up to ``group_size(scheme)`` queries (in arrival order) and the slots the scheme makes of them."""
 
-    group_id: int
-    layout: GroupLayout = UNCODED
-    queries: list[Query] = field(default_factory=list)
-    slots: list[int] | None = None  # query index per slot; set when sealed
-    parity_outputs: list[np.ndarray | None] = field(default_factory=list)
-    parity_failed: list[bool] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.parity_outputs = [None] * self.layout.parities
-        self.parity_failed = [False] * self.layout.parities
-
-    @property
-    def k(self) -> int:
-        return self.layout.k
-
-    @property
-    def coded(self) -> bool:
-        return self.layout.parities > 0
-
-    @property
-    def sealed(self) -> bool:
-        return self.slots is not None
+    def __init__(self, group_id: int, scheme: Scheme, models: Mapping[str, str], placer: Placer) -> None:
+        self.group_id = group_id
+        self.scheme = scheme
+        self.size = group_size(scheme)
+        self.queries: list[Query] = []
+        self.sealed = False
+        self._models = dict(models)
+        self._placer = placer
+        self._used: Counter[int] = Counter()  # the group's calls per instance
+        self._data: list[Call | None] = [None] * len(scheme.data_slots)
+        offset = len(scheme.data_slots) if scheme.systematic else 0
+        self._coded = [Call(CODED, s.role, [i], worker=offset + i) for i, s in enumerate(scheme.coded_slots)]
 
     @property
     def full(self) -> bool:
-        return len(self.queries) >= self.k
+        return len(self.queries) >= self.size
 
-    def add(self, x: np.ndarray) -> Query:
+    @property
+    def coded(self) -> bool:
+        return bool(self._coded)
+
+    def instances(self) -> list[int]:
+        """The instance of every call sent so far (what placement promises about)."""
+        return [c.instance for c in self._calls() if c.instance is not None]
+
+    # ---- events -------------------------------------------------------------------------------
+
+    def add(self, x: np.ndarray, deadline: float, ticket: Any, annotation: Any = None) -> tuple[Query, list[Action]]:
+        """A new query: its data calls leave at once (systematic), before the group fills."""
         if self.sealed or self.full:
             raise RuntimeError(f"group {self.group_id} is closed")
-        query = Query(index=len(self.queries), input=x, failed=not self.layout.systematic)
+        query = Query(len(self.queries), x, deadline, ticket, annotation)
         self.queries.append(query)
-        return query
+        actions: list[Action] = []
+        for j, slot in enumerate(self.scheme.data_slots):
+            if slot.input == query.index:
+                actions += self._fill(j, query, slot.role)
+        return query, actions
 
-    def seal(self) -> list[int]:
-        """Close the group. A partial group (fill timeout) is padded by repeating its queries
-        cyclically, so the coded queries keep the shape the code was built for and every slot's
-        output is one that will arrive anyway."""
+    def seal(self) -> list[Action]:
+        """Close the group. A partial group (fill timeout) fills its empty data slots by repeating its
+        queries cyclically, so the coded inputs keep the shape the code was built for and every slot's
+        output is one that will arrive anyway. Then the coded calls are made."""
         if not self.queries:
             raise RuntimeError(f"group {self.group_id} is empty")
-        if self.slots is None:
-            self.slots = [s % len(self.queries) for s in range(self.k)]
-        return self.slots
+        if self.sealed:
+            return []
+        self.sealed = True
+        actions: list[Action] = []
+        for j, slot in enumerate(self.scheme.data_slots):
+            if self._data[j] is None:
+                actions += self._fill(j, self._query_for(slot.input), slot.role)
+        if self._coded and self.scheme.encodes:
+            actions.append(Encode(self.inputs(), self._latest_deadline(self.queries)))
+        elif self._coded:  # the identity encoding: each coded slot runs one of the queries as it is
+            for call, slot in zip(self._coded, self.scheme.coded_slots, strict=True):
+                actions.append(self._send(call, self._query_for(slot.input).input))
+        return actions + self._decide()
 
-    def slot_inputs(self) -> np.ndarray:
-        """``(k, ...)`` inputs in slot order: what the encoder codes."""
-        assert self.slots is not None, "seal() first"
-        return np.stack([self.queries[i].input for i in self.slots])
+    def encoded(self, coded_inputs: np.ndarray) -> list[Action]:
+        if len(coded_inputs) != len(self._coded):
+            return self.encode_failed()
+        return [self._send(call, x) for call, x in zip(self._coded, coded_inputs, strict=True)]
 
-    # ---- decodability -------------------------------------------------------------------------
+    def encode_failed(self) -> list[Action]:
+        for call in self._coded:
+            call.failed = True
+        return self._decide()
 
-    def _available(self, query: Query | None) -> int:
-        """Outputs a decode for ``query`` could use now: answered slots of other queries + coded outputs."""
-        assert self.slots is not None
-        slots = sum(1 for i in self.slots if self.queries[i] is not query and self.queries[i].output is not None)
-        return slots + sum(o is not None for o in self.parity_outputs)
+    def arrived(self, handle: Call, output: np.ndarray) -> list[Action]:
+        if handle.output is not None or handle.failed:
+            return []
+        handle.output = output
+        late = handle.query is not None and handle.query.closed
+        return ([Discarded(handle.role)] if late else []) + self._decide()
 
-    def _potential(self, query: Query | None) -> int:
-        """The most outputs that can ever arrive for a decode of ``query``."""
-        assert self.slots is not None
-        slots = sum(1 for i in self.slots if self.queries[i] is not query and not self._lost(self.queries[i]))
-        return slots + sum(not failed for failed in self.parity_failed)
+    def failed(self, handle: Call) -> list[Action]:
+        if handle.output is not None:
+            return []
+        handle.failed = True
+        return self._decide()
 
-    @staticmethod
-    def _lost(query: Query) -> bool:
-        return query.output is None and query.failed
+    def straggler_deadline(self, query: Query) -> list[Action]:
+        """The query's straggler deadline passed: stop waiting for its own outputs once decodable."""
+        if query.closed:
+            return []
+        query.straggling = True
+        return self._decide()
 
-    def _needed(self, query: Query) -> int:
-        """Outputs a decode of ``query`` needs. ParM's subtraction decoder rebuilds a query that fills c
-        slots of a padded group as one unknown, so its c - 1 repeats do not count as extra losses."""
-        assert self.slots is not None
-        if not self.layout.parity_model:
-            return self.layout.needed
-        return self.layout.needed - (self.slots.count(query.index) - 1)
+    def decoded(self, handle: DecodeHandle, outputs: list[np.ndarray], faulty: list[int]) -> list[Action]:
+        if len(outputs) != len(self._data):
+            return self.decode_failed(handle)
+        for call in handle.calls:
+            call.decoding = False
+            call.rebuilt, call.faulty = outputs[call.slots[0]], tuple(faulty)
+        return self._decide()
 
-    def _coded_settled(self) -> bool:
-        return all(o is not None or f for o, f in zip(self.parity_outputs, self.parity_failed, strict=True))
+    def decode_failed(self, handle: DecodeHandle) -> list[Action]:
+        for call in handle.calls:
+            call.decoding, call.decode_failed = False, True
+        return self._decide()
 
-    def decodable(self, query: Query) -> bool:
-        """A decode could rebuild ``query`` now."""
-        if not (self.coded and self.sealed):
-            return False
-        if self._available(query) < self._needed(query):
-            return False
-        # Non-systematic: every answer is decoded, so wait for the stragglers among the coded queries
-        # until this query's own straggler deadline: more outputs decode more accurately.
-        return self.layout.systematic or self._coded_settled() or query.straggling
+    def close(self, query: Query) -> None:
+        """The query's client stopped waiting (deadline, cancellation): never answer it."""
+        query.closed = True
 
-    def hopeless(self, query: Query) -> bool:
-        """The group can never rebuild ``query``."""
-        if not self.coded or query.decode_failed:
-            return True
-        return self.sealed and self._potential(query) < self._needed(query)
+    # ---- slots and calls ----------------------------------------------------------------------
 
-    def decode_inputs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``(outputs (k, classes), present (k,), parity_outputs (r, classes), parity_present (r,))`` now."""
-        assert self.slots is not None
-        arrived = [o for o in self.parity_outputs if o is not None]
-        arrived += [q.output for q in self.queries if q.output is not None]
-        zeros = np.zeros_like(arrived[0])
-        slot_out = [self.queries[i].output for i in self.slots]
-        outputs = np.stack([zeros if o is None else o for o in slot_out])
-        present = np.array([o is not None for o in slot_out], dtype=bool)
-        parity = np.stack([zeros if o is None else o for o in self.parity_outputs])
-        parity_present = np.array([o is not None for o in self.parity_outputs], dtype=bool)
-        return outputs, present, parity, parity_present
+    def inputs(self) -> np.ndarray:
+        """``(group_size, ...)`` queries, padded: what the encoder codes."""
+        return np.stack([self._query_for(i).input for i in range(self.size)])
+
+    def _query_for(self, index: int) -> Query:
+        return self.queries[index % len(self.queries)]
+
+    def _calls(self) -> list[Call]:
+        data = list({id(c): c for c in self._data if c is not None}.values())
+        return data + self._coded
+
+    def _fill(self, slot: int, query: Query, role: str) -> list[Action]:
+        call = next((c for c in query.calls if c.role == role), None)
+        if call is not None:  # the same query on the same model: one call fills both slots
+            call.slots.append(slot)
+            self._data[slot] = call
+            return []
+        call = Call(DATA, role, [slot], worker=slot, query=query, failed=not self.scheme.systematic)
+        query.calls.append(call)
+        self._data[slot] = call
+        return [self._send(call, query.input)] if self.scheme.systematic else []
+
+    def _send(self, call: Call, x: np.ndarray) -> Infer:
+        instance = self._placer.place(self._models[call.role], self._used)
+        self._used[instance] += 1
+        call.instance = instance
+        annotation = call.query.annotation if call.query is not None else None
+        return Infer(call, call.role, instance, x, call.kind, call.worker, annotation)
 
     # ---- decisions ----------------------------------------------------------------------------
 
-    def next_actions(self) -> list[tuple[Action, Query]]:
-        """What to do now for each query not yet answered. Idempotent given the same state."""
-        actions = []
-        for q in self.queries:
-            if q.answered:
+    def _decide(self) -> list[Action]:
+        """What to do now for every open query. Each query is closed by exactly one Answer or Fail."""
+        actions: list[Action] = []
+        to_decode: list[Call] = []
+        for query in self.queries:
+            if query.closed:
                 continue
-            if q.output is not None:
-                actions.append((Action.ANSWER_OWN, q))
-            elif not (q.straggling or q.failed) or q.decoding:
+            pending = [c for c in query.calls if c.output is None and c.rebuilt is None]
+            if not pending:
+                query.closed = True
+                actions.append(self._answer(query))
                 continue
-            elif self.decodable(q) and not q.decode_failed:
-                actions.append((Action.DECODE, q))
-            elif q.failed and self.hopeless(q):
-                actions.append((Action.FAIL, q))
+            lost = next((c for c in pending if c.failed and self._hopeless(c)), None)
+            if lost is not None:
+                query.closed = True
+                actions.append(Fail(query.ticket, self._why(lost)))
+                continue
+            to_decode += [c for c in pending if self._should_decode(c, query)]
+        if to_decode:
+            for call in to_decode:
+                call.decoding = True
+            deadline = self._latest_deadline([c.query for c in to_decode if c.query is not None])
+            data = tuple(c.output if c is not None else None for c in self._data)
+            coded = tuple(c.output for c in self._coded)
+            actions.append(Decode(DecodeHandle(tuple(to_decode)), data, coded, deadline))
         return actions
+
+    def _should_decode(self, call: Call, query: Query) -> bool:
+        if call.decoding or call.decode_failed or not (call.failed or query.straggling):
+            return False
+        if not (self.sealed and self._coded):
+            return False
+        if not set(call.slots) <= self.scheme.recoverable(self._arrivals()):
+            return False
+        # Non-systematic: every answer is decoded, so wait for the stragglers among the coded calls
+        # until this query's own straggler deadline: more outputs decode more accurately.
+        settled = all(c.output is not None or c.failed for c in self._coded)
+        return self.scheme.systematic or settled or query.straggling
+
+    def _hopeless(self, call: Call) -> bool:
+        """The group can never rebuild ``call``: even if every call not lost yet answered."""
+        if not self._coded or call.decode_failed:
+            return True
+        return self.sealed and not set(call.slots) <= self.scheme.recoverable(self._arrivals(potential_for=call))
+
+    def _arrivals(self, potential_for: Call | None = None) -> Arrivals:
+        """What has arrived; with ``potential_for``, the most that ever can, ``potential_for`` aside."""
+        calls = [c for c in self._data if c is not None]
+        if potential_for is None:
+            data = tuple(c.output is not None for c in calls)
+            coded = tuple(c.output is not None for c in self._coded)
+        else:
+            data = tuple(c is not potential_for and (c.output is not None or not c.failed) for c in calls)
+            coded = tuple(c.output is not None or not c.failed for c in self._coded)
+        return Arrivals(data, coded, tuple(c.slots[0] for c in calls))
+
+    def _answer(self, query: Query) -> Answer:
+        outputs = []
+        faulty: set[int] = set()
+        for call in query.calls:
+            if call.output is not None:
+                outputs.append(Output(call.role, call.output, reconstructed=False))
+            else:
+                assert call.rebuilt is not None
+                outputs.append(Output(call.role, call.rebuilt, reconstructed=True))
+                faulty.update(call.faulty)
+        return Answer(query.ticket, tuple(outputs), tuple(sorted(faulty)))
+
+    def _why(self, call: Call) -> str:
+        if not self._coded:
+            why = "it has no redundancy"
+        elif call.decode_failed:
+            why = "the decode failed"
+        else:
+            why = "too many of its outputs lost"
+        return (
+            f"the call to {self._models[call.role]} failed and coding group {self.group_id} "
+            f"cannot rebuild the answer ({why})"
+        )
+
+    @staticmethod
+    def _latest_deadline(queries: list[Query]) -> float:
+        """A call made for several queries serves until the last of them gives up."""
+        open_ = [q.deadline for q in queries if not q.closed]
+        return max(open_ or [q.deadline for q in queries])

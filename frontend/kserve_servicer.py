@@ -28,9 +28,9 @@ from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from tritonclient.utils import triton_to_np_dtype
 
 from frontend.app import FrontendApp
-from frontend.coordinator import Answer, ModelServer
+from frontend.coordinator import ModelServer, QueryAnswer
+from frontend.injection import Fault
 from frontend.servicer import answer_concurrently, message_status, query_timeout_s, request_fault
-from frontend.workers import Fault
 from service_common.errors import DeadlineExceeded, InvalidArgument, NotFound, ServiceError, Unavailable
 
 log = logging.getLogger(__name__)
@@ -240,7 +240,9 @@ for _name in (
     setattr(KServeServicer, _name, _unimplemented(_name))
 
 
-async def _classify_rows(server: ModelServer, batch: np.ndarray, timeout_s: float, fault: Fault | None) -> list[Answer]:
+async def _classify_rows(
+    server: ModelServer, batch: np.ndarray, timeout_s: float, fault: Fault | None
+) -> list[QueryAnswer]:
     """Every row through the coding groups at once. If one row fails, the others stop waiting
     (their Triton calls still finish in the coordinator's own tasks: never cancelled)."""
     tasks = [asyncio.ensure_future(server.classify(row, timeout_s, fault)) for row in batch]
@@ -320,7 +322,9 @@ def _check_params(parameters: object, what: str) -> None:
             raise InvalidArgument(f"{what}: '{key}' is not supported by the codedserve frontend")
 
 
-def _infer_response(request: kpb.ModelInferRequest, info: ModelInfo, answers: list[Answer]) -> kpb.ModelInferResponse:
+def _infer_response(
+    request: kpb.ModelInferRequest, info: ModelInfo, answers: list[QueryAnswer]
+) -> kpb.ModelInferResponse:
     dtype = np.dtype(triton_to_np_dtype(info.output.datatype)).newbyteorder("<")
     logits = np.stack([a.logits for a in answers]).astype(dtype)
     flags = [a.reconstructed for a in answers]

@@ -17,8 +17,8 @@ from codedserve.v1 import codedserve_pb2 as pb
 from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 
 from frontend.app import FrontendApp
-from frontend.coordinator import Answer
-from frontend.workers import Fault, parse_fault_metadata
+from frontend.coordinator import ModelOutput, QueryAnswer
+from frontend.injection import Fault, parse_fault_metadata
 from service_common.errors import InvalidArgument, status_of
 from service_common.tensors import to_numpy
 
@@ -62,15 +62,18 @@ class FrontendServicer(pb_grpc.FrontendServicer):
                     model=r.model,
                     scheme=r.scheme,
                     k=r.k,
-                    r=self._app.servers[r.model].layout.parities,
+                    r=len(r.code.coded_slots),
                     params=r.param_dict,
                     parity_model=r.parity_model,
+                    models=r.models,
+                    data_slots=len(r.code.data_slots),
+                    coded_slots=len(r.code.coded_slots),
                 )
                 for r in self._app.config.routes
             ]
         )
 
-    async def _classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> Answer:
+    async def _classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> QueryAnswer:
         server = self._app.model_server(request.model)  # NOT_FOUND / UNAVAILABLE
         x = to_numpy(request.input, "input")
         sig = server.signature
@@ -150,15 +153,28 @@ async def answer_concurrently(
         reader.cancel()
 
 
-def _response(query_id: str, answer: Answer) -> pb.ClassifyResponse:
+def _response(query_id: str, answer: QueryAnswer) -> pb.ClassifyResponse:
+    outputs = [_model_output(o) for o in answer.outputs]
     return pb.ClassifyResponse(
         id=query_id,
-        label=int(np.argmax(answer.logits)),
-        logits=answer.logits.astype(np.float32).tolist(),
+        label=outputs[0].label,
+        logits=outputs[0].logits,
         reconstructed=answer.reconstructed,
         scheme=answer.scheme,
         source=pb.RECONSTRUCTED if answer.reconstructed else pb.DEPLOYED,
         latency_ms=answer.latency_s * 1e3,
         group_id=answer.group_id,
         faulty_workers=list(answer.faulty_workers),
+        outputs=outputs,
+    )
+
+
+def _model_output(output: ModelOutput) -> pb.ModelOutput:
+    logits = np.asarray(output.logits, dtype=np.float32)
+    return pb.ModelOutput(
+        model=output.model,
+        shape=list(logits.shape),
+        logits=logits.ravel().tolist(),
+        label=int(np.argmax(logits)) if logits.ndim == 1 else 0,
+        reconstructed=output.reconstructed,
     )

@@ -6,6 +6,9 @@ import argparse
 import os
 from dataclasses import dataclass
 
+from coding.errors import CodingError
+from coding.schemes import load_scheme_modules
+
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
@@ -15,6 +18,7 @@ class ServiceConfig:
     metrics_port: int | None
     max_message_bytes: int
     log_level: str
+    scheme_modules: tuple[str, ...] = ()  # plug-in modules that register more coding schemes
 
 
 def add_service_flags(parser: argparse.ArgumentParser, env_prefix: str, default_port: int) -> None:
@@ -38,10 +42,22 @@ def add_service_flags(parser: argparse.ArgumentParser, env_prefix: str, default_
         help="largest gRPC message accepted or sent; bigger ones get RESOURCE_EXHAUSTED",
     )
     parser.add_argument("--log-level", default=env(f"{env_prefix}_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--scheme-module",
+        action="append",
+        default=None,
+        help="import this module at start-up so it registers more coding schemes; repeatable; the frontend "
+        "needs the same ones (env CODEDSERVE_SCHEME_MODULES, comma-separated)",
+    )
 
 
 def service_config(args: argparse.Namespace) -> ServiceConfig:
     if args.max_message_bytes <= 0:
         raise SystemExit(f"--max-message-bytes must be positive, got {args.max_message_bytes}")
     metrics_port = int(args.metrics_port) if args.metrics_port not in (None, "") else None
-    return ServiceConfig(args.address, metrics_port, args.max_message_bytes, args.log_level)
+    modules = args.scheme_module or [m for m in os.environ.get("CODEDSERVE_SCHEME_MODULES", "").split(",") if m]
+    try:
+        load_scheme_modules(modules)
+    except CodingError as exc:
+        raise SystemExit(str(exc)) from exc
+    return ServiceConfig(args.address, metrics_port, args.max_message_bytes, args.log_level, tuple(modules))

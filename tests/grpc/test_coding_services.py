@@ -12,6 +12,7 @@ from decoder_service.server import create_server as create_decoder
 from encoder_service.server import create_server as create_encoder
 from service_common.cli import ServiceConfig
 from service_common.tensors import from_numpy, to_numpy
+from tests import toy_schemes  # registers the toy schemes
 
 LIMIT = 1 << 20
 
@@ -141,3 +142,35 @@ async def test_decode_with_nothing_missing_is_invalid(services):
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "nothing to decode" in err.value.details()
+
+
+async def test_per_slot_tensors_carry_coded_outputs_of_any_shape(services):
+    """The tile toy scheme (Collage's shape): a coded input of another shape, a coded output [k, classes]."""
+    encoder, decoder, _ = services
+    code = pb.CodeSpec(scheme=toy_schemes.TileScheme(2).name, k=2)
+    group = np.random.default_rng(4).random((2, 1, 28, 28), dtype=np.float32)
+    coded = to_numpy((await encoder.Encode(pb.EncodeRequest(code=code, queries=from_numpy(group)))).parities, "c")
+    assert coded.shape == (1, 2, 28, 28)
+    own, tiles = np.full(10, 5.0, np.float32), np.arange(20, dtype=np.float32).reshape(2, 10)
+    reply = await decoder.Decode(
+        pb.DecodeRequest(
+            code=code,
+            present=[True, False],
+            slot_outputs=[from_numpy(own), pb.Tensor()],
+            coded_outputs=[from_numpy(tiles)],
+        )
+    )
+    rebuilt = [to_numpy(t, "r") for t in reply.slot_reconstructions]
+    np.testing.assert_array_equal(rebuilt[0], own)
+    np.testing.assert_array_equal(rebuilt[1], tiles[1])
+    np.testing.assert_array_equal(to_numpy(reply.reconstructions, "r"), np.stack(rebuilt))
+
+
+async def test_per_slot_flags_must_match_the_slots(services):
+    _, decoder, _ = services
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await decoder.Decode(
+            pb.DecodeRequest(code=_code(), present=[True], slot_outputs=[pb.Tensor(), pb.Tensor()], coded_outputs=[])
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "present has 1 flags for 2 outputs" in err.value.details()

@@ -6,28 +6,46 @@ import pytest
 
 from frontend.config import parse_route
 from frontend.coordinator import ModelServer
+from frontend.placement import Placer
 from frontend.workers import ModelSignature, WorkerError
 
-SIG = ModelSignature("input", "logits", (1, 28, 28), np.dtype("float32"))
+SIG = ModelSignature("input", "logits", (1, 28, 28), np.dtype("float32"), (10,))
 
 
 class FakePool:
-    def __init__(self, ready: set[str]):
-        self.ready = ready
+    """Instance 0 serves the deployed model, instance 1 the parity model, once ``ready`` says so."""
 
-    async def signature(self, model):
+    def __init__(self, ready: set[str], output_shapes: dict[str, tuple[int, ...]] | None = None):
+        self.ready, self.output_shapes, self.asked = ready, output_shapes or {}, []
+
+    async def signature(self, model, instance):
+        self.asked.append((model, instance))
         if model not in self.ready:
             raise WorkerError(f"model {model!r} is not ready")
-        return SIG
+        return ModelSignature("input", "logits", (1, 28, 28), np.dtype("float32"), self.output_shapes.get(model, (10,)))
+
+
+def _server(route, pool):
+    placer = Placer({m: (i,) for i, m in enumerate(route.models.values())})
+    return ModelServer(route, pool, placer, None, None, 0.01, 0.01)  # type: ignore[arg-type]
 
 
 async def test_a_route_is_not_ready_until_its_parity_model_is():
     route = parse_route("mnist_cnn=parm:k=2,encoder=add")
-    deployed, parity = FakePool({"mnist_cnn"}), FakePool(set())
-    server = ModelServer(route, None, deployed, parity, None, 0.01, 0.01)  # type: ignore[arg-type]
+    pool = FakePool({"mnist_cnn"})
+    server = _server(route, pool)
     with pytest.raises(WorkerError):
         await server.load()
     assert server.signature is None  # still not ready: the app retries the whole load
-    parity.ready.add(route.parity_model)
+    pool.ready.add(route.parity_model)
     await server.load()
     assert server.signature == SIG
+    assert (route.parity_model, 1) in pool.asked  # asked on the instance that serves it
+
+
+async def test_a_coded_model_whose_output_shape_the_scheme_does_not_expect_keeps_the_route_not_ready():
+    route = parse_route("mnist_cnn=parm:k=2,encoder=add")
+    server = _server(route, FakePool({"mnist_cnn", route.parity_model}, {route.parity_model: (4, 10)}))
+    with pytest.raises(WorkerError, match=r"answers shape \[4, 10\] but parm expects \[10\]"):
+        await server.load()
+    assert server.signature is None

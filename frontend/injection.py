@@ -1,0 +1,101 @@
+"""Injected faults and service times for demos, tests and benchmarks — never part of production serving.
+
+:class:`InjectingPool` wraps the Triton pool; only a frontend started with an ``--inject-*`` flag or
+``--allow-fault-metadata`` (``FaultPlan.active``) constructs it. Per call, in this order:
+
+1. a fault the query forced through its ``codedserve-fault`` metadata (its first data call only);
+2. a fault pinned to the call's worker (``--inject-worker-faults``, every group);
+3. a fault drawn from the plan's shares, for calls that run a deployed model (data or coded);
+
+a failure raises before the call, a delay sleeps before it, ``corrupt`` flips the output's sign (a
+lying worker). Then an injected service time makes the call last at least a drawn latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import numpy as np
+
+from frontend.config import FaultPlan
+from frontend.service_time import ServiceTime
+from frontend.workers import CallInfo, ModelSignature, Pool, WorkerError
+
+
+@dataclass(frozen=True)
+class Fault:
+    delay_s: float = 0.0
+    fail: bool = False
+    corrupt: bool = False  # a lying (Byzantine) worker: the output comes back sign-flipped
+
+
+def parse_fault_metadata(value: str) -> Fault:
+    """``delay=MS``, ``fail`` or ``corrupt`` (the ``codedserve-fault`` metadata, and --inject-worker-faults)."""
+    if value in ("fail", "corrupt"):
+        return Fault(fail=value == "fail", corrupt=value == "corrupt")
+    key, _, ms = value.partition("=")
+    if key == "delay":
+        return Fault(delay_s=float(ms) / 1e3)
+    raise ValueError(f"fault {value!r}: expected 'delay=MS', 'fail' or 'corrupt'")
+
+
+class FaultInjector:
+    """Draws a fault per call from a :class:`FaultPlan`'s shares (seeded, reproducible)."""
+
+    def __init__(self, plan: FaultPlan) -> None:
+        self.plan = plan
+        self._rng = random.Random(plan.seed)
+
+    def draw(self) -> Fault | None:
+        if not (self.plan.fail_share or self.plan.delay_share):
+            return None
+        u = self._rng.random()
+        if u < self.plan.fail_share:
+            return Fault(fail=True)
+        if u < self.plan.fail_share + self.plan.delay_share:
+            return Fault(delay_s=self._rng.uniform(self.plan.delay_min_ms, self.plan.delay_max_ms) / 1e3)
+        return None
+
+
+class InjectingPool:
+    """A :class:`frontend.workers.Pool` that injects the plan's faults into the calls of the pool it wraps."""
+
+    def __init__(self, pool: Pool, plan: FaultPlan, deployed_models: Collection[str]) -> None:
+        self._pool = pool
+        self.urls = pool.urls
+        self._deployed = frozenset(deployed_models)
+        self._drawn = FaultInjector(plan)
+        self._pinned = {worker: parse_fault_metadata(fault) for worker, fault in plan.workers}
+        self._service_time = ServiceTime(plan.service_time, plan.seed) if plan.service_time else None
+
+    async def start(self) -> None:
+        await self._pool.start()
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def signature(self, model: str, instance: int) -> ModelSignature:
+        return await self._pool.signature(model, instance)
+
+    def fault_for(self, call: CallInfo) -> Fault | None:
+        if call.kind == "data" and call.copy == 0 and isinstance(call.annotation, Fault):
+            return call.annotation
+        if call.copy == 0 and call.worker in self._pinned:
+            return self._pinned[call.worker]
+        return self._drawn.draw() if call.model in self._deployed else None
+
+    async def infer(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature) -> np.ndarray:
+        fault = self.fault_for(call)
+        if fault is not None and fault.fail:
+            raise WorkerError(f"injected failure on {call.model}")
+        if fault is not None and fault.delay_s:
+            await asyncio.sleep(fault.delay_s)
+        started = time.monotonic()
+        output = await self._pool.infer(call, batch, signature)
+        if self._service_time is not None:
+            await asyncio.sleep(self._service_time.draw_s() - (time.monotonic() - started))
+        return -output if fault is not None and fault.corrupt else output

@@ -1,0 +1,105 @@
+"""The coordinator against fake Triton and coding clients (one function each): coding calls carry what is
+left of the queries' deadlines, an identity encoding makes no encoder call, and fault injection exists
+only in a frontend that asks for it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from frontend.app import FrontendApp
+from frontend.config import Dispatch, FaultPlan, FrontendConfig, parse_route
+from frontend.coordinator import ModelServer
+from frontend.dispatch import Dispatcher
+from frontend.injection import Fault, InjectingPool
+from frontend.placement import Placer
+from frontend.workers import CallInfo, ModelSignature, TritonPool
+from tests import toy_schemes  # registers the toy schemes
+
+SIG = ModelSignature("input", "logits", (1, 4, 4), np.dtype("float32"), (3,))
+
+
+class FakePool:
+    """Answers every call with ones, except data calls of the queries in ``hang`` (never answered)."""
+
+    urls = ("a", "b", "c")
+
+    def __init__(self, hang: set[float] = frozenset()):
+        self.hang, self.calls = hang, []
+
+    async def signature(self, model, instance):
+        return SIG
+
+    async def infer(self, call: CallInfo, batch, signature):
+        self.calls.append(call)
+        if call.kind == "data" and float(batch.flat[0]) in self.hang:
+            await asyncio.Event().wait()
+        return np.ones((len(batch), 3), np.float32)
+
+
+class FakeCoders:
+    def __init__(self):
+        self.encodes, self.decodes = [], []
+
+    async def encode(self, route, inputs, timeout_s):
+        self.encodes.append(timeout_s)
+        return np.zeros((len(route.code.coded_slots), *inputs.shape[1:]), np.float32)
+
+    async def decode(self, route, data_outputs, coded_outputs, timeout_s):
+        self.decodes.append(timeout_s)
+        return [np.full(3, 7.0, np.float32) for _ in data_outputs], []
+
+
+async def _server(route_text: str, pool: FakePool, coders: FakeCoders) -> ModelServer:
+    route = parse_route(route_text)
+    placer = Placer({m: (0, 1, 2) for m in route.models.values()})
+    server = ModelServer(route, pool, placer, Dispatcher(pool, placer, Dispatch(), False), coders, 0.05, 1.0)
+    await server.load()
+    return server
+
+
+def _x(v: float) -> np.ndarray:
+    return np.full((1, 4, 4), v, np.float32)
+
+
+async def test_coding_calls_carry_what_is_left_of_the_queries_deadlines():
+    pool, coders = FakePool(hang={1.0}), FakeCoders()
+    server = await _server("m=parm:k=2,parity_model=p", pool, coders)
+    own, rebuilt = await asyncio.gather(server.classify(_x(0.0), 0.5), server.classify(_x(1.0), 0.5))
+    assert not own.reconstructed and rebuilt.reconstructed
+    (encode_s,), (decode_s,) = coders.encodes, coders.decodes
+    assert 0.4 < encode_s <= 0.5  # sent at once: nearly the whole deadline
+    assert 0.0 < decode_s < encode_s - 0.04  # after the 50 ms straggler deadline: that much less
+    await server.drain(0.1)
+
+
+async def test_an_identity_encoding_makes_no_encoder_call():
+    pool, coders = FakePool(), FakeCoders()
+    server = await _server(f"{toy_schemes.ENSEMBLE}=ensemble", pool, coders)
+    answer = await server.classify(_x(0.0), 0.5)
+    assert [o.model for o in answer.outputs] == [f"{toy_schemes.ENSEMBLE}_m0", f"{toy_schemes.ENSEMBLE}_m1"]
+    await server.drain(0.1)
+    assert coders.encodes == [] and sorted(c.kind for c in pool.calls) == ["coded", "data", "data"]
+    assert len({c.instance for c in pool.calls}) == 3  # each on its own instance
+
+
+def _config(faults: FaultPlan) -> FrontendConfig:
+    return FrontendConfig("127.0.0.1:0", ("t0",), "e", "d", (parse_route("m=parm:k=2"),), faults=faults)
+
+
+def test_fault_injection_is_built_only_when_asked_for():
+    assert isinstance(FrontendApp(_config(FaultPlan())).pool, TritonPool)
+    for plan in (FaultPlan(delay_share=0.1), FaultPlan(allow_metadata=True), FaultPlan(workers=((1, "fail"),))):
+        assert isinstance(FrontendApp(_config(plan)).pool, InjectingPool)
+
+
+def test_injected_faults_hit_only_the_calls_they_name():
+    plan = FaultPlan(fail_share=1.0, workers=((2, "corrupt"),))
+    pool = InjectingPool(TritonPool(("t0",), 1.0, 1 << 20), plan, deployed_models={"m"})
+    forced = Fault(delay_s=0.5)
+    assert pool.fault_for(CallInfo("m", 0, "data", 0, copy=0, annotation=forced)) == forced
+    assert pool.fault_for(CallInfo("m", 1, "data", 0, copy=1, annotation=forced)) == Fault(fail=True)  # a hedge copy
+    assert pool.fault_for(CallInfo("p", 0, "coded", 2)) == Fault(corrupt=True)  # pinned to worker 2
+    assert pool.fault_for(CallInfo("p", 0, "coded", 3)) is None  # the parity model is not a deployed one
+    assert pool.fault_for(CallInfo("m", 0, "coded", 3)) == Fault(fail=True)  # a coded call on the deployed model
