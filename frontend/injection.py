@@ -94,7 +94,7 @@ class InjectingPool:
             raise WorkerError(f"injected failure on {call.model}")
         if fault is not None and fault.delay_s:
             await asyncio.sleep(fault.delay_s)
-        started = time.monotonic()
+        started = time.monotonic() if self._service_time is not None else 0.0
         output = await self._pool.infer(call, batch, signature)
         if self._service_time is not None:
             await asyncio.sleep(self._service_time.draw_s() - (time.monotonic() - started))
