@@ -115,9 +115,7 @@ class ApproxiferScheme:
         count = self.workers - self.k if self.systematic else self.workers
         return tuple(Slot(i, DEPLOYED) for i in range(count))
 
-    @property
-    def encodes(self) -> bool:
-        return True
+    encodes = True
 
     def coded_inputs(self, inputs: np.ndarray) -> np.ndarray:
         coded = self.encode(inputs)

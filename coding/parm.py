@@ -149,13 +149,8 @@ class ParmScheme:
     def coded_slots(self) -> tuple[Slot, ...]:
         return (Slot(0, PARITY),)
 
-    @property
-    def systematic(self) -> bool:
-        return True
-
-    @property
-    def encodes(self) -> bool:
-        return True
+    systematic = True
+    encodes = True
 
     def coded_inputs(self, inputs: np.ndarray) -> np.ndarray:
         return self.encode(inputs)

@@ -61,7 +61,8 @@ class Arrivals:
 
 
 class Scheme(Protocol):
-    """What the frontend, the encoder and the decoder need from a coding scheme."""
+    """What the frontend, the encoder and the decoder need from a coding scheme. Read-only members may
+    be plain attributes (``systematic = True``) in an implementation."""
 
     @property
     def name(self) -> str: ...
@@ -134,13 +135,8 @@ class Uncoded:
     def coded_slots(self) -> tuple[Slot, ...]:
         return ()
 
-    @property
-    def systematic(self) -> bool:
-        return True
-
-    @property
-    def encodes(self) -> bool:
-        return False
+    systematic = True
+    encodes = False
 
     def coded_inputs(self, inputs: np.ndarray) -> np.ndarray:
         raise CodingError(f"{self.name} has no coded queries")

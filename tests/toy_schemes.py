@@ -43,13 +43,8 @@ class TileScheme:
     def coded_slots(self) -> tuple[Slot, ...]:
         return (Slot(0, TILES_ROLE),)
 
-    @property
-    def systematic(self) -> bool:
-        return True
-
-    @property
-    def encodes(self) -> bool:
-        return True
+    systematic = True
+    encodes = True
 
     def coded_inputs(self, inputs: np.ndarray) -> np.ndarray:
         """``(k, 1, H, W)`` -> ``(1, k, H, W)``: the queries as the channels of one coded input."""
@@ -86,13 +81,8 @@ class EnsembleScheme:
     def coded_slots(self) -> tuple[Slot, ...]:
         return (Slot(0, CODED_ROLE),)
 
-    @property
-    def systematic(self) -> bool:
-        return True
-
-    @property
-    def encodes(self) -> bool:
-        return False
+    systematic = True
+    encodes = False
 
     def coded_inputs(self, inputs: np.ndarray) -> np.ndarray:
         return inputs[:1]
