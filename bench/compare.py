@@ -8,6 +8,7 @@ and one frontend per scheme:
   hedge2/3   hedged requests over t0, t1 (or t0..t2), delay = observed p95 (The Tail at Scale)
   replicate  every query to two of t0, t1 (+100% load): the upper bound on tail masking
   parm       ParM k=2: deployed model on t0, t1, parity model on t2 (+50% requests)
+  parm_local the same ParM with --coding local: encode and decode inside the frontend, no hop
   approxifer ApproxIFER K=2, S=1: N=3 Berrut-coded queries on the deployed model, t0..t2 (+50%);
              every answer is decoded (approximate), no parity model to train
   direct     the load generator straight to Triton t0, no frontend: the floor
@@ -50,8 +51,8 @@ from export.datasets import load
 
 log = logging.getLogger("bench.compare")
 
-SCHEMES = ("direct", "none", "equal", "hedge2", "hedge3", "replicate", "parm", "approxifer")
-CODED = ("parm", "approxifer")
+SCHEMES = ("direct", "none", "equal", "hedge2", "hedge3", "replicate", "parm", "approxifer", "parm_local")
+CODED = ("parm", "approxifer", "parm_local")
 
 
 @dataclass(frozen=True)
@@ -82,13 +83,23 @@ def frontend_specs(
     encoder: str = "concat",
     straggler_timeout_ms: float = STRAGGLER_TIMEOUT_MS,
     fill_timeout_ms: float = FILL_TIMEOUT_MS,
+    straggler_quantile: float | None = None,
+    adaptive_fill: bool = False,
+    coding: str = "services",
+    batch_inflight: int = 2,
     profile: str = "none",
 ) -> dict[str, FrontendSpec]:
-    """One frontend per scheme, as the comparison runs them (``profile``: its frontend-applied flags)."""
+    """One frontend per scheme, as the comparison runs them (``profile``: its frontend-applied flags).
+    Batching applies to every scheme alike; deadlines and the coding location to the coded ones."""
     common = ["--max-inflight", "100000", "--default-deadline-s", "10", *FRONTEND_FLAGS.get(profile, ())]
+    common += ["--batch-inflight", str(batch_inflight)]
     timeouts = ["--straggler-timeout-ms", str(straggler_timeout_ms), "--fill-timeout-ms", str(fill_timeout_ms)]
-    coded = [f"{model}=parm:k={k},encoder={encoder},parity_model={parity}", *timeouts]
-    berrut = [f"{model}=approxifer:k={k},s=1", *timeouts]
+    if straggler_quantile is not None:
+        timeouts += ["--straggler-quantile", str(straggler_quantile)]
+    if adaptive_fill:
+        timeouts += ["--adaptive-fill"]
+    coded = [f"{model}=parm:k={k},encoder={encoder},parity_model={parity}", *timeouts, "--coding", coding]
+    berrut = [f"{model}=approxifer:k={k},s=1", *timeouts, "--coding", coding]
     return {
         "none": FrontendSpec(["--route", f"{model}=none", *common], tritons=(0, 1)),
         "equal": FrontendSpec(["--route", f"{model}=none", *common], tritons=(0, 1, 2)),
@@ -97,6 +108,9 @@ def frontend_specs(
         "replicate": FrontendSpec(["--route", f"{model}=replicate", *common], tritons=(0, 1)),
         "parm": FrontendSpec(["--route", *coded, *common], tritons=(0, 1), parity_tritons=(2,)),
         "approxifer": FrontendSpec(["--route", *berrut, *common], tritons=(0, 1, 2)),
+        "parm_local": FrontendSpec(
+            ["--route", *coded, "--coding", "local", *common], tritons=(0, 1), parity_tritons=(2,)
+        ),
     }
 
 
@@ -124,7 +138,7 @@ def cpu_busy_s() -> float:
 
 
 def triton_calls(stack: Stack) -> int:
-    """Successful inferences over every model on every Triton (Triton's own count)."""
+    """Inferences (rows, however batched) over every model on every Triton (Triton's own count)."""
     return sum(t.successful_inferences() for t in stack.tritons)
 
 
@@ -156,6 +170,10 @@ def run_all(args: argparse.Namespace) -> list[SchemeRun]:
         encoder=args.encoder,
         straggler_timeout_ms=args.straggler_timeout_ms,
         fill_timeout_ms=args.fill_timeout_ms,
+        straggler_quantile=args.straggler_quantile,
+        adaptive_fill=args.adaptive_fill,
+        coding=args.coding,
+        batch_inflight=args.batch_inflight,
         profile=args.profile,
     )
     specs = {name: s for name, s in all_specs.items() if name in args.schemes}
@@ -288,8 +306,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=60.0, help="seconds of load per scheme")
     p.add_argument("--profile", default="stalls", choices=sorted(PROFILES))
     p.add_argument("--schemes", default=",".join(SCHEMES), help=f"comma-separated subset of {SCHEMES}")
-    p.add_argument("--straggler-timeout-ms", type=float, default=STRAGGLER_TIMEOUT_MS)
-    p.add_argument("--fill-timeout-ms", type=float, default=FILL_TIMEOUT_MS)
+    p.add_argument("--straggler-timeout-ms", type=float, default=STRAGGLER_TIMEOUT_MS, help="coded schemes' (cap)")
+    p.add_argument("--fill-timeout-ms", type=float, default=FILL_TIMEOUT_MS, help="coded schemes' (cap)")
+    p.add_argument("--straggler-quantile", type=float, default=None, help="coded schemes: adaptive deadline")
+    p.add_argument("--adaptive-fill", action="store_true", help="coded schemes: adaptive fill timeout")
+    p.add_argument("--coding", choices=("services", "local"), default="services", help="parm and approxifer")
+    p.add_argument("--batch-inflight", type=int, default=2, help="every frontend's calls in flight per instance")
     p.add_argument(
         "--rounds",
         type=int,

@@ -12,6 +12,7 @@ bench/results/perf_compare/. perf_analyzer comes from bench/perf_tools.sh (insta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -24,13 +25,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import numpy as np
 
 from bench.stack import REPO_ROOT, FrontendSpec, Stack
 from coding import spec
+from triton_local.server import free_ports
 
 log = logging.getLogger("bench.perf_compare")
 
@@ -38,7 +42,9 @@ PERF_TOOLS = REPO_ROOT / "bench" / "perf_tools.sh"
 PERF_ANALYZER = REPO_ROOT / ".perf-venv" / "bin" / "perf_analyzer_run"
 DOC = REPO_ROOT / "docs" / "kserve.md"
 BEGIN, END = "<!-- PERF-COMPARE:BEGIN -->", "<!-- PERF-COMPARE:END -->"
-TARGETS = ("triton", "uncoded", "coded")  # triton = Triton's own gRPC port; the others: frontends' KServe ports
+# triton: Triton's own gRPC port; floor: bench.floor_proxy (raw-bytes passthrough to the same Triton);
+# uncoded, coded: the frontends' KServe ports.
+TARGETS = ("triton", "floor", "uncoded", "coded")
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         default=0.0,
         help="poll this long for model_repository/mnist_cnn/1/model.onnx before falling back",
     )
-    p.add_argument("--concurrency", default="1,2,4", help="comma-separated perf_analyzer concurrency levels")
+    p.add_argument("--concurrency", default="1,4,16", help="comma-separated perf_analyzer concurrency levels")
     p.add_argument("--request-count", type=int, default=1000, help="requests per measurement window")
     p.add_argument(
         "--stability",
@@ -190,15 +196,16 @@ def _machine() -> str:
 
 def _table(runs: list[Run]) -> str:
     lines = [
-        "| concurrency | target | infer/s | p50 (ms) | p99 (ms) | throughput vs Triton | p50 vs Triton |",
-        "|---|---|---|---|---|---|---|",
+        "| concurrency | target | infer/s | p50 (ms) | p99 (ms) | throughput vs Triton | vs floor | p50 vs floor |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     base = {r.concurrency: r for r in runs if r.target == "triton"}
+    floor = {r.concurrency: r for r in runs if r.target == "floor"}
     for r in sorted(runs, key=lambda r: (r.concurrency, TARGETS.index(r.target))):
-        b = base[r.concurrency]
+        b, f = base[r.concurrency], floor[r.concurrency]
         lines.append(
-            f"| {r.concurrency} | {r.target} | {r.throughput:.1f} | {r.p50_us / 1e3:.2f} | "
-            f"{r.p99_us / 1e3:.2f} | {r.throughput / b.throughput:.2f}x | {r.p50_us / b.p50_us:.2f}x |"
+            f"| {r.concurrency} | {r.target} | {r.throughput:.1f} | {r.p50_us / 1e3:.2f} | {r.p99_us / 1e3:.2f} | "
+            f"{r.throughput / b.throughput:.2f}x | {r.throughput / f.throughput:.2f}x | {r.p50_us / f.p50_us:.2f}x |"
         )
     return "\n".join(lines)
 
@@ -272,6 +279,36 @@ def _measure(args: argparse.Namespace, model: str, urls: dict[str, str], data: P
     return runs
 
 
+@contextlib.contextmanager
+def _floor_proxy(triton_url: str, log_path: Path) -> Iterator[str]:
+    """Run bench.floor_proxy in front of ``triton_url``; yields its address once it forwards."""
+    address = f"127.0.0.1:{free_ports(1)[0]}"
+    argv = [sys.executable, "-m", "bench.floor_proxy", "--address", address, "--triton-url", triton_url]
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    try:
+        _wait_live(address, proc)
+        yield address
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _wait_live(address: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"bench.floor_proxy exited with {proc.returncode}")
+            try:
+                live(b"", timeout=1.0)
+                return
+            except grpc.RpcError:
+                time.sleep(0.1)
+    raise SystemExit(f"bench.floor_proxy on {address} did not answer within {timeout_s:.0f} s")
+
+
 def main() -> None:
     args = _parser().parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -296,8 +333,13 @@ def main() -> None:
         }
         with Stack(models, frontends, model_repository=repository, log_dir=scratch / "logs") as stack:
             assert stack.triton is not None
-            urls = {"triton": stack.triton.grpc_url, **{n: stack.kserve_address(n) for n in frontends}}
-            runs = _measure(args, models[0], urls, data)
+            with _floor_proxy(stack.triton.grpc_url, scratch / "logs" / "floor.log") as floor:
+                urls = {
+                    "triton": stack.triton.grpc_url,
+                    "floor": floor,
+                    **{n: stack.kserve_address(n) for n in frontends},
+                }
+                runs = _measure(args, models[0], urls, data)
     machine += f"; load average after {os.getloadavg()[0]:.2f}"
     block = _report(runs, machine, models, route, sys.argv[1:], time.perf_counter() - began)
     print(_table(runs))

@@ -9,6 +9,7 @@ import os
 
 from coding.schemes import load_scheme_modules
 from frontend.config import FaultPlan, FrontendConfig, parse_route
+from frontend.deadlines import DeadlinePolicy
 from frontend.injection import parse_fault_metadata
 from frontend.server import create_server
 from frontend.service_time import DISTRIBUTIONS
@@ -54,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
         help="cancel the losing copy of hedged/replicated calls (only for Triton >= 2.57: "
         "cancelling in-flight calls crashes the local 2.51)",
     )
+    p.add_argument(
+        "--coding",
+        choices=("services", "local"),
+        default=env("CODEDSERVE_CODING", "services"),
+        help="where groups are encoded and decoded: the encoder/decoder services, or the same coding "
+        "library inside the frontend (no hop; for cheap encoders)",
+    )
     p.add_argument("--encoder", default=env("CODEDSERVE_ENCODER_ADDRESS", "127.0.0.1:8101"))
     p.add_argument("--decoder", default=env("CODEDSERVE_DECODER_ADDRESS", "127.0.0.1:8102"))
     p.add_argument(
@@ -67,13 +75,46 @@ def _parser() -> argparse.ArgumentParser:
         "--straggler-timeout-ms",
         type=float,
         default=float(env("CODEDSERVE_STRAGGLER_TIMEOUT_MS", 20)),
-        help="how long to wait for a deployed-model answer before decoding it",
+        help="how long to wait for a deployed-model answer before decoding it (with --straggler-quantile: the cap)",
+    )
+    p.add_argument(
+        "--straggler-quantile",
+        type=float,
+        default=float(env("CODEDSERVE_STRAGGLER_QUANTILE", 0)) or None,
+        help="adaptive straggler deadline: this quantile of recent deployed-call latencies, e.g. 0.95 "
+        "(unset: fixed at --straggler-timeout-ms)",
+    )
+    p.add_argument(
+        "--straggler-floor-ms",
+        type=float,
+        default=float(env("CODEDSERVE_STRAGGLER_FLOOR_MS", 1)),
+        help="the adaptive straggler deadline never goes below this",
     )
     p.add_argument(
         "--fill-timeout-ms",
         type=float,
         default=float(env("CODEDSERVE_FILL_TIMEOUT_MS", 5)),
-        help="a partial coding group is sealed (padded) after this",
+        help="a partial coding group is sealed (padded) after this (with --adaptive-fill: the cap)",
+    )
+    p.add_argument(
+        "--adaptive-fill",
+        action="store_true",
+        default=env("CODEDSERVE_ADAPTIVE_FILL", "") in ("1", "true"),
+        help="seal a partial group sooner when its parity would otherwise come back after the straggler "
+        "deadline, or when partners are overdue at the observed arrival rate",
+    )
+    p.add_argument(
+        "--fill-floor-ms",
+        type=float,
+        default=float(env("CODEDSERVE_FILL_FLOOR_MS", 0.5)),
+        help="the adaptive fill timeout never goes below this",
+    )
+    p.add_argument(
+        "--batch-inflight",
+        type=int,
+        default=int(env("CODEDSERVE_BATCH_INFLIGHT", 2)),
+        help="ModelInfer calls in flight per Triton instance and model; calls that queue meanwhile leave "
+        "together as one batch",
     )
     p.add_argument("--default-deadline-s", type=float, default=5.0, help="deadline for clients that set none")
     p.add_argument("--triton-timeout-s", type=float, default=30.0, help="safety deadline of each Triton call")
@@ -144,8 +185,15 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
             encoder_address=args.encoder,
             decoder_address=args.decoder,
             routes=tuple(parse_route(r) for r in routes),
-            straggler_timeout_ms=args.straggler_timeout_ms,
-            fill_timeout_ms=args.fill_timeout_ms,
+            deadlines=DeadlinePolicy(
+                straggler_ms=args.straggler_timeout_ms,
+                straggler_quantile=args.straggler_quantile,
+                straggler_floor_ms=args.straggler_floor_ms,
+                fill_ms=args.fill_timeout_ms,
+                adaptive_fill=args.adaptive_fill,
+                fill_floor_ms=args.fill_floor_ms,
+            ),
+            batch_inflight=args.batch_inflight,
             default_deadline_s=args.default_deadline_s,
             triton_timeout_s=args.triton_timeout_s,
             max_inflight=args.max_inflight,
@@ -157,6 +205,7 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
             parity_triton_urls=tuple(args.parity_triton_url or ()),
             cancel_losers=args.cancel_losers,
             scheme_modules=tuple(modules),
+            coding=args.coding,
         )
     except ValueError as exc:
         raise SystemExit(f"frontend: bad configuration: {exc}") from exc

@@ -7,9 +7,11 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
-from frontend.coding_clients import CodingClients
-from frontend.config import FrontendConfig
+from coding.scheme import group_size
+from frontend.coding_clients import Coder, CodingClients, LocalCoding
+from frontend.config import FrontendConfig, Route
 from frontend.coordinator import ModelServer
+from frontend.deadlines import RouteDeadlines
 from frontend.dispatch import Dispatcher
 from frontend.injection import InjectingPool
 from frontend.placement import Placer
@@ -24,24 +26,23 @@ class FrontendApp:
         self.config = config
         self.placer = Placer(serving(config))
         self.pool = self._pool()
-        self.coders = CodingClients(config.encoder_address, config.decoder_address, config.max_message_bytes)
-        self.servers = {
-            r.model: ModelServer(
-                r,
-                self.pool,
-                self.placer,
-                Dispatcher(self.pool, self.placer, r.dispatch, config.cancel_losers),
-                self.coders,
-                config.straggler_timeout_ms / 1e3,
-                config.fill_timeout_ms / 1e3,
-            )
-            for r in config.routes
-        }
+        self.coders: Coder = (
+            LocalCoding()
+            if config.coding == "local"
+            else CodingClients(config.encoder_address, config.decoder_address, config.max_message_bytes)
+        )
+        self.servers = {r.model: self._server(r) for r in config.routes}
         self._inflight = 0
+
+    def _server(self, route: Route) -> ModelServer:
+        dispatcher = Dispatcher(self.pool, self.placer, route.dispatch, self.config.cancel_losers)
+        deadlines = RouteDeadlines(self.config.deadlines, dispatcher.latency, group_size(route.code))
+        return ModelServer(route, self.pool, self.placer, dispatcher, self.coders, deadlines)
 
     def _pool(self) -> Pool:
         """The Triton pool; wrapped by fault injection only when the configuration asks for it."""
-        pool = TritonPool(instance_urls(self.config), self.config.triton_timeout_s, self.config.max_message_bytes)
+        urls = instance_urls(self.config)
+        pool = TritonPool(urls, self.config.triton_timeout_s, self.config.max_message_bytes, self.config.batch_inflight)
         if not self.config.faults.active:
             return pool
         deployed = set().union(*(r.data_models for r in self.config.routes))

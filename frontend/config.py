@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from coding.errors import CodingError
 from coding.scheme import Scheme, Uncoded
 from coding.schemes import get_scheme
+from frontend.deadlines import DeadlinePolicy
 
 UNCODED = "none"
 BASELINES = (UNCODED, "replicate", "hedge")  # uncoded ways to serve a model, judged against the codes
@@ -152,8 +153,7 @@ class FrontendConfig:
     encoder_address: str
     decoder_address: str
     routes: tuple[Route, ...]
-    straggler_timeout_ms: float = 20.0  # stop waiting for an original and decode after this
-    fill_timeout_ms: float = 5.0  # a partial coding group is sealed (padded) after this
+    deadlines: DeadlinePolicy = field(default_factory=DeadlinePolicy)  # straggler deadline, fill timeout
     default_deadline_s: float = 5.0  # for clients that send no deadline
     triton_timeout_s: float = 30.0  # safety deadline only: expiring calls stress Triton 2.51
     max_inflight: int = 4096  # queries accepted at once; beyond: RESOURCE_EXHAUSTED
@@ -167,6 +167,8 @@ class FrontendConfig:
     # tritonserver 2.51 (fixed in 2.57); turn on only against a newer Triton.
     cancel_losers: bool = False
     scheme_modules: tuple[str, ...] = ()  # plug-in modules that register more coding schemes
+    coding: str = "services"  # "services": the encoder/decoder services; "local": coding/ in-process
+    batch_inflight: int = 2  # ModelInfer calls out per instance and model; what queues meanwhile is batched
 
     def __post_init__(self) -> None:
         if not self.triton_urls:
@@ -176,9 +178,13 @@ class FrontendConfig:
         names = [r.model for r in self.routes]
         if len(set(names)) != len(names):
             raise ValueError(f"a model is routed twice: {names}")
-        for name in ("straggler_timeout_ms", "fill_timeout_ms", "default_deadline_s", "triton_timeout_s"):
+        for name in ("default_deadline_s", "triton_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.coding not in ("services", "local"):
+            raise ValueError(f"coding must be 'services' or 'local', got {self.coding!r}")
+        if self.batch_inflight < 1:
+            raise ValueError(f"batch_inflight must be >= 1, got {self.batch_inflight}")
         if self.max_inflight < 1:
             raise ValueError(f"max_inflight must be >= 1, got {self.max_inflight}")
 

@@ -22,8 +22,9 @@ import numpy as np
 
 from frontend import metrics
 from frontend.actions import Action, Answer, Decode, Discarded, Encode, Fail, Infer
-from frontend.coding_clients import CodingClients, CodingServiceError
+from frontend.coding_clients import Coder, CodingServiceError
 from frontend.config import Route
+from frontend.deadlines import RouteDeadlines
 from frontend.dispatch import Dispatcher
 from frontend.groups import CodingGroup, Query
 from frontend.placement import Placer
@@ -71,9 +72,8 @@ class ModelServer:
         pool: Pool,
         placer: Placer,
         dispatcher: Dispatcher,
-        coders: CodingClients,
-        straggler_timeout_s: float,
-        fill_timeout_s: float,
+        coders: Coder,
+        deadlines: RouteDeadlines,
     ) -> None:
         self.route = route
         self.scheme = route.code
@@ -82,8 +82,7 @@ class ModelServer:
         self._placer = placer
         self._dispatcher = dispatcher
         self._coders = coders
-        self._straggler_timeout_s = straggler_timeout_s
-        self._fill_timeout_s = fill_timeout_s
+        self.deadlines = deadlines
         self._group_ids = itertools.count()
         self._open: CodingGroup | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -117,9 +116,10 @@ class ModelServer:
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Answer] = loop.create_future()
+        self.deadlines.arrival(loop.time())
         group, query = self._admit(x, loop.time() + timeout_s, waiter, annotation)
         if group.coded:
-            loop.call_later(self._straggler_timeout_s, self._on_straggler_deadline, group, query)
+            loop.call_later(self.deadlines.straggler_s(), self._on_straggler_deadline, group, query)
         try:
             done, _ = await asyncio.wait({waiter}, timeout=timeout_s)
             if not done:
@@ -150,7 +150,7 @@ class ModelServer:
         if self._open is None:
             self._open = CodingGroup(next(self._group_ids), self.scheme, self.models, self._placer)
             if self._open.coded and self._open.size > 1:
-                asyncio.get_running_loop().call_later(self._fill_timeout_s, self._seal_on_timeout, self._open)
+                asyncio.get_running_loop().call_later(self.deadlines.fill_s(), self._seal_on_timeout, self._open)
         group = self._open
         query, actions = group.add(x, deadline, waiter, annotation)
         self._execute(group, actions)
@@ -195,21 +195,26 @@ class ModelServer:
     async def _infer(self, group: CodingGroup, action: Infer) -> None:
         model = self.models[action.role]
         call = CallInfo(model, action.instance, action.kind, action.worker, annotation=action.annotation)
+        start = time.perf_counter()
         try:
             out = await self._dispatcher.call(call, action.input[None], self.signatures[model])
         except WorkerError as exc:
             log.debug("%s call to %s failed: %s", action.kind, model, exc)
             self._execute(group, group.failed(action.handle))
             return
+        if action.kind == "coded":
+            self.deadlines.coded_latency.record(time.perf_counter() - start)
         self._execute(group, group.arrived(action.handle, out[0]))
 
     async def _encode(self, group: CodingGroup, action: Encode) -> None:
+        start = time.perf_counter()
         try:
             coded = await self._coders.encode(self.route, action.inputs, self._time_left(action.deadline))
         except CodingServiceError as exc:
             log.warning("encoding group %d of %s failed: %s", group.group_id, self.route.model, exc)
             self._execute(group, group.encode_failed())
             return
+        self.deadlines.encode_latency.record(time.perf_counter() - start)
         self._execute(group, group.encoded(coded))
 
     async def _decode(self, group: CodingGroup, action: Decode) -> None:

@@ -19,3 +19,9 @@ DECODE_SECONDS = Histogram("codedserve_decode_seconds", "Decoder round trip", ["
 GROUPS = Counter("codedserve_groups_total", "Coding groups sealed, by how they filled", ["model", "fill"])
 HEDGES = Counter("codedserve_hedged_calls_total", "Deployed calls that sent a hedge copy", ["model"])
 FAULTY_WORKERS = Counter("codedserve_faulty_workers_total", "Coded outputs judged Byzantine and dropped", ["model"])
+TRITON_BATCH_ROWS = Histogram(
+    "codedserve_triton_batch_rows",
+    "Rows per ModelInfer the frontend sent (client-side batching)",
+    ["model"],
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64),
+)

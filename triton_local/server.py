@@ -282,14 +282,15 @@ class TritonServer:
         return proc.returncode
 
     def successful_inferences(self) -> int:
-        """Executions Triton has counted since it started (``nv_inference_request_success`` summed over
-        models); 0 while it does not answer (a killed server that is restarting)."""
+        """Inferences (batch rows) Triton has performed since it started (``nv_inference_count`` summed over
+        models): the load, however the rows were batched into requests; 0 while it does not answer (a
+        killed server that is restarting)."""
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
             text = opener.open(self.metrics_url, timeout=5).read().decode()
         except OSError:
             return 0
-        counts = re.findall(r"^nv_inference_request_success\{[^}]*\} (\S+)$", text, re.M)
+        counts = re.findall(r"^nv_inference_count\{[^}]*\} (\S+)$", text, re.M)
         return sum(int(float(v)) for v in counts)
 
     def log_tail(self, lines: int = 40) -> str:

@@ -110,6 +110,21 @@ def test_batch_of_three_rows_each_answered(client):
     assert _flags(result) == (False, "parm", "0,0,0")
 
 
+def test_a_batch_of_rows_travels_to_triton_as_batches(client, triton):
+    """B rows become B queries, but their calls to one instance leave together: fewer than B ModelInfers."""
+
+    def counts() -> tuple[int, int]:
+        stats = triton.get_inference_statistics(MODEL).model_stats[0]
+        return stats.inference_stats.success.count, stats.inference_count
+
+    requests_before, rows_before = counts()
+    x = _rows(2, batch=16)
+    result = client.infer(MODEL, [_input(x)])
+    np.testing.assert_allclose(result.as_numpy("logits"), linear_models.reference(x), rtol=1e-4, atol=1e-4)
+    requests, rows = (after - before for after, before in zip(counts(), (requests_before, rows_before), strict=True))
+    assert rows == 16 and requests < 16, f"{rows} rows took {requests} ModelInfer calls"
+
+
 def test_typed_contents_are_read_like_raw_contents(stack):
     x = _rows(2)
     request = service_pb2.ModelInferRequest(model_name=MODEL)

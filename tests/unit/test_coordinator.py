@@ -11,6 +11,7 @@ import numpy as np
 from frontend.app import FrontendApp
 from frontend.config import Dispatch, FaultPlan, FrontendConfig, parse_route
 from frontend.coordinator import ModelServer
+from frontend.deadlines import DeadlinePolicy, RouteDeadlines
 from frontend.dispatch import Dispatcher
 from frontend.injection import Fault, InjectingPool
 from frontend.placement import Placer
@@ -54,7 +55,9 @@ class FakeCoders:
 async def _server(route_text: str, pool: FakePool, coders: FakeCoders) -> ModelServer:
     route = parse_route(route_text)
     placer = Placer({m: (0, 1, 2) for m in route.models.values()})
-    server = ModelServer(route, pool, placer, Dispatcher(pool, placer, Dispatch(), False), coders, 0.05, 1.0)
+    dispatcher = Dispatcher(pool, placer, Dispatch(), False)
+    deadlines = RouteDeadlines(DeadlinePolicy(straggler_ms=50, fill_ms=1000), dispatcher.latency, 2)
+    server = ModelServer(route, pool, placer, dispatcher, coders, deadlines)
     await server.load()
     return server
 

@@ -27,7 +27,7 @@ class FakePool:
 
 def _server(route, pool):
     placer = Placer({m: (i,) for i, m in enumerate(route.models.values())})
-    return ModelServer(route, pool, placer, None, None, 0.01, 0.01)  # type: ignore[arg-type]
+    return ModelServer(route, pool, placer, None, None, None)  # type: ignore[arg-type]
 
 
 async def test_a_route_is_not_ready_until_its_parity_model_is():

@@ -1,0 +1,71 @@
+"""python -m bench.floor_proxy: the least any per-query Python frontend can cost, as a benchmark target.
+
+A grpc.aio server that forwards every unary call it gets (KServe ``ModelInfer``, metadata, health) to
+one Triton as raw bytes: no parsing, no numpy, no tritonclient, one Triton call per call received.
+``bench.perf_compare`` measures it beside Triton and the frontends (its ``floor`` target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from service_common.server import wait_for_signal
+
+log = logging.getLogger("bench.floor_proxy")
+
+
+class _Forward(grpc.GenericRpcHandler):
+    """Every method name is forwarded; requests and replies stay bytes (no (de)serializer)."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._channel = channel
+        self._methods: dict[str, Callable[..., Any]] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        if method not in self._methods:
+            self._methods[method] = self._channel.unary_unary(method)
+
+        async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            try:
+                return await self._methods[method](request, timeout=context.time_remaining())
+            except grpc.aio.AioRpcError as exc:
+                await context.abort(exc.code(), exc.details() or "")
+                raise  # unreachable: abort raises
+
+        return grpc.unary_unary_rpc_method_handler(forward)
+
+
+async def serve(address: str, triton_url: str, max_message_bytes: int = 16 << 20) -> None:
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+    channel = grpc.aio.insecure_channel(triton_url, options=options)
+    server = grpc.aio.server(options=[*options, ("grpc.so_reuseport", 0)])
+    server.add_generic_rpc_handlers((_Forward(channel),))
+    port = server.add_insecure_port(address)
+    await server.start()
+    log.info("floor proxy on port %d forwarding to %s", port, triton_url)
+    await wait_for_signal()
+    await server.stop(1.0)
+    await channel.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.floor_proxy", description=__doc__)
+    p.add_argument("--address", default="127.0.0.1:8104", help="host:port to listen on")
+    p.add_argument("--triton-url", default="127.0.0.1:8001", help="the Triton gRPC host:port to forward to")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(args.address, args.triton_url))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""When a route stops waiting: its straggler deadline and its fill timeout, fixed or adaptive.
+
+Fixed (the default): ``--straggler-timeout-ms`` and ``--fill-timeout-ms``. Adaptive:
+
+- straggler deadline = the ``--straggler-quantile`` of the route's recent data-call latencies, clamped
+  to [``--straggler-floor-ms``, ``--straggler-timeout-ms``]: decode when a call is later than that share
+  of its peers (the coding twin of hedging's p95 delay), never sooner than the floor;
+- fill timeout (``--adaptive-fill``) = the smaller of the time left for the coded outputs to arrive
+  before the straggler deadline (deadline - median encode - median coded call) and twice the time the
+  arrival rate says k - 1 more queries take, clamped to [``--fill-floor-ms``, ``--fill-timeout-ms``]:
+  a group waits for partners only while its parity can still come back in time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from frontend.latency import LatencyWindow
+
+
+@dataclass(frozen=True)
+class DeadlinePolicy:
+    straggler_ms: float = 20.0  # the fixed deadline; with a quantile, its cap
+    straggler_quantile: float | None = None  # None: fixed
+    straggler_floor_ms: float = 1.0
+    fill_ms: float = 5.0  # the fixed fill timeout; adaptive, its cap
+    adaptive_fill: bool = False
+    fill_floor_ms: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("straggler_ms", "straggler_floor_ms", "fill_ms", "fill_floor_ms"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.straggler_quantile is not None and not 0 < self.straggler_quantile < 1:
+            raise ValueError(f"straggler_quantile must be in (0, 1), got {self.straggler_quantile}")
+        if self.straggler_floor_ms > self.straggler_ms or self.fill_floor_ms > self.fill_ms:
+            raise ValueError("a floor must not exceed its cap (straggler_floor_ms, fill_floor_ms)")
+
+
+class RouteDeadlines:
+    """One route's deadlines now, from the latencies and arrivals it has seen."""
+
+    ARRIVAL_WEIGHT = 0.05  # of each new inter-arrival gap in the moving average
+
+    def __init__(self, policy: DeadlinePolicy, data_latency: LatencyWindow, group_size: int) -> None:
+        self.policy = policy
+        self._data = data_latency
+        self.encode_latency = LatencyWindow(floor_s=0.0, initial_s=0.001)
+        self.coded_latency = LatencyWindow(floor_s=0.0, initial_s=0.001)
+        self._others = max(0, group_size - 1)
+        self._last_arrival: float | None = None
+        self._gap_s: float | None = None
+
+    def arrival(self, now: float) -> None:
+        if self._last_arrival is not None:
+            gap = now - self._last_arrival
+            self._gap_s = gap if self._gap_s is None else self._gap_s + self.ARRIVAL_WEIGHT * (gap - self._gap_s)
+        self._last_arrival = now
+
+    def straggler_s(self) -> float:
+        p = self.policy
+        if p.straggler_quantile is None:
+            return p.straggler_ms / 1e3
+        return min(p.straggler_ms / 1e3, max(p.straggler_floor_ms / 1e3, self._data.quantile(p.straggler_quantile)))
+
+    def fill_s(self) -> float:
+        p = self.policy
+        if not p.adaptive_fill:
+            return p.fill_ms / 1e3
+        in_time = self.straggler_s() - self.encode_latency.quantile(0.5) - self.coded_latency.quantile(0.5)
+        fill = in_time if self._gap_s is None else min(in_time, 2 * self._others * self._gap_s)
+        return min(p.fill_ms / 1e3, max(p.fill_floor_ms / 1e3, fill))

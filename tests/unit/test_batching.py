@@ -1,0 +1,81 @@
+"""Client-side batching against a fake send (one function): no delay when idle, queued rows leave
+together, every row gets its own output or its batch's error, the row limit holds."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from frontend.batching import Batcher
+
+
+class FakeTriton:
+    """Answers each batch with its rows times 10 after ``delay_s``; fails batches containing ``bad``."""
+
+    def __init__(self, delay_s: float = 0.02, bad: float | None = None):
+        self.delay_s, self.bad, self.batches = delay_s, bad, []
+
+    async def send(self, rows: np.ndarray) -> np.ndarray:
+        self.batches.append(len(rows))
+        await asyncio.sleep(self.delay_s)
+        if self.bad is not None and self.bad in rows:
+            raise RuntimeError("batch failed")
+        return rows * 10
+
+
+def _row(v: float) -> np.ndarray:
+    return np.array([[v]], np.float32)
+
+
+async def test_an_idle_instance_gets_the_row_at_once():
+    triton = FakeTriton(delay_s=0.0)
+    batcher = Batcher(triton.send, max_inflight=1, max_rows=64)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    out = await batcher.submit(_row(3))
+    assert out.tolist() == [[30]] and triton.batches == [1] and loop.time() - start < 0.01
+
+
+async def test_rows_that_queue_behind_a_call_in_flight_leave_as_one_batch():
+    triton = FakeTriton()
+    batcher = Batcher(triton.send, max_inflight=1, max_rows=64)
+    first = asyncio.ensure_future(batcher.submit(_row(0)))
+    await asyncio.sleep(0.005)  # the first call is out
+    rest = [asyncio.ensure_future(batcher.submit(_row(v))) for v in (1, 2, 3)]
+    outs = await asyncio.gather(first, *rest)
+    assert triton.batches == [1, 3]
+    assert [o.tolist() for o in outs] == [[[0]], [[10]], [[20]], [[30]]]
+
+
+async def test_rows_submitted_together_leave_together_and_the_row_limit_holds():
+    triton = FakeTriton(delay_s=0.0)
+    batcher = Batcher(triton.send, max_inflight=2, max_rows=4)
+    outs = await asyncio.gather(*(batcher.submit(_row(v)) for v in range(10)))
+    assert sum(triton.batches) == 10 and max(triton.batches) <= 4 and len(triton.batches) < 10
+    assert [float(o[0, 0]) for o in outs] == [10.0 * v for v in range(10)]
+
+
+async def test_a_failed_batch_fails_each_of_its_rows_and_the_batcher_goes_on():
+    triton = FakeTriton(bad=2)
+    batcher = Batcher(triton.send, max_inflight=1, max_rows=64)
+    first = asyncio.ensure_future(batcher.submit(_row(0)))
+    await asyncio.sleep(0.005)
+    queued = [asyncio.ensure_future(batcher.submit(_row(v))) for v in (1, 2)]
+    assert (await first).tolist() == [[0]]
+    for task in queued:
+        with pytest.raises(RuntimeError, match="batch failed"):
+            await task
+    assert (await batcher.submit(_row(5))).tolist() == [[50]]
+
+
+async def test_a_caller_that_stops_waiting_does_not_break_its_batch():
+    triton = FakeTriton()
+    batcher = Batcher(triton.send, max_inflight=1, max_rows=64)
+    first = asyncio.ensure_future(batcher.submit(_row(0)))
+    await asyncio.sleep(0.005)
+    loser, keeper = asyncio.ensure_future(batcher.submit(_row(1))), asyncio.ensure_future(batcher.submit(_row(2)))
+    await asyncio.sleep(0)
+    loser.cancel()
+    assert (await keeper).tolist() == [[20]] and (await first).tolist() == [[0]]
