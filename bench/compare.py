@@ -86,7 +86,7 @@ def frontend_specs(
     straggler_quantile: float | None = None,
     adaptive_fill: bool = False,
     coding: str = "services",
-    batch_inflight: int = 2,
+    batch_inflight: int = 1,
     profile: str = "none",
 ) -> dict[str, FrontendSpec]:
     """One frontend per scheme, as the comparison runs them (``profile``: its frontend-applied flags).
@@ -311,7 +311,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--straggler-quantile", type=float, default=None, help="coded schemes: adaptive deadline")
     p.add_argument("--adaptive-fill", action="store_true", help="coded schemes: adaptive fill timeout")
     p.add_argument("--coding", choices=("services", "local"), default="services", help="parm and approxifer")
-    p.add_argument("--batch-inflight", type=int, default=2, help="every frontend's calls in flight per instance")
+    p.add_argument("--batch-inflight", type=int, default=1, help="every frontend's calls in flight per instance")
     p.add_argument(
         "--rounds",
         type=int,

@@ -43,8 +43,8 @@ PERF_ANALYZER = REPO_ROOT / ".perf-venv" / "bin" / "perf_analyzer_run"
 DOC = REPO_ROOT / "docs" / "kserve.md"
 BEGIN, END = "<!-- PERF-COMPARE:BEGIN -->", "<!-- PERF-COMPARE:END -->"
 # triton: Triton's own gRPC port; floor: bench.floor_proxy (raw-bytes passthrough to the same Triton);
-# uncoded, coded: the frontends' KServe ports.
-TARGETS = ("triton", "floor", "uncoded", "coded")
+# uncoded, coded, coded_local: the frontends' KServe ports (coded_local: --coding local, no coding hops).
+TARGETS = ("triton", "floor", "uncoded", "coded", "coded_local")
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-trials", type=int, default=20, help="perf_analyzer --max-trials (windows per level)")
     p.add_argument("--fill-timeout-ms", type=float, default=5.0, help="the coded frontend's fill timeout")
     p.add_argument("--straggler-timeout-ms", type=float, default=20.0, help="the coded frontend's straggler timeout")
+    p.add_argument(
+        "--frontend-flags",
+        default="",
+        help="more flags for every frontend, e.g. '--batch-inflight 2'",
+    )
     p.add_argument("--images", type=int, default=256, help="MNIST test images in perf_analyzer's input data")
     p.add_argument("--results", type=Path, default=REPO_ROOT / "bench" / "results" / "perf_compare")
     p.add_argument("--doc", type=Path, default=DOC, help="Markdown file whose marked section gets the result")
@@ -222,11 +227,13 @@ def _report(runs: list[Run], machine: str, models: list[str], route: str, argv: 
         [
             BEGIN,
             f"Measured {time.strftime('%Y-%m-%d %H:%M %Z')} in {seconds:.0f} s on: {machine}.",
-            "Triton, the encoder, the decoder, both frontends and perf_analyzer all share these cores (the load "
+            "Triton, the encoder, the decoder, the floor proxy, the frontends and perf_analyzer all share these "
+            "cores (the load "
             "average counts any other work on the machine too), so the ratios are what matters, not the absolutes.",
             "",
-            f"Models: {', '.join(models)}; coded frontend route `{route}`; uncoded frontend route "
-            f"`{models[0]}=none`. Input: real MNIST test images (`--input-data`), batch 1.",
+            f"Models: {', '.join(models)}; coded frontends' route `{route}` (coded: the encoder and decoder "
+            f"services; coded_local: `--coding local`); uncoded frontend route `{models[0]}=none`. Input: real "
+            "MNIST test images (`--input-data`), batch 1.",
             "",
             "```bash",
             f"python -m bench.perf_compare {shlex.join(argv)}".rstrip(),
@@ -327,9 +334,11 @@ def main() -> None:
             "--straggler-timeout-ms",
             str(args.straggler_timeout_ms),
         ]
+        extra = shlex.split(args.frontend_flags)
         frontends = {
-            "coded": FrontendSpec(flags=coded, kserve=True),
-            "uncoded": FrontendSpec(flags=["--route", f"{models[0]}=none"], kserve=True),
+            "coded": FrontendSpec(flags=[*coded, *extra], kserve=True),
+            "coded_local": FrontendSpec(flags=[*coded, *extra, "--coding", "local"], kserve=True),
+            "uncoded": FrontendSpec(flags=["--route", f"{models[0]}=none", *extra], kserve=True),
         }
         with Stack(models, frontends, model_repository=repository, log_dir=scratch / "logs") as stack:
             assert stack.triton is not None

@@ -10,19 +10,33 @@ from codedserve.v1 import codedserve_pb2 as pb
 from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 
 from coding.schemes import get_scheme
+from service_common.batches import answer_each
 from service_common.errors import InvalidArgument
 from service_common.tensors import from_numpy, to_numpy
 
 
 class DecoderServicer(pb_grpc.DecoderServicer):
     async def Decode(self, request: pb.DecodeRequest, context: grpc.aio.ServicerContext) -> pb.DecodeResponse:
-        scheme = get_scheme(request.code.scheme, request.code.k, request.code.params)
-        data, coded = _slot_outputs(request) if request.slot_outputs else _stacked_outputs(request)
-        rebuilt, faulty = scheme.decode_slots(data, coded)
-        response = pb.DecodeResponse(slot_reconstructions=[from_numpy(o) for o in rebuilt], faulty_workers=faulty)
-        if len({o.shape for o in rebuilt}) == 1:
-            response.reconstructions.CopyFrom(from_numpy(np.stack(rebuilt)))
-        return response
+        return _decode(request)
+
+    async def DecodeBatch(
+        self, request: pb.DecodeBatchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DecodeBatchResponse:
+        return pb.DecodeBatchResponse(responses=answer_each(request.requests, _decode, _failed))
+
+
+def _decode(request: pb.DecodeRequest) -> pb.DecodeResponse:
+    scheme = get_scheme(request.code.scheme, request.code.k, request.code.params)
+    data, coded = _slot_outputs(request) if request.slot_outputs else _stacked_outputs(request)
+    rebuilt, faulty = scheme.decode_slots(data, coded)
+    response = pb.DecodeResponse(slot_reconstructions=[from_numpy(o) for o in rebuilt], faulty_workers=faulty)
+    if len({o.shape for o in rebuilt}) == 1:
+        response.reconstructions.CopyFrom(from_numpy(np.stack(rebuilt)))
+    return response
+
+
+def _failed(message: str) -> pb.DecodeResponse:
+    return pb.DecodeResponse(error=message)
 
 
 Outputs = list[np.ndarray | None]

@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-inflight",
         type=int,
-        default=int(env("CODEDSERVE_BATCH_INFLIGHT", 2)),
+        default=int(env("CODEDSERVE_BATCH_INFLIGHT", 1)),
         help="ModelInfer calls in flight per Triton instance and model; calls that queue meanwhile leave "
         "together as one batch",
     )

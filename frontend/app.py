@@ -89,17 +89,18 @@ class FrontendApp:
         return server
 
     @contextlib.contextmanager
-    def admit(self) -> Iterator[None]:
-        if self._inflight >= self.config.max_inflight:
+    def admit(self, queries: int = 1) -> Iterator[None]:
+        """Count ``queries`` in flight while the block runs; RESOURCE_EXHAUSTED beyond max_inflight."""
+        if self._inflight + queries > self.config.max_inflight:
             raise ResourceExhausted(
-                f"frontend overloaded: {self._inflight} queries in flight "
+                f"frontend overloaded: {self._inflight} queries in flight, {queries} more asked "
                 f"(max_inflight={self.config.max_inflight}); retry with backoff"
             )
-        self._inflight += 1
+        self._inflight += queries
         try:
             yield
         finally:
-            self._inflight -= 1
+            self._inflight -= queries
 
 
 def instance_urls(config: FrontendConfig) -> tuple[str, ...]:

@@ -3,7 +3,9 @@ or the same ``coding/`` library in-process (``--coding local``). The frontend ne
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 import numpy as np
@@ -12,9 +14,13 @@ from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 
 from coding.errors import CodingError
 from coding.scheme import Outputs
+from frontend.batching import Batcher
 from frontend.config import Route
 from service_common.errors import ServiceError
 from service_common.tensors import from_numpy, to_numpy
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 class CodingServiceError(Exception):
@@ -22,7 +28,11 @@ class CodingServiceError(Exception):
 
 
 class CodingClients:
-    """Channels to the encoder and decoder; every call's timeout is the caller's time left."""
+    """Channels to the encoder and decoder. Calls go one at a time per service; groups that seal or
+    need decoding while one is out travel together in one EncodeBatch / DecodeBatch call (no added
+    delay, :mod:`frontend.batching`). A call's timeout is the longest time left of the groups it carries."""
+
+    MAX_GROUPS = 64  # per batch call
 
     def __init__(self, encoder_address: str, decoder_address: str, max_message_bytes: int) -> None:
         self._addresses = (encoder_address, decoder_address)
@@ -31,6 +41,12 @@ class CodingClients:
             ("grpc.max_send_message_length", max_message_bytes),
         ]
         self._channels: list[grpc.aio.Channel] = []
+        self._encodes: Batcher[_Timed[pb.EncodeRequest], pb.EncodeResponse] = Batcher(
+            self._encode_batch, 1, self.MAX_GROUPS
+        )
+        self._decodes: Batcher[_Timed[pb.DecodeRequest], pb.DecodeResponse] = Batcher(
+            self._decode_batch, 1, self.MAX_GROUPS
+        )
 
     async def start(self) -> None:
         self._channels = [grpc.aio.insecure_channel(a, options=self._options) for a in self._addresses]
@@ -48,13 +64,8 @@ class CodingClients:
     async def encode(self, route: Route, inputs: np.ndarray, timeout_s: float) -> np.ndarray:
         """The coded input of every coded slot, ``(r, ...)``."""
         request = pb.EncodeRequest(code=self._code(route), queries=from_numpy(inputs))
-        try:
-            response = await self._encoder.Encode(request, timeout=timeout_s)
-            return to_numpy(response.parities, "parities")
-        except grpc.aio.AioRpcError as exc:
-            raise CodingServiceError(f"encoder at {self._addresses[0]}: {exc.code().name}: {exc.details()}") from exc
-        except ServiceError as exc:
-            raise CodingServiceError(f"encoder at {self._addresses[0]} answered garbage: {exc}") from exc
+        response = await self._call(self._encodes, _Timed(request, timeout_s), "encoder", 0)
+        return self._read(lambda: to_numpy(response.parities, "parities"), "encoder", 0)
 
     async def decode(
         self, route: Route, data_outputs: Outputs, coded_outputs: Outputs, timeout_s: float
@@ -67,14 +78,46 @@ class CodingClients:
             slot_outputs=[_tensor(o) for o in data_outputs],
             coded_outputs=[_tensor(o) for o in coded_outputs],
         )
-        try:
-            response = await self._decoder.Decode(request, timeout=timeout_s)
-            rebuilt = [to_numpy(t, "slot_reconstructions") for t in response.slot_reconstructions]
-        except grpc.aio.AioRpcError as exc:
-            raise CodingServiceError(f"decoder at {self._addresses[1]}: {exc.code().name}: {exc.details()}") from exc
-        except ServiceError as exc:
-            raise CodingServiceError(f"decoder at {self._addresses[1]} answered garbage: {exc}") from exc
+        response = await self._call(self._decodes, _Timed(request, timeout_s), "decoder", 1)
+        rebuilt = self._read(
+            lambda: [to_numpy(t, "slot_reconstructions") for t in response.slot_reconstructions], "decoder", 1
+        )
         return rebuilt, list(response.faulty_workers)
+
+    async def _call(self, batcher: Batcher[_Timed[Any], Any], item: _Timed[Any], service: str, i: int) -> Any:
+        try:
+            response = await batcher.submit(item)
+        except grpc.aio.AioRpcError as exc:
+            raise CodingServiceError(f"{service} at {self._addresses[i]}: {exc.code().name}: {exc.details()}") from exc
+        if response.error:
+            raise CodingServiceError(f"{service} at {self._addresses[i]}: {response.error}")
+        return response
+
+    def _read(self, parse: Callable[[], _T], service: str, i: int) -> _T:
+        try:
+            return parse()
+        except ServiceError as exc:
+            raise CodingServiceError(f"{service} at {self._addresses[i]} answered garbage: {exc}") from exc
+
+    async def _encode_batch(self, items: list[_Timed[pb.EncodeRequest]]) -> list[pb.EncodeResponse]:
+        timeout = max(item.timeout_s for item in items)
+        if len(items) == 1:
+            return [await self._encoder.Encode(items[0].request, timeout=timeout)]
+        batch = pb.EncodeBatchRequest(requests=[item.request for item in items])
+        return list((await self._encoder.EncodeBatch(batch, timeout=timeout)).responses)
+
+    async def _decode_batch(self, items: list[_Timed[pb.DecodeRequest]]) -> list[pb.DecodeResponse]:
+        timeout = max(item.timeout_s for item in items)
+        if len(items) == 1:
+            return [await self._decoder.Decode(items[0].request, timeout=timeout)]
+        batch = pb.DecodeBatchRequest(requests=[item.request for item in items])
+        return list((await self._decoder.DecodeBatch(batch, timeout=timeout)).responses)
+
+
+@dataclass(frozen=True)
+class _Timed(Generic[_R]):
+    request: _R
+    timeout_s: float
 
 
 def _tensor(array: np.ndarray | None) -> pb.Tensor:

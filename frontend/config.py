@@ -168,7 +168,7 @@ class FrontendConfig:
     cancel_losers: bool = False
     scheme_modules: tuple[str, ...] = ()  # plug-in modules that register more coding schemes
     coding: str = "services"  # "services": the encoder/decoder services; "local": coding/ in-process
-    batch_inflight: int = 2  # ModelInfer calls out per instance and model; what queues meanwhile is batched
+    batch_inflight: int = 1  # ModelInfer calls out per instance and model; what queues meanwhile is batched
 
     def __post_init__(self) -> None:
         if not self.triton_urls:

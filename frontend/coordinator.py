@@ -87,6 +87,15 @@ class ModelServer:
         self._open: CodingGroup | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.signatures: dict[str, ModelSignature] = {}
+        # Metric children bound once: labels() per query costs more than the count.
+        self._answered = {
+            rebuilt: (
+                metrics.ANSWERS.labels(route.model, route.scheme, source),
+                metrics.QUERY_SECONDS.labels(route.model, source),
+            )
+            for rebuilt, source in ((False, "deployed"), (True, "reconstructed"))
+        }
+        self._failures = metrics.Bound(lambda kind: metrics.FAILURES.labels(route.model, kind))
         self.signature: ModelSignature | None = None  # of the queries clients send; set = ready
 
     async def load(self) -> None:
@@ -121,14 +130,15 @@ class ModelServer:
         if group.coded:
             loop.call_later(self.deadlines.straggler_s(), self._on_straggler_deadline, group, query)
         try:
-            done, _ = await asyncio.wait({waiter}, timeout=timeout_s)
-            if not done:
-                raise DeadlineExceeded(
-                    f"no answer for {self.route.model} within the deadline of {timeout_s * 1e3:.0f} ms"
-                )
-            answer = waiter.result()
+            async with asyncio.timeout(timeout_s):
+                answer = await waiter
+        except TimeoutError:
+            self._failures["DeadlineExceeded"].inc()
+            raise DeadlineExceeded(
+                f"no answer for {self.route.model} within the deadline of {timeout_s * 1e3:.0f} ms"
+            ) from None
         except Exception as exc:
-            metrics.FAILURES.labels(self.route.model, type(exc).__name__).inc()
+            self._failures[type(exc).__name__].inc()
             raise
         finally:
             group.close(query)  # a deadline or a cancelled client also ends the query: never answer twice
@@ -137,9 +147,9 @@ class ModelServer:
     def _reply(self, answer: Answer, group: CodingGroup, latency_s: float) -> QueryAnswer:
         outputs = tuple(ModelOutput(self.models[o.role], o.logits, o.reconstructed) for o in answer.outputs)
         reply = QueryAnswer(outputs, self.route.scheme, group.group_id, latency_s, answer.faulty_workers)
-        source = "reconstructed" if reply.reconstructed else "deployed"
-        metrics.ANSWERS.labels(self.route.model, self.route.scheme, source).inc()
-        metrics.QUERY_SECONDS.labels(self.route.model, source).observe(latency_s)
+        answers, seconds = self._answered[reply.reconstructed]
+        answers.inc()
+        seconds.observe(latency_s)
         return reply
 
     # ---- grouping -------------------------------------------------------------------------

@@ -30,6 +30,7 @@ class Dispatcher:
         self._policy = policy
         self._cancel_losers = cancel_losers
         self.latency = LatencyWindow()  # of the data calls: what the hedging delay adapts to
+        self._outcomes = metrics.Bound(lambda key: metrics.WORKER_CALLS.labels(*key))
 
     async def call(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature) -> np.ndarray:
         """The output of ``batch`` on ``call.model``: first from ``call.instance``, then from copies."""
@@ -62,11 +63,11 @@ class Dispatcher:
         try:
             out = await self._pool.infer(call, batch, signature)
         except WorkerError:
-            metrics.WORKER_CALLS.labels(call.model, "error").inc()
+            self._outcomes[call.model, "error"].inc()
             raise
         if call.kind == "data":
             self.latency.record(time.perf_counter() - start)
-        metrics.WORKER_CALLS.labels(call.model, "ok").inc()
+        self._outcomes[call.model, "ok"].inc()
         return out
 
     async def _first_success(self, tasks: list[asyncio.Future[np.ndarray]]) -> np.ndarray:

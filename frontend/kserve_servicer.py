@@ -15,9 +15,9 @@ Repository control, shared memory, tracing and logging are UNIMPLEMENTED (never 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.metadata
 import logging
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -186,9 +186,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         _check_outputs(request, info)
         timeout_s = query_timeout_s(context, self._app.config.default_deadline_s)
         fault = request_fault(context, self._app.config.faults.allow_metadata)
-        with contextlib.ExitStack() as admitted:  # every row is a query: RESOURCE_EXHAUSTED beyond max_inflight
-            for _ in range(len(batch)):
-                admitted.enter_context(self._app.admit())
+        with self._app.admit(len(batch)):  # every row is a query: RESOURCE_EXHAUSTED beyond max_inflight
             answers = await _classify_rows(server, batch, timeout_s, fault)
         return _infer_response(request, info, answers)
 
@@ -245,6 +243,8 @@ async def _classify_rows(
 ) -> list[QueryAnswer]:
     """Every row through the coding groups at once. If one row fails, the others stop waiting
     (their Triton calls still finish in the coordinator's own tasks: never cancelled)."""
+    if len(batch) == 1:  # the common case: no task, no gather
+        return [await server.classify(batch[0], timeout_s, fault)]
     tasks = [asyncio.ensure_future(server.classify(row, timeout_s, fault)) for row in batch]
     try:
         return list(await asyncio.gather(*tasks))
@@ -279,7 +279,7 @@ def _read_input(request: kpb.ModelInferRequest, info: ModelInfo) -> np.ndarray:
         raise InvalidArgument(f"inference request batch-size must be <= {max_batch} for '{model}'")
     dtype = np.dtype(triton_to_np_dtype(expected.datatype)).newbyteorder("<")
     data = _input_bytes(request, tensor, dtype)
-    needed = int(np.prod(shape)) * dtype.itemsize
+    needed = math.prod(shape) * dtype.itemsize
     if len(data) != needed:
         raise InvalidArgument(
             f"input byte size mismatch for input '{tensor.name}' for model '{model}'. "

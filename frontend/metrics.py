@@ -1,5 +1,8 @@
 """Frontend Prometheus metrics: how queries were answered and what coding cost."""
 
+from collections.abc import Callable, Hashable
+from typing import Any
+
 from prometheus_client import Counter, Histogram
 
 _LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2, 5)
@@ -25,3 +28,15 @@ TRITON_BATCH_ROWS = Histogram(
     ["model"],
     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64),
 )
+
+
+class Bound(dict[Hashable, Any]):
+    """Metric children by label values, bound on first use (``labels()`` per call costs more than the count)."""
+
+    def __init__(self, bind: Callable[[Any], Any]) -> None:
+        super().__init__()
+        self._bind = bind
+
+    def __missing__(self, key: Hashable) -> Any:
+        self[key] = child = self._bind(key)
+        return child

@@ -20,7 +20,7 @@ from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from tritonclient.utils import triton_to_np_dtype
 
 from frontend import metrics
-from frontend.batching import Batcher
+from frontend.batching import Batcher, row_batcher
 
 
 class WorkerError(Exception):
@@ -82,7 +82,7 @@ class TritonPool:
     """
 
     def __init__(
-        self, urls: tuple[str, ...], timeout_s: float, max_message_bytes: int, batch_inflight: int = 2
+        self, urls: tuple[str, ...], timeout_s: float, max_message_bytes: int, batch_inflight: int = 1
     ) -> None:
         self.urls = urls
         self.timeout_s = timeout_s
@@ -93,7 +93,7 @@ class TritonPool:
         ]
         self._channels: list[grpc.aio.Channel] = []
         self._stubs: list[kpb_grpc.GRPCInferenceServiceStub] = []
-        self._batchers: dict[tuple[int, str], Batcher] = {}
+        self._batchers: dict[tuple[int, str], Batcher[np.ndarray, np.ndarray]] = {}
 
     async def start(self) -> None:
         """Open the channels inside the running loop (grpc.aio channels bind to it)."""
@@ -131,7 +131,7 @@ class TritonPool:
         key = (call.instance, call.model)
         batcher = self._batchers.get(key)
         if batcher is None:
-            batcher = self._batchers[key] = Batcher(
+            batcher = self._batchers[key] = row_batcher(
                 lambda rows: self._model_infer(call.instance, call.model, rows, signature),
                 self.batch_inflight,
                 signature.max_batch,

@@ -26,6 +26,8 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception)
 
 
 def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    ok, seconds = metrics.RPCS.labels(method=method, code="OK"), metrics.RPC_SECONDS.labels(method=method)
+
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         start = time.perf_counter()
         try:
@@ -35,8 +37,8 @@ def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callabl
         except Exception as exc:  # noqa: BLE001 - mapped to a status right here
             await _abort(context, method, exc)
             raise  # unreachable: abort raises
-        metrics.RPCS.labels(method=method, code="OK").inc()
-        metrics.RPC_SECONDS.labels(method=method).observe(time.perf_counter() - start)
+        ok.inc()
+        seconds.observe(time.perf_counter() - start)
         return response
 
     return handler
@@ -57,13 +59,23 @@ def _wrap_stream(method: str, behavior: Callable[..., AsyncIterator[Any]]) -> Ca
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps unary-unary and stream-stream handlers; other kinds pass through untouched."""
+    """Wraps unary-unary and stream-stream handlers; other kinds pass through untouched. A method's
+    wrapped handler is built once and reused by every later call of it."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
 
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
-        handler = await continuation(handler_call_details)
+        full = handler_call_details.method
+        if full not in self._wrapped:
+            self._wrapped[full] = self._wrap(await continuation(handler_call_details), full)
+        return self._wrapped[full]
+
+    @staticmethod
+    def _wrap(handler: grpc.RpcMethodHandler | None, full: str) -> grpc.RpcMethodHandler | None:
         if handler is None:
             return None
-        method = handler_call_details.method.rsplit("/", 1)[-1]
+        method = full.rsplit("/", 1)[-1]
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(method, handler.unary_unary),

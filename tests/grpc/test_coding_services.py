@@ -174,3 +174,25 @@ async def test_per_slot_flags_must_match_the_slots(services):
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "present has 1 flags for 2 outputs" in err.value.details()
+
+
+async def test_a_batch_call_answers_each_group_and_fails_only_the_bad_one(services):
+    encoder, decoder, _ = services
+    group = np.random.default_rng(5).random((2, 1, 28, 28), dtype=np.float32)
+    good = pb.EncodeRequest(code=_code(2, "add"), queries=from_numpy(group))
+    bad = pb.EncodeRequest(code=_code(3, "add"), queries=from_numpy(group))
+    reply = await encoder.EncodeBatch(pb.EncodeBatchRequest(requests=[good, bad, good]))
+    assert [r.error for r in reply.responses][::2] == ["", ""] and "k=3 queries" in reply.responses[1].error
+    np.testing.assert_array_equal(to_numpy(reply.responses[2].parities, "p")[0], parm.add_encode(group))
+    decode = pb.DecodeRequest(
+        code=_code(),
+        outputs=from_numpy(np.array([[1, 2, 3], [0, 0, 0]], np.float32)),
+        present=[True, False],
+        parity_outputs=from_numpy(np.array([[5, 5, 5]], np.float32)),
+    )
+    nothing = pb.DecodeRequest(
+        code=_code(), outputs=decode.outputs, present=[True, True], parity_outputs=decode.parity_outputs
+    )
+    replies = (await decoder.DecodeBatch(pb.DecodeBatchRequest(requests=[decode, nothing]))).responses
+    np.testing.assert_allclose(to_numpy(replies[0].reconstructions, "r")[1], [4, 3, 2])
+    assert "nothing to decode" in replies[1].error

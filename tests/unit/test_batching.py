@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from frontend.batching import Batcher
+from frontend.batching import Batcher, row_batcher
 
 
 class FakeTriton:
@@ -31,7 +31,7 @@ def _row(v: float) -> np.ndarray:
 
 async def test_an_idle_instance_gets_the_row_at_once():
     triton = FakeTriton(delay_s=0.0)
-    batcher = Batcher(triton.send, max_inflight=1, max_rows=64)
+    batcher = row_batcher(triton.send, max_inflight=1, max_rows=64)
     loop = asyncio.get_running_loop()
     start = loop.time()
     out = await batcher.submit(_row(3))
@@ -40,7 +40,7 @@ async def test_an_idle_instance_gets_the_row_at_once():
 
 async def test_rows_that_queue_behind_a_call_in_flight_leave_as_one_batch():
     triton = FakeTriton()
-    batcher = Batcher(triton.send, max_inflight=1, max_rows=64)
+    batcher = row_batcher(triton.send, max_inflight=1, max_rows=64)
     first = asyncio.ensure_future(batcher.submit(_row(0)))
     await asyncio.sleep(0.005)  # the first call is out
     rest = [asyncio.ensure_future(batcher.submit(_row(v))) for v in (1, 2, 3)]
@@ -51,7 +51,7 @@ async def test_rows_that_queue_behind_a_call_in_flight_leave_as_one_batch():
 
 async def test_rows_submitted_together_leave_together_and_the_row_limit_holds():
     triton = FakeTriton(delay_s=0.0)
-    batcher = Batcher(triton.send, max_inflight=2, max_rows=4)
+    batcher = row_batcher(triton.send, max_inflight=2, max_rows=4)
     outs = await asyncio.gather(*(batcher.submit(_row(v)) for v in range(10)))
     assert sum(triton.batches) == 10 and max(triton.batches) <= 4 and len(triton.batches) < 10
     assert [float(o[0, 0]) for o in outs] == [10.0 * v for v in range(10)]
@@ -59,7 +59,7 @@ async def test_rows_submitted_together_leave_together_and_the_row_limit_holds():
 
 async def test_a_failed_batch_fails_each_of_its_rows_and_the_batcher_goes_on():
     triton = FakeTriton(bad=2)
-    batcher = Batcher(triton.send, max_inflight=1, max_rows=64)
+    batcher = row_batcher(triton.send, max_inflight=1, max_rows=64)
     first = asyncio.ensure_future(batcher.submit(_row(0)))
     await asyncio.sleep(0.005)
     queued = [asyncio.ensure_future(batcher.submit(_row(v))) for v in (1, 2)]
@@ -72,10 +72,25 @@ async def test_a_failed_batch_fails_each_of_its_rows_and_the_batcher_goes_on():
 
 async def test_a_caller_that_stops_waiting_does_not_break_its_batch():
     triton = FakeTriton()
-    batcher = Batcher(triton.send, max_inflight=1, max_rows=64)
+    batcher = row_batcher(triton.send, max_inflight=1, max_rows=64)
     first = asyncio.ensure_future(batcher.submit(_row(0)))
     await asyncio.sleep(0.005)
     loser, keeper = asyncio.ensure_future(batcher.submit(_row(1))), asyncio.ensure_future(batcher.submit(_row(2)))
     await asyncio.sleep(0)
     loser.cancel()
     assert (await keeper).tolist() == [[20]] and (await first).tolist() == [[0]]
+
+
+async def test_any_call_with_a_batch_form_batches_the_same_way():
+    sent = []
+
+    async def send(items):
+        sent.append(list(items))
+        await asyncio.sleep(0.01)
+        return [f"encoded {i}" for i in items]
+
+    batcher = Batcher(send, max_inflight=1, max_size=8)
+    first = asyncio.ensure_future(batcher.submit("g0"))
+    await asyncio.sleep(0.002)
+    results = await asyncio.gather(first, *(batcher.submit(f"g{i}") for i in (1, 2)))
+    assert results == ["encoded g0", "encoded g1", "encoded g2"] and sent == [["g0"], ["g1", "g2"]]
