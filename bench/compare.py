@@ -170,7 +170,7 @@ def run_all(args: argparse.Namespace) -> list[SchemeRun]:
         encoder=args.encoder,
         straggler_timeout_ms=args.straggler_timeout_ms,
         fill_timeout_ms=args.fill_timeout_ms,
-        straggler_quantile=args.straggler_quantile,
+        straggler_quantile=args.straggler_quantile or None,
         adaptive_fill=args.adaptive_fill,
         coding=args.coding,
         batch_inflight=args.batch_inflight,
@@ -308,7 +308,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--schemes", default=",".join(SCHEMES), help=f"comma-separated subset of {SCHEMES}")
     p.add_argument("--straggler-timeout-ms", type=float, default=STRAGGLER_TIMEOUT_MS, help="coded schemes' (cap)")
     p.add_argument("--fill-timeout-ms", type=float, default=FILL_TIMEOUT_MS, help="coded schemes' (cap)")
-    p.add_argument("--straggler-quantile", type=float, default=None, help="coded schemes: adaptive deadline")
+    p.add_argument("--straggler-quantile", type=float, default=0.95, help="coded schemes: adaptive deadline (0: fixed)")
     p.add_argument("--adaptive-fill", action="store_true", help="coded schemes: adaptive fill timeout")
     p.add_argument("--coding", choices=("services", "local"), default="services", help="parm and approxifer")
     p.add_argument("--batch-inflight", type=int, default=1, help="every frontend's calls in flight per instance")

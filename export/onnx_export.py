@@ -51,9 +51,17 @@ def export_onnx(model: nn.Module, path: Path) -> None:
         )
 
 
+def onnx_providers() -> list[str]:
+    """CUDA first where onnxruntime-gpu is installed (``pip install .[gpu]`` in place of onnxruntime), else the
+    CPU alone: the same choice the local Triton backend makes (triton_local/backend/onnxruntime/model.py)."""
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
 def check_onnx(model: nn.Module, path: Path, batch: np.ndarray) -> float:
     """Run ``batch`` through onnxruntime and torch; assert they agree within ``ATOL``; return the max difference."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), providers=onnx_providers())
     (ort_out,) = session.run([OUTPUT_NAME], {INPUT_NAME: batch.astype(np.float32)})
     cpu_model = _cpu_copy(model)
     with torch.no_grad():

@@ -194,17 +194,17 @@ class ModelServer:
             elif isinstance(action, Decode):
                 self._spawn(self._decode(group, action))
             elif isinstance(action, Answer):
-                if not action.ticket.done():
+                if not action.ticket.cancelled():  # cancelled: its client left; the group answers once
                     action.ticket.set_result(action)
             elif isinstance(action, Fail):
-                if not action.ticket.done():
+                if not action.ticket.cancelled():
                     action.ticket.set_exception(Unavailable(f"{self.route.model}: {action.reason}"))
             elif isinstance(action, Discarded):
                 metrics.LATE_DISCARDED.labels(self.route.model).inc()
 
     async def _infer(self, group: CodingGroup, action: Infer) -> None:
         model = self.models[action.role]
-        call = CallInfo(model, action.instance, action.kind, action.worker, annotation=action.annotation)
+        call = CallInfo(model, action.instance, action.kind, action.worker, 0, action.annotation, group.group_id)
         start = time.perf_counter()
         try:
             out = await self._dispatcher.call(call, action.input[None], self.signatures[model])

@@ -114,3 +114,14 @@ def test_manifest_entry_has_the_files_sha256_and_merges_by_name(exported: tuple)
     assert entry["onnx"]["sha256"] == hashlib.sha256((repo / NAME / "1" / "model.onnx").read_bytes()).hexdigest()
     assert entry["command"] == "python -m export.train_all --profile tiny"
     assert entry["versions"]["torch"] == torch.__version__
+
+
+def test_the_gpu_path_is_taken_only_where_onnxruntime_offers_cuda(monkeypatch) -> None:
+    from export import onnx_export
+
+    monkeypatch.setattr(onnx_export.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert onnx_export.onnx_providers() == ["CPUExecutionProvider"]
+    monkeypatch.setattr(
+        onnx_export.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    assert onnx_export.onnx_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]

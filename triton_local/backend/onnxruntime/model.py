@@ -58,6 +58,14 @@ def _parameter(config, key):
     return config.get("parameters", {}).get(key, {}).get("string_value") or None
 
 
+def _providers():
+    """CUDA first where onnxruntime-gpu is installed (the opt-in ``gpu`` extra), else the CPU alone.
+    (export.onnx_export.onnx_providers says the same; this file cannot import the project.)"""
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
 def _session(path, config):
     """An InferenceSession with the C++ backend's thread parameters (intra defaults to 1, see above)."""
     options = ort.SessionOptions()
@@ -65,7 +73,7 @@ def _session(path, config):
     inter = _parameter(config, "inter_op_thread_count")
     if inter is not None:
         options.inter_op_num_threads = int(inter)
-    return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path, sess_options=options, providers=_providers())
 
 
 def _tensor_spec(node, batched):
@@ -87,7 +95,7 @@ class TritonPythonModel:
         config = auto_complete_model_config.as_dict()
         if config.get("input") and config.get("output"):
             return auto_complete_model_config
-        session = ort.InferenceSession(_stub_model_path(), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(_stub_model_path(), providers=_providers())
         batched = config.get("max_batch_size", 0) > 0
         if not config.get("input"):
             for node in session.get_inputs():
