@@ -13,8 +13,9 @@ DATA := data/.fetched
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-demo: $(SETUP) $(STUBS) $(DATA)  ## start the stack on CPU, send the MNIST test split with injected stragglers, print a summary
-	$(PY) -m bench.demo
+DEMO_FLAGS ?=
+demo: $(SETUP) $(STUBS) $(DATA)  ## start the stack on CPU, send the MNIST test split with injected stragglers, print a summary (DEMO_FLAGS="--scheme collage --k 4" for Collage-CNN)
+	$(PY) -m bench.demo $(DEMO_FLAGS)
 
 test: $(SETUP) $(STUBS) $(DATA)  ## lint, type-check, then the test suite (unit, gRPC, integration with the real tritonserver)
 	$(MAKE) --no-print-directory lint
@@ -41,8 +42,9 @@ $(DATA): $(SETUP)
 	$(PY) -m export.fetch_data --out data
 	touch $@
 
-models: $(SETUP) $(DATA)  ## retrain every model on CPU and export to model_repository/ (about 25 min)
+models: $(SETUP) $(DATA)  ## retrain every model on CPU and export to model_repository/ (about 25 min, then the collage models)
 	$(PY) -m export.train_all --profile cpu --out model_repository
+	$(PY) -m export.collage --dataset mnist --s 2,3 --out model_repository
 
 PACKAGES := coding frontend encoder_service decoder_service service_common triton_local bench export
 lint: $(SETUP) $(STUBS)  ## ruff lint, ruff format check, mypy over the packages

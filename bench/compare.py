@@ -9,6 +9,8 @@ and one frontend per scheme:
   replicate  every query to two of t0, t1 (+100% load): the upper bound on tail masking
   parm       ParM k=2: deployed model on t0, t1, parity model on t2 (+50% requests)
   parm_local the same ParM with --coding local: encode and decode inside the frontend, no hop
+  collage2/3 Collage-CNN s = 2, 3: deployed model on t0, t1, collage model on t2 (+25% / +11%);
+             on request (--schemes), as they need model_repository/<dataset>_collage_s<s>
   approxifer ApproxIFER K=2, S=1: N=3 Berrut-coded queries on the deployed model, t0..t2 (+50%);
              every answer is decoded (approximate), no parity model to train
   direct     the load generator straight to Triton t0, no frontend: the floor
@@ -46,13 +48,16 @@ from bench.load import Record, Sender, frontend_sender, run_load, triton_sender
 from bench.netns import WorkerNetwork, unavailable
 from bench.report import Summary, markdown_table, summarize
 from bench.stack import REPO_ROOT, FrontendSpec, Stack
-from coding import spec
+from coding import collage, spec
 from export.datasets import load
 
 log = logging.getLogger("bench.compare")
 
-SCHEMES = ("direct", "none", "equal", "hedge2", "hedge3", "replicate", "parm", "approxifer", "parm_local")
-CODED = ("parm", "approxifer", "parm_local")
+DEFAULT_SCHEMES = ("direct", "none", "equal", "hedge2", "hedge3", "replicate", "parm", "approxifer", "parm_local")
+# Collage-CNN s = 2, 3 (collage model on t2): on request, as they need the trained collage models.
+COLLAGE_SCHEMES = {"collage2": 2, "collage3": 3}
+SCHEMES = (*DEFAULT_SCHEMES, *COLLAGE_SCHEMES)
+CODED = ("parm", "approxifer", "parm_local", *COLLAGE_SCHEMES)
 
 
 @dataclass(frozen=True)
@@ -108,10 +113,22 @@ def frontend_specs(
         "replicate": FrontendSpec(["--route", f"{model}=replicate", *common], tritons=(0, 1)),
         "parm": FrontendSpec(["--route", *coded, *common], tritons=(0, 1), parity_tritons=(2,)),
         "approxifer": FrontendSpec(["--route", *berrut, *common], tritons=(0, 1, 2)),
+        **{
+            name: FrontendSpec(
+                ["--route", f"{model}=collage:s={side}", *timeouts, "--coding", coding, *common],
+                tritons=(0, 1),
+                parity_tritons=(2,),
+            )
+            for name, side in COLLAGE_SCHEMES.items()
+        },
         "parm_local": FrontendSpec(
             ["--route", *coded, "--coding", "local", *common], tritons=(0, 1), parity_tritons=(2,)
         ),
     }
+
+
+def collage_models(dataset: str, schemes: list[str]) -> list[str]:
+    return [collage.collage_model_name(dataset, side) for name, side in COLLAGE_SCHEMES.items() if name in schemes]
 
 
 def settled_triton_calls(stack: Stack, quiet_s: float = 0.3, limit_s: float = 10.0) -> int:
@@ -182,7 +199,7 @@ def run_all(args: argparse.Namespace) -> list[SchemeRun]:
         network = resources.enter_context(WorkerNetwork(3)) if args.netns else None
         stack = resources.enter_context(
             Stack(
-                [model, parity],
+                [model, parity, *collage_models(args.dataset, args.schemes)],
                 specs,
                 model_repository=args.model_repository,
                 triton_count=3,
@@ -305,7 +322,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=150.0, help="Poisson arrivals per second")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of load per scheme")
     p.add_argument("--profile", default="stalls", choices=sorted(PROFILES))
-    p.add_argument("--schemes", default=",".join(SCHEMES), help=f"comma-separated subset of {SCHEMES}")
+    p.add_argument("--schemes", default=",".join(DEFAULT_SCHEMES), help=f"comma-separated subset of {SCHEMES}")
     p.add_argument("--straggler-timeout-ms", type=float, default=STRAGGLER_TIMEOUT_MS, help="coded schemes' (cap)")
     p.add_argument("--fill-timeout-ms", type=float, default=FILL_TIMEOUT_MS, help="coded schemes' (cap)")
     p.add_argument("--straggler-quantile", type=float, default=0.95, help="coded schemes: adaptive deadline (0: fixed)")

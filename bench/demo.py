@@ -20,6 +20,7 @@ from bench.report import markdown_table, summarize
 from bench.stack import REPO_ROOT, Stack
 from coding import spec
 from export.datasets import load
+from frontend.config import parse_route
 
 log = logging.getLogger("bench.demo")
 
@@ -29,8 +30,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m bench.demo", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     p.add_argument("--dataset", default="mnist", choices=spec.DATASETS)
-    p.add_argument("--encoder", default="concat", choices=spec.PARM_ENCODERS)
-    p.add_argument("--k", type=int, default=2)
+    p.add_argument(
+        "--scheme", default="parm", choices=("parm", "collage"), help="the coded run's scheme (collage: s = sqrt(k))"
+    )
+    p.add_argument("--encoder", default="concat", choices=spec.PARM_ENCODERS, help="ParM's encoder")
+    p.add_argument("--k", type=int, default=2, help="queries per group (collage: 4 or 9)")
     p.add_argument("--queries", type=int, default=10000, help="how many test images to send (max 10000)")
     p.add_argument("--rate", type=float, default=200.0, help="Poisson arrival rate, queries per second")
     p.add_argument("--delay-share", type=float, default=0.05, help="share of deployed-model calls delayed")
@@ -73,11 +77,12 @@ def main() -> None:
     images, labels = load(args.dataset, "test")
     images = images[: args.queries, None].astype("float32") / 255.0
     deployed = spec.deployed_model_name(args.dataset)
-    parity = spec.parity_model_name(args.dataset, args.encoder, args.k)
-    frontends = {
-        "coded": _frontend_flags(args, f"{deployed}=parm:k={args.k},encoder={args.encoder}"),
-        "uncoded": _frontend_flags(args, f"{deployed}=none"),
-    }
+    encoder = f",encoder={args.encoder}" if args.scheme == "parm" else ""
+    route = f"{deployed}={args.scheme}:k={args.k}{encoder}"
+    coded_route = parse_route(route)
+    label = f"ParM {args.encoder} k={args.k}" if args.scheme == "parm" else f"Collage-CNN {coded_route.k} cells"
+    frontends = {"coded": _frontend_flags(args, route), "uncoded": _frontend_flags(args, f"{deployed}=none")}
+    parity = coded_route.parity_model
     with Stack([deployed, parity], frontends) as stack:
         log.info(
             "stack ready in %.1f s; sending %d queries at %.0f q/s to each frontend",
@@ -88,13 +93,7 @@ def main() -> None:
         summaries = []
         for name in ("uncoded", "coded"):
             records = asyncio.run(load_frontend(stack.address(name), deployed, images, args.rate, desc=name))
-            summaries.append(
-                summarize(
-                    f"{name} ({'ParM ' + args.encoder + f' k={args.k}' if name == 'coded' else 'none'})",
-                    records,
-                    labels,
-                )
-            )
+            summaries.append(summarize(f"{name} ({label if name == 'coded' else 'none'})", records, labels))
     print()
     print(
         f"{len(images)} {args.dataset} test queries per run at {args.rate:.0f} q/s (Poisson); faults on "

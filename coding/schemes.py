@@ -1,18 +1,21 @@
 """The registry of coding schemes: a name, k and parameters -> an object speaking :class:`coding.scheme.Scheme`.
 
 Each scheme lives in its own module beside its math (ParM in :mod:`coding.parm`, ApproxIFER in
-:mod:`coding.approxifer`); this module only builds them. The frontend, the encoder and the decoder all
-call :func:`get_scheme`, so the three agree on a code by its name. More schemes can be registered
-by a module named in ``--scheme-module`` / ``CODEDSERVE_SCHEME_MODULES`` (every service imports it at
-start-up and it calls :func:`register`): how the tests plug toy schemes into the real services.
+:mod:`coding.approxifer`, Collage-CNN in :mod:`coding.collage`); this module only builds them. The
+frontend, the encoder and the decoder all call :func:`get_scheme`, so the three agree on a code by its
+name. More schemes can be registered by a module named in ``--scheme-module`` /
+``CODEDSERVE_SCHEME_MODULES`` (every service imports it at start-up and it calls :func:`register`): how
+the tests plug toy schemes into the real services.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Iterable, Mapping
 
 from coding.approxifer import ApproxiferScheme
+from coding.collage import CollageScheme
 from coding.errors import CodingError
 from coding.parm import ParmScheme
 from coding.scheme import Scheme
@@ -45,6 +48,15 @@ def _parm(k: int, params: Mapping[str, str]) -> ParmScheme:
     return ParmScheme(encoder=params.get("encoder", "add"), k=k, parity_model=params.get("parity_model", ""))
 
 
+def _collage(k: int, params: Mapping[str, str]) -> CollageScheme:
+    """``s`` cells a side (k = s²); without ``s``, k must be a square."""
+    check_params("collage", params, ("s", "collage_model"))
+    s = int_param(params, "s") if "s" in params else math.isqrt(k)
+    if "s" not in params and s * s != k:
+        raise CodingError(f"collage needs s (2 or 3) or a square k = s², got k={k}")
+    return CollageScheme(s, collage_model=params.get("collage_model", ""))
+
+
 def _approxifer(k: int, params: Mapping[str, str]) -> ApproxiferScheme:
     check_params("approxifer", params, ("n", "s", "a", "systematic"))
     n = int_param(params, "n") if "n" in params else None
@@ -53,7 +65,7 @@ def _approxifer(k: int, params: Mapping[str, str]) -> ApproxiferScheme:
     return ApproxiferScheme(k=k, n=n, s=s, a=a, systematic=bool_param(params, "systematic"))
 
 
-_BUILDERS: dict[str, Builder] = {"parm": _parm, "approxifer": _approxifer}
+_BUILDERS: dict[str, Builder] = {"parm": _parm, "approxifer": _approxifer, "collage": _collage}
 
 
 def register(name: str, builder: Builder) -> None:

@@ -29,7 +29,7 @@ def _cpu_name() -> str:
 
 @dataclass(frozen=True)
 class RunInfo:
-    """Facts shared by every model one ``train_all`` run makes."""
+    """Facts shared by every model one training run (``train_all``, ``collage``) makes."""
 
     command: str
     profile: str
@@ -39,11 +39,13 @@ class RunInfo:
     versions: dict[str, str]
 
     @classmethod
-    def current(cls, profile: str, device: torch.device, argv: list[str] | None = None) -> RunInfo:
+    def current(
+        cls, profile: str, device: torch.device, argv: list[str] | None = None, module: str = "export.train_all"
+    ) -> RunInfo:
         args = sys.argv[1:] if argv is None else argv
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
         return cls(
-            command=shlex.join(["python", "-m", "export.train_all", *args]),
+            command=shlex.join(["python", "-m", module, *args]),
             profile=profile,
             device=device.type,
             device_name=name,

@@ -112,15 +112,22 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_model(model: nn.Module, name: str, repository: Path, check_batch: np.ndarray) -> dict:
+def write_model(
+    model: nn.Module,
+    name: str,
+    repository: Path,
+    check_batch: np.ndarray,
+    output_dims: tuple[int, ...] = (NUM_CLASSES,),
+) -> dict:
     """Export ``model`` as ``<repository>/<name>/1/model.onnx`` with its configs; return the file's facts."""
     model_dir = repository / name
     onnx_path = model_dir / "1" / "model.onnx"
     export_onnx(model, onnx_path)
     max_diff = check_onnx(model, onnx_path, check_batch)
-    (model_dir / "config.pbtxt").write_text(config_text(name))
+    (model_dir / "config.pbtxt").write_text(config_text(name, output_dims=output_dims))
     (model_dir / "configs").mkdir(exist_ok=True)
-    (model_dir / "configs" / f"{GPU_CONFIG_NAME}.pbtxt").write_text(config_text(name, kind="KIND_GPU"))
+    gpu_config = config_text(name, kind="KIND_GPU", output_dims=output_dims)
+    (model_dir / "configs" / f"{GPU_CONFIG_NAME}.pbtxt").write_text(gpu_config)
     return {
         "path": str(onnx_path.relative_to(repository)),
         "sha256": sha256_file(onnx_path),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from coding.errors import CodingError
-from coding.scheme import Scheme, Uncoded
+from coding.scheme import Scheme, Uncoded, group_size
 from coding.schemes import get_scheme
 from frontend.deadlines import DeadlinePolicy
 
@@ -85,7 +85,8 @@ def parse_route(text: str) -> Route:
         code = get_scheme(scheme, k, params)  # validates scheme, k and params now, not at the first query
     except (CodingError, ValueError) as exc:
         raise ValueError(f"route {text!r}: {exc}") from exc
-    return Route(model, scheme, k, tuple(sorted(params.items())), code=code)
+    # k is the queries per group, whatever the scheme was told (collage: s² from its s).
+    return Route(model, scheme, group_size(code), tuple(sorted(params.items())), code=code)
 
 
 def _baseline_dispatch(scheme: str, params: dict[str, str]) -> Dispatch:

@@ -40,7 +40,7 @@ def test_compare_runs_every_scheme_and_its_counts_are_consistent(tmp_path):
         ]
     )
     by = {r.summary.name: r for r in runs}
-    assert list(by) == list(compare.SCHEMES)
+    assert list(by) == list(compare.DEFAULT_SCHEMES)
     for run in runs:
         s = run.summary
         assert s.queries == 120, s.name
@@ -59,7 +59,7 @@ def test_compare_runs_every_scheme_and_its_counts_are_consistent(tmp_path):
     assert by["approxifer"].summary.reconstructed == by["approxifer"].summary.answered  # every answer decoded
     assert all(by[n].summary.reconstructed == 0 for n in by if n not in compare.CODED)
     report = json.loads((tmp_path / "out" / "smoke.json").read_text())
-    assert [r["name"] for r in report["runs"]] == list(compare.SCHEMES)
+    assert [r["name"] for r in report["runs"]] == list(compare.DEFAULT_SCHEMES)
     for name in ("smoke.md", "smoke-tail.png", "smoke-gap.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
 

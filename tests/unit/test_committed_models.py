@@ -34,7 +34,8 @@ def test_splits():
 def test_file_hash_and_config_match_the_manifest(name):
     entry = MANIFEST[name]
     assert hashlib.sha256((REPO / entry["onnx"]["path"]).read_bytes()).hexdigest() == entry["onnx"]["sha256"]
-    assert (REPO / name / "config.pbtxt").read_text() == config_text(name)
+    output_dims = (entry["k"], 10) if entry["role"] == "collage" else (10,)
+    assert (REPO / name / "config.pbtxt").read_text() == config_text(name, output_dims=output_dims)
 
 
 @pytest.mark.parametrize("name", sorted(n for n, e in MANIFEST.items() if e["role"] == "deployed"))
@@ -62,3 +63,17 @@ def test_degraded_accuracy_is_reproduced_by_the_serving_encoder_and_decoder(name
             hits += scheme.decode(deployed[g], present, p[None]).argmax() == labels[g[j]]
     accuracy = hits / groups.size
     assert accuracy == pytest.approx(entry["metrics"]["degraded_accuracy"], abs=0.01)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, e in MANIFEST.items() if e["role"] == "collage"))
+def test_collage_cell_accuracy_is_reproduced_by_the_serving_encoder(name, test_splits):
+    """One random partition of the test split into collages, tiled by coding.collage (numpy)."""
+    entry = MANIFEST[name]
+    k, dataset = entry["k"], entry["dataset"]
+    images, labels = test_splits[dataset]
+    x = images[:, None].astype(np.float32) / 255.0
+    groups = np.random.default_rng(0).permutation(len(x))[: len(x) // k * k].reshape(-1, k)
+    scheme = get_scheme("collage", k)
+    cells = _run(name, np.concatenate([scheme.coded_inputs(x[g]) for g in groups]))  # (G, k, classes)
+    accuracy = (cells.argmax(-1) == labels[groups]).mean()
+    assert accuracy == pytest.approx(entry["metrics"]["cell_accuracy"], abs=0.01)

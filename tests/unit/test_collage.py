@@ -1,0 +1,99 @@
+"""Collage-CNN: the tiling (numpy and torch alike, cells round-trip to their source images at the documented
+resolution, partial groups), the decoder's cell selection, the route, and the collage model's ONNX output."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from coding import collage
+from coding.errors import CodingError
+from coding.scheme import Arrivals
+from frontend.actions import Encode
+from frontend.config import parse_route
+from frontend.groups import CodingGroup
+from frontend.placement import Placer
+
+RNG = np.random.default_rng(0)
+
+
+def _images(n: int) -> np.ndarray:
+    return RNG.random((n, 1, 28, 28), dtype=np.float32)
+
+
+def test_the_area_resize_averages_what_each_pixel_covers():
+    np.testing.assert_allclose(collage.area_matrix(28, 9).sum(1), 1.0, rtol=1e-6)
+    x = _images(1)[0, 0]
+    two = collage.area_matrix(28, 14) @ x @ collage.area_matrix(28, 14).T
+    np.testing.assert_allclose(two, x.reshape(14, 2, 14, 2).mean((1, 3)), rtol=1e-5, atol=1e-6)  # 2x2 pooling
+
+
+@pytest.mark.parametrize("s", collage.SIDES)
+def test_each_cell_holds_its_query_resized_to_a_tile_row_major(s):
+    group = _images(s * s)
+    tiled = collage.tile(group, s)
+    t = 28 // s
+    assert tiled.shape == (1, 28, 28)
+    for j in range(s * s):
+        np.testing.assert_allclose(collage.cell(tiled, s, j), collage.resized(group[j], s), rtol=1e-5, atol=1e-6)
+        r, c = divmod(j, s)
+        np.testing.assert_array_equal(tiled[:, r * t : (r + 1) * t, c * t : (c + 1) * t], collage.cell(tiled, s, j))
+    assert not tiled[:, s * t :, :].any() and not tiled[:, :, s * t :].any()  # 28 - 3 * 9 = 1 px left at 0
+
+
+@pytest.mark.parametrize("s", collage.SIDES)
+def test_training_and_serving_tile_alike(s):
+    groups = _images(2 * s * s).reshape(2, s * s, 1, 28, 28)
+    np.testing.assert_allclose(
+        collage.tile(torch.from_numpy(groups), s).numpy(), collage.tile(groups, s), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_a_partial_group_fills_its_empty_cells_with_its_own_queries():
+    scheme = collage.CollageScheme(2)
+    group = CodingGroup(0, scheme, scheme.models("mnist_cnn"), Placer({"mnist_cnn": (0, 1), "mnist_collage_s2": (2,)}))
+    for x in _images(3):
+        group.add(x, 1.0, None)
+    (encode,) = [a for a in group.seal() if isinstance(a, Encode)]
+    coded = scheme.coded_inputs(encode.inputs)
+    np.testing.assert_array_equal(collage.cell(coded[0], 2, 3), collage.cell(coded[0], 2, 0))  # cell 3 = query 0
+
+
+def test_the_decoder_reads_a_missing_query_off_its_own_cell():
+    scheme = collage.CollageScheme(2)
+    cells = np.arange(40, dtype=np.float32).reshape(4, 10)
+    own = np.full(10, -1.0, np.float32)
+    rebuilt, faulty = scheme.decode_slots([own, None, None, own], [cells])
+    np.testing.assert_array_equal(rebuilt[1], cells[1])
+    np.testing.assert_array_equal(rebuilt[2], cells[2])
+    np.testing.assert_array_equal(rebuilt[0], own)
+    assert faulty == []
+    assert scheme.recoverable(Arrivals((True, False, False, True), (True,), (0, 1, 2, 3))) == {1, 2}
+    assert scheme.recoverable(Arrivals((True, False, True, True), (False,), (0, 1, 2, 3))) == frozenset()
+    with pytest.raises(CodingError, match="4 cells"):
+        scheme.decode_slots([None, own, own, own], [cells[:3]])
+
+
+def test_a_collage_route_names_its_model_and_counts_s_squared_queries():
+    route = parse_route("mnist_cnn=collage:s=3")
+    assert route.k == 9 and route.models == {"deployed": "mnist_cnn", "collage": "mnist_collage_s3"}
+    assert route.code.coded_output_shape(0, (10,)) == (9, 10)
+    assert parse_route("m=collage:k=4").code.s == 2
+    for bad in ("m=collage:s=4", "m=collage:k=5"):
+        with pytest.raises(ValueError, match="collage"):
+            parse_route(bad)
+
+
+@pytest.mark.parametrize("s", collage.SIDES)
+def test_the_collage_models_onnx_output_matches_torch(tmp_path, s):
+    from export.collage import CollageNet
+    from export.onnx_export import check_onnx, export_onnx
+
+    model = CollageNet(s, mean=0.1, std=0.3).eval()
+    path = tmp_path / "model.onnx"
+    export_onnx(model, path)
+    batch = np.stack([collage.tile(_images(s * s), s) for _ in range(3)])
+    assert check_onnx(model, path, batch) < 1e-4
+    with torch.no_grad():
+        assert model(torch.from_numpy(batch)).shape == (3, s * s, 10)
