@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from service_common.channels import message_limits
 from service_common.server import wait_for_signal
 
 log = logging.getLogger("bench.floor_proxy")
@@ -43,10 +44,7 @@ class _Forward(grpc.GenericRpcHandler):
 
 
 async def serve(address: str, triton_url: str, max_message_bytes: int = 16 << 20) -> None:
-    options = [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-    ]
+    options = message_limits(max_message_bytes)
     channel = grpc.aio.insecure_channel(triton_url, options=options)
     server = grpc.aio.server(options=[*options, ("grpc.so_reuseport", 0)])
     server.add_generic_rpc_handlers((_Forward(channel),))

@@ -16,6 +16,7 @@ from coding.errors import CodingError
 from coding.scheme import Outputs
 from frontend.batching import Batcher
 from frontend.config import Route
+from service_common.channels import message_limits
 from service_common.errors import ServiceError
 from service_common.tensors import from_numpy, to_numpy
 
@@ -36,10 +37,7 @@ class CodingClients:
 
     def __init__(self, encoder_address: str, decoder_address: str, max_message_bytes: int) -> None:
         self._addresses = (encoder_address, decoder_address)
-        self._options = [
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ]
+        self._options = message_limits(max_message_bytes)
         self._channels: list[grpc.aio.Channel] = []
         self._encodes: Batcher[_Timed[pb.EncodeRequest], pb.EncodeResponse] = Batcher(
             self._encode_batch, 1, self.MAX_GROUPS

@@ -31,6 +31,7 @@ from frontend.app import FrontendApp
 from frontend.coordinator import ModelServer, QueryAnswer
 from frontend.injection import Fault
 from frontend.servicer import answer_concurrently, message_status, query_timeout_s, request_fault
+from service_common.channels import message_limits
 from service_common.errors import DeadlineExceeded, InvalidArgument, NotFound, ServiceError, Unavailable
 
 log = logging.getLogger(__name__)
@@ -74,11 +75,9 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, app: FrontendApp) -> None:
         self._app = app
         self._triton_url = app.config.triton_urls[0]
-        options = [
-            ("grpc.max_receive_message_length", app.config.max_message_bytes),
-            ("grpc.max_send_message_length", app.config.max_message_bytes),
-        ]
-        self._channel = grpc.aio.insecure_channel(self._triton_url, options=options)
+        self._channel = grpc.aio.insecure_channel(
+            self._triton_url, options=message_limits(app.config.max_message_bytes)
+        )
         self._triton = kpb_grpc.GRPCInferenceServiceStub(self._channel)
         self._infos: dict[str, ModelInfo] = {}
 

@@ -21,6 +21,7 @@ from tritonclient.utils import triton_to_np_dtype
 
 from frontend import metrics
 from frontend.batching import Batcher, row_batcher
+from service_common.channels import message_limits
 
 
 class WorkerError(Exception):
@@ -88,10 +89,7 @@ class TritonPool:
         self.urls = urls
         self.timeout_s = timeout_s
         self.batch_inflight = batch_inflight
-        self._options = [
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ]
+        self._options = message_limits(max_message_bytes)
         self._channels: list[grpc.aio.Channel] = []
         self._stubs: list[kpb_grpc.GRPCInferenceServiceStub] = []
         self._batchers: dict[tuple[int, str], Batcher[np.ndarray, np.ndarray]] = {}

@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from service_common.channels import message_limits
 from service_common.gc_tuning import freeze_startup_heap
 from service_common.interceptor import ErrorMappingInterceptor
 
@@ -49,10 +50,7 @@ async def start_server(
     serving: bool = True,
 ) -> Running:
     """Bind ``address`` (``host:0`` picks a free port), register services + health + reflection, start."""
-    options = [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-    ]
+    options = message_limits(max_message_bytes)
     server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()], options=options)
     for add in register:
         add(server)
