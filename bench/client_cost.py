@@ -19,10 +19,10 @@ import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import InferInput, InferRequestedOutput
-from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
 from coding import spec
+from frontend.workers import ModelSignature, infer_request, output_rows
 from triton_local.server import TritonConfig, TritonServer
 
 log = logging.getLogger("bench.client_cost")
@@ -41,20 +41,11 @@ def _tritonclient(client: triton_aio.InferenceServerClient, model: str) -> Call:
 
 
 def _raw(stub: kpb_grpc.GRPCInferenceServiceStub, model: str) -> Call:
+    """What the frontend's Triton pool sends (frontend.workers), without its batching."""
+    signature = ModelSignature(spec.INPUT_NAME, spec.OUTPUT_NAME, spec.IMAGE_SHAPE, np.dtype(np.float32))
+
     async def call(x: np.ndarray) -> np.ndarray:
-        request = kpb.ModelInferRequest(
-            model_name=model,
-            inputs=[
-                kpb.ModelInferRequest.InferInputTensor(
-                    name=spec.INPUT_NAME, datatype=spec.TRITON_INPUT_DTYPE, shape=x.shape
-                )
-            ],
-            outputs=[kpb.ModelInferRequest.InferRequestedOutputTensor(name=spec.OUTPUT_NAME)],
-            raw_input_contents=[x.tobytes()],
-        )
-        response = await stub.ModelInfer(request, timeout=30.0)
-        out = np.frombuffer(response.raw_output_contents[0], dtype=np.float32)
-        return out.reshape(tuple(response.outputs[0].shape))
+        return output_rows(await stub.ModelInfer(infer_request(model, x, signature), timeout=30.0), signature)
 
     return call
 

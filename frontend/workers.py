@@ -139,21 +139,31 @@ class TritonPool:
         return await batcher.submit(batch)
 
     async def _model_infer(self, instance: int, model: str, rows: np.ndarray, signature: ModelSignature) -> np.ndarray:
-        request = kpb.ModelInferRequest(
-            model_name=model,
-            inputs=[
-                kpb.ModelInferRequest.InferInputTensor(
-                    name=signature.input_name, datatype=signature.input_datatype, shape=rows.shape
-                )
-            ],
-            outputs=[kpb.ModelInferRequest.InferRequestedOutputTensor(name=signature.output_name)],
-            raw_input_contents=[np.ascontiguousarray(rows, dtype=signature.dtype).tobytes()],
-        )
         try:
-            response = await self._stubs[instance].ModelInfer(request, timeout=self.timeout_s)
+            response = await self._stubs[instance].ModelInfer(
+                infer_request(model, rows, signature), timeout=self.timeout_s
+            )
         except grpc.aio.AioRpcError as exc:
             raise WorkerError(f"{model} at {self.urls[instance]}: {exc.code().name}: {exc.details()}") from exc
         if not response.raw_output_contents:
             raise WorkerError(f"{model}: Triton returned no {signature.output_name!r} output")
-        output = np.frombuffer(response.raw_output_contents[0], dtype=signature.output_dtype)
-        return output.reshape(tuple(response.outputs[0].shape))
+        return output_rows(response, signature)
+
+
+def infer_request(model: str, rows: np.ndarray, signature: ModelSignature) -> kpb.ModelInferRequest:
+    """A ModelInfer of ``rows`` as raw little-endian bytes, asking for the signature's one output."""
+    return kpb.ModelInferRequest(
+        model_name=model,
+        inputs=[
+            kpb.ModelInferRequest.InferInputTensor(
+                name=signature.input_name, datatype=signature.input_datatype, shape=rows.shape
+            )
+        ],
+        outputs=[kpb.ModelInferRequest.InferRequestedOutputTensor(name=signature.output_name)],
+        raw_input_contents=[np.ascontiguousarray(rows, dtype=signature.dtype).tobytes()],
+    )
+
+
+def output_rows(response: kpb.ModelInferResponse, signature: ModelSignature) -> np.ndarray:
+    output = np.frombuffer(response.raw_output_contents[0], dtype=signature.output_dtype)
+    return output.reshape(tuple(response.outputs[0].shape))
