@@ -98,18 +98,20 @@ class CodingClients:
             raise CodingServiceError(f"{service} at {self._addresses[i]} answered garbage: {exc}") from exc
 
     async def _encode_batch(self, items: list[_Timed[pb.EncodeRequest]]) -> list[pb.EncodeResponse]:
-        timeout = max(item.timeout_s for item in items)
-        if len(items) == 1:
-            return [await self._encoder.Encode(items[0].request, timeout=timeout)]
-        batch = pb.EncodeBatchRequest(requests=[item.request for item in items])
-        return list((await self._encoder.EncodeBatch(batch, timeout=timeout)).responses)
+        return await _send(items, self._encoder.Encode, self._encoder.EncodeBatch, pb.EncodeBatchRequest)
 
     async def _decode_batch(self, items: list[_Timed[pb.DecodeRequest]]) -> list[pb.DecodeResponse]:
-        timeout = max(item.timeout_s for item in items)
-        if len(items) == 1:
-            return [await self._decoder.Decode(items[0].request, timeout=timeout)]
-        batch = pb.DecodeBatchRequest(requests=[item.request for item in items])
-        return list((await self._decoder.DecodeBatch(batch, timeout=timeout)).responses)
+        return await _send(items, self._decoder.Decode, self._decoder.DecodeBatch, pb.DecodeBatchRequest)
+
+
+async def _send(items: list[_Timed[Any]], unary: Any, batch: Any, batch_request: Any) -> list[Any]:
+    """One call for ``items``: the unary RPC for one (what an older service also serves), else the batch RPC;
+    its timeout is the longest time left among them."""
+    timeout = max(item.timeout_s for item in items)
+    if len(items) == 1:
+        return [await unary(items[0].request, timeout=timeout)]
+    reply = await batch(batch_request(requests=[item.request for item in items]), timeout=timeout)
+    return list(reply.responses)
 
 
 @dataclass(frozen=True)
