@@ -11,6 +11,8 @@ and one frontend per scheme:
   parm_local the same ParM with --coding local: encode and decode inside the frontend, no hop
   collage2/3 Collage-CNN s = 2, 3: deployed model on t0, t1, collage model on t2 (+25% / +11%);
              on request (--schemes), as they need model_repository/<dataset>_collage_s<s>
+  collage2_resend  collage2 with Collage's fallback: a query neither answered nor rebuildable after
+             --resend-after-ms is sent once more, to the other deployed instance
   approxifer ApproxIFER K=2, S=1: N=3 Berrut-coded queries on the deployed model, t0..t2 (+50%);
              every answer is decoded (approximate), no parity model to train
   direct     the load generator straight to Triton t0, no frontend: the floor
@@ -55,7 +57,7 @@ log = logging.getLogger("bench.compare")
 
 DEFAULT_SCHEMES = ("direct", "none", "equal", "hedge2", "hedge3", "replicate", "parm", "approxifer", "parm_local")
 # Collage-CNN s = 2, 3 (collage model on t2): on request, as they need the trained collage models.
-COLLAGE_SCHEMES = {"collage2": 2, "collage3": 3}
+COLLAGE_SCHEMES = {"collage2": 2, "collage3": 3, "collage2_resend": 2}
 SCHEMES = (*DEFAULT_SCHEMES, *COLLAGE_SCHEMES)
 CODED = ("parm", "approxifer", "parm_local", *COLLAGE_SCHEMES)
 
@@ -78,6 +80,9 @@ class SchemeRun:
 
 STRAGGLER_TIMEOUT_MS = 8.0
 FILL_TIMEOUT_MS = 5.0
+# Collage's fallback deadline: just above the top of its published service time's main mode (275 ms),
+# so a resend goes out only for a query whose own call and collage are both in the straggler mode.
+RESEND_AFTER_MS = 300.0
 
 
 def frontend_specs(
@@ -92,6 +97,7 @@ def frontend_specs(
     adaptive_fill: bool = False,
     coding: str = "services",
     batch_inflight: int = 1,
+    resend_after_ms: float = RESEND_AFTER_MS,
     profile: str = "none",
 ) -> dict[str, FrontendSpec]:
     """One frontend per scheme, as the comparison runs them (``profile``: its frontend-applied flags).
@@ -115,7 +121,8 @@ def frontend_specs(
         "approxifer": FrontendSpec(["--route", *berrut, *common], tritons=(0, 1, 2)),
         **{
             name: FrontendSpec(
-                ["--route", f"{model}=collage:s={side}", *timeouts, "--coding", coding, *common],
+                ["--route", f"{model}=collage:s={side}", *timeouts, "--coding", coding, *common]
+                + (["--resend-after-ms", str(resend_after_ms)] if name.endswith("_resend") else []),
                 tritons=(0, 1),
                 parity_tritons=(2,),
             )
@@ -128,7 +135,8 @@ def frontend_specs(
 
 
 def collage_models(dataset: str, schemes: list[str]) -> list[str]:
-    return [collage.collage_model_name(dataset, side) for name, side in COLLAGE_SCHEMES.items() if name in schemes]
+    wanted = {side for name, side in COLLAGE_SCHEMES.items() if name in schemes}
+    return [collage.collage_model_name(dataset, side) for side in sorted(wanted)]
 
 
 def settled_triton_calls(stack: Stack, quiet_s: float = 0.3, limit_s: float = 10.0) -> int:
@@ -191,6 +199,7 @@ def run_all(args: argparse.Namespace) -> list[SchemeRun]:
         adaptive_fill=args.adaptive_fill,
         coding=args.coding,
         batch_inflight=args.batch_inflight,
+        resend_after_ms=args.resend_after_ms,
         profile=args.profile,
     )
     specs = {name: s for name, s in all_specs.items() if name in args.schemes}
@@ -329,6 +338,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--adaptive-fill", action="store_true", help="coded schemes: adaptive fill timeout")
     p.add_argument("--coding", choices=("services", "local"), default="services", help="parm and approxifer")
     p.add_argument("--batch-inflight", type=int, default=1, help="every frontend's calls in flight per instance")
+    p.add_argument(
+        "--resend-after-ms",
+        type=float,
+        default=RESEND_AFTER_MS,
+        help="collage2_resend: Collage's fallback deadline (a query neither answered nor rebuildable is resent)",
+    )
     p.add_argument(
         "--rounds",
         type=int,

@@ -8,7 +8,14 @@ model's augmentation) against the true labels, keeping the epoch with the best p
 accuracy; it is exported to ONNX with its Triton config (output dims ``[s², classes]``), checked against
 torch, and recorded in the manifest with its per-cell test accuracy next to the deployed model's.
 
+Two variants, measured and not served (``--evaluate-only`` prints their per-cell test accuracy):
+``--layout full`` tiles the queries at full resolution into an s·H x s·W collage (what the published
+code does at 416 px, here without any resize), and ``--soft-weight W`` trains against
+(1 − W) · true labels + W · the deployed model's softmax (its soft labels, computed once on the
+unshifted training images by the exported deployed model).
+
     python -m export.collage --dataset mnist --s 2,3 --epochs 6 --out model_repository
+    python -m export.collage --dataset mnist --s 2 --epochs 3 --layout full --evaluate-only
 """
 
 from __future__ import annotations
@@ -19,29 +26,36 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from coding import collage
-from coding.spec import IMAGE_SHAPE, NUM_CLASSES, deployed_model_name
+from coding.spec import IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, deployed_model_name
 from export import train
 from export.manifest import RunInfo, model_entry, update_manifest
-from export.onnx_export import write_model
+from export.onnx_export import onnx_providers, write_model
 from export.train import TrainConfig
 
 log = logging.getLogger("export.collage")
 
+LAYOUTS = ("resized", "full")  # served: resized (coding.collage.tile); full: an experiment
+
 
 class CollageNet(nn.Module):
-    """``(B, 1, H, W)`` collages -> ``(B, s², classes)`` logits, one shared CNN per cell (t = H // s pixels)."""
+    """``(B, 1, s t, s t)`` collages -> ``(B, s², classes)`` logits, one shared CNN per t-pixel cell
+    (t = H // s for the served, resized layout; t = H for the full-resolution one)."""
 
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, s: int, mean: float = 0.0, std: float = 1.0, width: int = 64, hidden: int = 128) -> None:
+    def __init__(
+        self, s: int, mean: float = 0.0, std: float = 1.0, width: int = 64, hidden: int = 128, layout: str = "resized"
+    ) -> None:
         super().__init__()
-        self.s, self.t = s, collage.tile_side(IMAGE_SHAPE[1], s)
+        self.s, self.t = s, collage.tile_side(IMAGE_SHAPE[1], s) if layout == "resized" else IMAGE_SHAPE[1]
         self.register_buffer("mean", torch.tensor(float(mean)))
         self.register_buffer("std", torch.tensor(float(std)))
         c = IMAGE_SHAPE[0]
@@ -70,43 +84,72 @@ class CollageNet(nn.Module):
         return logits.reshape(-1, s * s, NUM_CLASSES)
 
 
-def collages(images: torch.Tensor, groups: torch.Tensor, s: int, shift: bool = False) -> torch.Tensor:
-    """Collages ``(G, 1, H, W)`` of coding groups ``(G, s²)`` of indices into uint8 ``images``."""
+def collages(
+    images: torch.Tensor, groups: torch.Tensor, s: int, shift: bool = False, layout: str = "resized"
+) -> torch.Tensor:
+    """Collages ``(G, 1, H, W)`` of coding groups ``(G, s²)`` of indices into uint8 ``images``
+    (``layout="full"``: ``(G, 1, s H, s W)``, the queries unresized)."""
     x = train.pixels(images[groups])  # (G, s², 1, H, W)
     if shift:
         x = train.random_shift(x.reshape(-1, *IMAGE_SHAPE)).reshape(x.shape)
-    return collage.tile(x, s)
+    if layout == "resized":
+        return collage.tile(x, s)
+    c, h, w = IMAGE_SHAPE
+    return x.reshape(-1, s, s, c, h, w).permute(0, 3, 1, 4, 2, 5).reshape(-1, c, s * h, s * w)
 
 
-def cell_accuracy(model: nn.Module, split: train.Split, s: int, rounds: int = 2, seed: int = 0) -> float:
+def cell_accuracy(
+    model: nn.Module, split: train.Split, s: int, rounds: int = 2, seed: int = 0, layout: str = "resized"
+) -> float:
     """Per-cell accuracy over ``rounds`` random partitions of ``split`` into collages of s² images."""
     gen = torch.Generator().manual_seed(seed)
     hits = total = 0
     for _ in range(rounds):
         groups = train.random_groups(len(split), s * s, split.images.device, gen)
-        logits = train.predict(model, (collages(split.images, g, s) for g in groups.split(1024)))
+        logits = train.predict(model, (collages(split.images, g, s, layout=layout) for g in groups.split(1024)))
         hits += int((logits.argmax(-1) == split.labels[groups]).sum().item())
         total += groups.numel()
     return hits / total
 
 
-def train_collage(data: train.Data, s: int, cfg: TrainConfig) -> train.Trained:
-    """Cross-entropy of every cell against its true label; best epoch by per-cell validation accuracy."""
+def soft_labels(repository: Path, dataset: str, images: torch.Tensor, batch: int = 4096) -> torch.Tensor:
+    """The exported deployed model's softmax ``(N, classes)`` on uint8 ``images`` (unshifted)."""
+    path = repository / deployed_model_name(dataset) / "1" / "model.onnx"
+    if not path.is_file():
+        raise FileNotFoundError(f"soft labels need the deployed model at {path}: run `make models` first")
+    session = ort.InferenceSession(str(path), providers=onnx_providers())
+    logits = [session.run(None, {INPUT_NAME: train.pixels(x).cpu().numpy()})[0] for x in images.split(batch)]
+    return torch.softmax(torch.from_numpy(np.concatenate(logits)), -1).to(images.device)
+
+
+def train_collage(
+    data: train.Data,
+    s: int,
+    cfg: TrainConfig,
+    layout: str = "resized",
+    soft: torch.Tensor | None = None,
+    soft_weight: float = 0.0,
+) -> train.Trained:
+    """Cross-entropy of every cell against its label — the true one, or mixed with ``soft_weight`` of the
+    deployed model's soft label ``soft[i]`` —; best epoch by per-cell validation accuracy."""
     tr, device = data.train, data.train.images.device
     sample = train.pixels(tr.images[:4096])
     torch.manual_seed(cfg.seed)
-    model = CollageNet(s, mean=sample.mean().item(), std=sample.std().item()).to(device)
+    model = CollageNet(s, mean=sample.mean().item(), std=sample.std().item(), layout=layout).to(device)
+    hard = F.one_hot(tr.labels, NUM_CLASSES).float()
+    targets = hard if soft is None or not soft_weight else (1 - soft_weight) * hard + soft_weight * soft
 
     def loss_fn(groups: torch.Tensor) -> torch.Tensor:
-        logits = model(collages(tr.images, groups, s, shift=cfg.augment))
-        return F.cross_entropy(logits.reshape(-1, NUM_CLASSES), tr.labels[groups].reshape(-1))
+        logits = model(collages(tr.images, groups, s, shift=cfg.augment, layout=layout))
+        return F.cross_entropy(logits.reshape(-1, NUM_CLASSES), targets[groups].reshape(-1, NUM_CLASSES))
 
     def batches() -> list[torch.Tensor]:
         return list(train.random_groups(len(tr), s * s, device).split(cfg.batch_size))
 
-    return train._fit(
-        model, cfg, batches, loss_fn, lambda: cell_accuracy(model, data.val, s, rounds=1), f"collage s={s}"
-    )
+    def validate() -> float:
+        return cell_accuracy(model, data.val, s, rounds=1, layout=layout)
+
+    return train._fit(model, cfg, batches, loss_fn, validate, f"collage s={s} {layout}")
 
 
 def _deployed_accuracy(repository: Path, dataset: str) -> float | None:
@@ -117,8 +160,11 @@ def _deployed_accuracy(repository: Path, dataset: str) -> float | None:
     return entry.get("metrics", {}).get("test_accuracy")
 
 
-def export_collage(data: train.Data, dataset: str, s: int, cfg: TrainConfig, out: Path, run: RunInfo) -> dict:
-    result = train_collage(data, s, cfg)
+def export_collage(
+    data: train.Data, dataset: str, s: int, cfg: TrainConfig, out: Path, run: RunInfo, soft_weight: float = 0.0
+) -> dict:
+    soft = soft_labels(out, dataset, data.train.images) if soft_weight else None
+    result = train_collage(data, s, cfg, soft=soft, soft_weight=soft_weight)
     name = collage.collage_model_name(dataset, s)
     check = collages(data.test.images, torch.arange(8 * s * s, device=data.test.images.device).view(8, -1), s)
     facts = write_model(result.model, name, out, check.cpu().numpy(), output_dims=(s * s, NUM_CLASSES))
@@ -135,6 +181,7 @@ def export_collage(data: train.Data, dataset: str, s: int, cfg: TrainConfig, out
     )
     training = {
         "config": cfg.as_dict(),
+        "soft_weight": soft_weight,
         "epochs": result.epochs,
         "best_epoch": result.best_epoch,
         "val_metric": result.val_metric,
@@ -154,6 +201,25 @@ def export_collage(data: train.Data, dataset: str, s: int, cfg: TrainConfig, out
     )
 
 
+def evaluate_variant(
+    data: train.Data, dataset: str, s: int, cfg: TrainConfig, repository: Path, layout: str, soft_weight: float
+) -> dict:
+    """Train one variant and measure it as export_collage does, without exporting it."""
+    soft = soft_labels(repository, dataset, data.train.images) if soft_weight else None
+    result = train_collage(data, s, cfg, layout=layout, soft=soft, soft_weight=soft_weight)
+    return {
+        "dataset": dataset,
+        "s": s,
+        "layout": layout,
+        "soft_weight": soft_weight,
+        "epochs": cfg.epochs,
+        "best_epoch": result.best_epoch,
+        "cell_accuracy": round(cell_accuracy(result.model, data.test, s, rounds=4, layout=layout), 4),
+        "collage_pixels": (s * (IMAGE_SHAPE[1] if layout == "full" else collage.tile_side(IMAGE_SHAPE[1], s))) ** 2,
+        "train_seconds": round(result.seconds, 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="python -m export.collage", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -164,6 +230,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="collages per step")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--limit", type=int, default=None, help="images per split (smoke tests)")
+    p.add_argument("--layout", choices=LAYOUTS, default="resized", help="full: an s·28-pixel collage (evaluate only)")
+    p.add_argument("--soft-weight", type=float, default=0.0, help="share of the deployed model's soft labels")
+    p.add_argument(
+        "--evaluate-only", action="store_true", help="train and print the per-cell test accuracy; export nothing"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--data", default="data")
     p.add_argument("--out", type=Path, default=Path("model_repository"))
@@ -173,10 +244,13 @@ def main(argv: list[str] | None = None) -> None:
     data = train.load_data(args.dataset, args.data, device, limit=args.limit)
     run = RunInfo.current(f"collage-e{args.epochs}", device, argv, module="export.collage")
     began = time.perf_counter()
-    entries = [
-        export_collage(data, args.dataset, int(s), TrainConfig(args.epochs, args.batch_size, lr=args.lr), args.out, run)
-        for s in args.s.split(",")
-    ]
+    cfg = TrainConfig(args.epochs, args.batch_size, lr=args.lr)
+    sides = [int(s) for s in args.s.split(",")]
+    if args.evaluate_only or args.layout != "resized":
+        for s in sides:
+            print(json.dumps(evaluate_variant(data, args.dataset, s, cfg, args.out, args.layout, args.soft_weight)))
+        return
+    entries = [export_collage(data, args.dataset, s, cfg, args.out, run, args.soft_weight) for s in sides]
     update_manifest(args.out, entries)
     log.info("exported %s in %.0f s", ", ".join(e["name"] for e in entries), time.perf_counter() - began)
 

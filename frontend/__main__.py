@@ -110,6 +110,13 @@ def _parser() -> argparse.ArgumentParser:
         help="the adaptive fill timeout never goes below this",
     )
     p.add_argument(
+        "--resend-after-ms",
+        type=float,
+        default=float(env("CODEDSERVE_RESEND_AFTER_MS", 0)) or None,
+        help="Collage-CNN's fallback: a query still missing its own answer after this, which its group "
+        "cannot rebuild yet, is sent once more to another instance (unset: off)",
+    )
+    p.add_argument(
         "--batch-inflight",
         type=int,
         default=int(env("CODEDSERVE_BATCH_INFLIGHT", 1)),
@@ -192,6 +199,7 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
                 fill_ms=args.fill_timeout_ms,
                 adaptive_fill=args.adaptive_fill,
                 fill_floor_ms=args.fill_floor_ms,
+                resend_ms=args.resend_after_ms,
             ),
             batch_inflight=args.batch_inflight,
             default_deadline_s=args.default_deadline_s,

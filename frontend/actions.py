@@ -25,6 +25,7 @@ class Infer:
     kind: str  # "data" | "coded"
     worker: int  # the scheme's worker number (see frontend.workers.CallInfo)
     annotation: Any = None
+    copy: int = 0  # 1: a resend of a call already out (frontend.groups.CodingGroup.resend_deadline)
 
 
 @dataclass(frozen=True, eq=False)

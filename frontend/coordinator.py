@@ -129,6 +129,9 @@ class ModelServer:
         group, query = self._admit(x, loop.time() + timeout_s, waiter, annotation)
         if group.coded:
             loop.call_later(self.deadlines.straggler_s(), self._on_straggler_deadline, group, query)
+            resend_s = self.deadlines.resend_s()
+            if resend_s is not None:
+                loop.call_later(resend_s, self._on_resend_deadline, group, query)
         try:
             async with asyncio.timeout(timeout_s):
                 answer = await waiter
@@ -183,6 +186,12 @@ class ModelServer:
     def _on_straggler_deadline(self, group: CodingGroup, query: Query) -> None:
         self._execute(group, group.straggler_deadline(query))
 
+    def _on_resend_deadline(self, group: CodingGroup, query: Query) -> None:
+        actions = group.resend_deadline(query)
+        if actions:
+            metrics.RESENDS.labels(self.route.model).inc(len(actions))
+        self._execute(group, actions)
+
     # ---- actions ----------------------------------------------------------------------------
 
     def _execute(self, group: CodingGroup, actions: Iterable[Action]) -> None:
@@ -204,7 +213,9 @@ class ModelServer:
 
     async def _infer(self, group: CodingGroup, action: Infer) -> None:
         model = self.models[action.role]
-        call = CallInfo(model, action.instance, action.kind, action.worker, 0, action.annotation, group.group_id)
+        call = CallInfo(
+            model, action.instance, action.kind, action.worker, action.copy, action.annotation, group.group_id
+        )
         start = time.perf_counter()
         try:
             out = await self._dispatcher.call(call, action.input[None], self.signatures[model])

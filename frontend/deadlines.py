@@ -9,6 +9,10 @@ Fixed (the default): ``--straggler-timeout-ms`` and ``--fill-timeout-ms``. Adapt
   before the straggler deadline (deadline - median encode - median coded call) and twice the time the
   arrival rate says k - 1 more queries take, clamped to [``--fill-floor-ms``, ``--fill-timeout-ms``]:
   a group waits for partners only while its parity can still come back in time.
+
+Optional, off by default: a second deadline, ``--resend-after-ms``, after which a query whose own
+output is still missing and which its group cannot rebuild yet is sent once more to another instance
+(Collage-CNN's fallback: its master resends a slow image only when the collage is slow too).
 """
 
 from __future__ import annotations
@@ -26,11 +30,14 @@ class DeadlinePolicy:
     fill_ms: float = 5.0  # the fixed fill timeout; adaptive, its cap
     adaptive_fill: bool = False
     fill_floor_ms: float = 0.5
+    resend_ms: float | None = None  # Collage's fallback: resend a query not rebuildable by then; None: off
 
     def __post_init__(self) -> None:
         for name in ("straggler_ms", "straggler_floor_ms", "fill_ms", "fill_floor_ms"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.resend_ms is not None and self.resend_ms <= 0:
+            raise ValueError(f"resend_ms must be positive (or unset: off), got {self.resend_ms}")
         if self.straggler_quantile is not None and not 0 < self.straggler_quantile < 1:
             raise ValueError(f"straggler_quantile must be in (0, 1), got {self.straggler_quantile}")
         if self.straggler_floor_ms > self.straggler_ms or self.fill_floor_ms > self.fill_ms:
@@ -62,6 +69,9 @@ class RouteDeadlines:
         if p.straggler_quantile is None:
             return p.straggler_ms / 1e3
         return min(p.straggler_ms / 1e3, max(p.straggler_floor_ms / 1e3, self._data.quantile(p.straggler_quantile)))
+
+    def resend_s(self) -> float | None:
+        return None if self.policy.resend_ms is None else self.policy.resend_ms / 1e3
 
     def fill_s(self) -> float:
         p = self.policy

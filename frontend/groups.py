@@ -45,6 +45,8 @@ class Call:
     faulty: tuple[int, ...] = ()
     decoding: bool = False
     decode_failed: bool = False
+    attempts: int = 0  # sends still out: a resent call fails only when every send has
+    resent: bool = False
 
 
 @dataclass(eq=False)
@@ -141,14 +143,18 @@ class CodingGroup:
         return self._decide()
 
     def arrived(self, handle: Call, output: np.ndarray) -> list[Action]:
-        if handle.output is not None or handle.failed:
+        handle.attempts -= 1
+        if handle.output is not None:  # the slower of a resent call's two sends
+            return [Discarded(handle.role)]
+        if handle.failed:
             return []
         handle.output = output
         late = handle.query is not None and handle.query.closed
         return ([Discarded(handle.role)] if late else []) + self._decide()
 
     def failed(self, handle: Call) -> list[Action]:
-        if handle.output is not None:
+        handle.attempts -= 1
+        if handle.output is not None or handle.attempts > 0:
             return []
         handle.failed = True
         return self._decide()
@@ -159,6 +165,21 @@ class CodingGroup:
             return []
         query.straggling = True
         return self._decide()
+
+    def resend_deadline(self, query: Query) -> list[Action]:
+        """Collage-CNN's fallback, at a second deadline: an own call of the query still out, which the
+        group cannot rebuild yet (its coded outputs are slow too), is sent once more, to another
+        instance. The first output of either send is the call's; the other is dropped."""
+        if query.closed:
+            return []
+        rebuildable = self.scheme.recoverable(self._arrivals()) if self.sealed and self._coded else frozenset()
+        actions: list[Action] = []
+        for call in query.calls:
+            waiting = call.output is None and call.rebuilt is None and call.attempts > 0
+            if waiting and not call.resent and not call.decoding and not set(call.slots) <= rebuildable:
+                call.resent = True
+                actions.append(self._send(call, query.input, avoid=call.instance))
+        return actions
 
     def decoded(self, handle: DecodeHandle, outputs: list[np.ndarray], faulty: list[int]) -> list[Action]:
         if len(outputs) != len(self._data):
@@ -201,12 +222,16 @@ class CodingGroup:
         self._data[slot] = call
         return [self._send(call, query.input)] if self.scheme.systematic else []
 
-    def _send(self, call: Call, x: np.ndarray) -> Infer:
-        instance = self._placer.place(self._models[call.role], self._used)
-        self._used[instance] += 1
-        call.instance = instance
+    def _send(self, call: Call, x: np.ndarray, avoid: int | None = None) -> Infer:
+        if avoid is None:
+            instance = self._placer.place(self._models[call.role], self._used)
+            self._used[instance] += 1
+            call.instance = instance
+        else:  # a resend: an extra copy, like a hedge, placed away from the first but not counted
+            instance = self._placer.place(self._models[call.role], {**self._used, avoid: len(self._calls()) + 1})
+        call.attempts += 1
         annotation = call.query.annotation if call.query is not None else None
-        return Infer(call, call.role, instance, x, call.kind, call.worker, annotation)
+        return Infer(call, call.role, instance, x, call.kind, call.worker, annotation, copy=int(avoid is not None))
 
     # ---- decisions ----------------------------------------------------------------------------
 

@@ -21,6 +21,9 @@ LATE_DISCARDED = Counter(
 DECODE_SECONDS = Histogram("codedserve_decode_seconds", "Decoder round trip", ["model"], buckets=_LATENCY_BUCKETS)
 GROUPS = Counter("codedserve_groups_total", "Coding groups sealed, by how they filled", ["model", "fill"])
 HEDGES = Counter("codedserve_hedged_calls_total", "Deployed calls that sent a hedge copy", ["model"])
+RESENDS = Counter(
+    "codedserve_resent_calls_total", "Own calls sent again at the resend deadline (Collage's fallback)", ["model"]
+)
 FAULTY_WORKERS = Counter("codedserve_faulty_workers_total", "Coded outputs judged Byzantine and dropped", ["model"])
 TRITON_BATCH_ROWS = Histogram(
     "codedserve_triton_batch_rows",

@@ -48,7 +48,7 @@ class CallInfo:
 
     ``kind`` is "data" or "coded"; ``worker`` the scheme's worker number (data slots 0..k-1 then coded
     slots, or coded slots only for a non-systematic code: :func:`coding.berrut.coded_nodes`); ``copy``
-    the copy of a replicated or hedged call (0 = the first); ``group`` its coding group's id (for logs and
+    the copy of a replicated, hedged or resent call (0 = the first); ``group`` its coding group's id (for logs and
     traces). ``annotation`` is the query's opaque tag, passed through untouched (only fault injection reads it).
     """
 

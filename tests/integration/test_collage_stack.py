@@ -1,7 +1,8 @@
 """Collage-CNN through the real stack: the committed mnist_cnn and mnist_collage_s2 on real tritonservers,
 the coding services, a frontend with ``mnist_cnn=collage:s=2``. A delayed query is answered from its own
 cell of the collage model's output — exactly the row onnxruntime computes for the same collage here — and
-the others with their own outputs."""
+the others with their own outputs. With Collage's fallback on and the collage slow too, the delayed
+query is resent to the other instance and answered with its own output instead."""
 
 from __future__ import annotations
 
@@ -39,12 +40,22 @@ FRONTEND = FrontendSpec(
     tritons=(0,),
     parity_tritons=(1,),
 )
+# Collage's fallback: the collage call (worker 4) is slow too, so a slow query is resent at 300 ms.
+RESEND = FrontendSpec(
+    flags=[*FRONTEND.flags, "--resend-after-ms", "300", "--inject-worker-faults", "4=delay=3000"],
+    tritons=(0, 1),
+    parity_tritons=(1,),
+)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     with Stack(
-        MODELS, {"collage": FRONTEND}, model_repository=REPO, triton_count=2, log_dir=tmp_path_factory.mktemp("logs")
+        MODELS,
+        {"collage": FRONTEND, "resend": RESEND},
+        model_repository=REPO,
+        triton_count=2,
+        log_dir=tmp_path_factory.mktemp("logs"),
     ) as running:
         yield running
 
@@ -83,3 +94,13 @@ def test_a_delayed_query_is_answered_from_its_collage_cell(stack):
         else:
             assert not reply.reconstructed
             np.testing.assert_allclose(reply.logits, own[i], rtol=1e-4, atol=1e-4)
+
+
+def test_with_the_collage_slow_too_a_delayed_query_is_resent_and_answered_by_its_own_model(stack):
+    images = _images()
+    replies = asyncio.run(_classify_group(stack.address("resend"), images, [None, None, "delay=3000", None]))
+    own = _onnx("mnist_cnn", images)
+    for i, (reply, _) in enumerate(replies):
+        assert not reply.reconstructed
+        np.testing.assert_allclose(reply.logits, own[i], rtol=1e-4, atol=1e-4)
+    assert 0.3 <= replies[2][1] < 2.0  # the resend's answer: after the resend deadline, long before 3 s

@@ -219,6 +219,46 @@ def test_one_input_answered_by_two_models_and_a_coded_model():
     assert [(o.role, o.reconstructed) for o in answer.outputs] == [("member0", False), ("member1", True)]
 
 
+def _collage_waiting():
+    """A 2x2 Collage-shaped group whose query 1 and whose collage are both still out."""
+    d = Driver(TileScheme(4), instances=3).add(4).seal()
+    d.do(d.group.encoded(np.zeros((1, 4, 2, 2), np.float32)))
+    for i in (0, 2, 3):
+        d.group.arrived(d.data(i), _out(i))
+    return d
+
+
+def test_the_resend_deadline_sends_a_query_the_group_cannot_rebuild_once_more_elsewhere():
+    d = _collage_waiting()
+    first = d.infers("data")[1]
+    (resend,) = d.do(d.group.resend_deadline(d.queries[1]))
+    assert isinstance(resend, Infer) and resend.handle is first.handle and resend.instance != first.instance
+    assert d.group.resend_deadline(d.queries[1]) == []  # once
+    (answer,) = d.group.arrived(resend.handle, _out(7))  # the resend's output answers, own and not rebuilt
+    assert answer.ticket == 1 and not answer.outputs[0].reconstructed
+    assert [type(a) for a in d.group.arrived(first.handle, _out(1))] == [Discarded]  # never twice
+
+
+def test_no_resend_once_the_group_can_rebuild_the_query():
+    d = _collage_waiting()
+    d.group.arrived(d.coded(), np.zeros((4, 3), np.float32))
+    assert d.group.resend_deadline(d.queries[1]) == []
+
+
+def test_a_resent_call_fails_only_when_both_sends_have():
+    d = _collage_waiting()
+    (resend,) = d.group.resend_deadline(d.queries[1])
+    assert d.group.failed(resend.handle) == []  # the first send is still out
+    (answer,) = d.group.arrived(d.data(1), _out(1))
+    assert answer.ticket == 1
+    d = _collage_waiting()
+    (resend,) = d.group.resend_deadline(d.queries[1])
+    d.group.failed(resend.handle)
+    d.group.failed(d.data(1))
+    (decode,) = d.group.arrived(d.coded(), np.zeros((4, 3), np.float32))  # both lost: rebuilt from the collage
+    assert isinstance(decode, Decode)
+
+
 def test_slots_of_a_group_never_share_an_instance_while_enough_exist():
     placer = Placer({"m": (0, 1, 2), "p": (3,)})
     for _ in range(5):

@@ -1,5 +1,5 @@
 """Property test of coding groups (hypothesis): whatever the scheme, the number of instances, the order in
-which outputs, failures, straggler deadlines, encodes and decodes happen, and whether clients give up,
+which outputs, failures, straggler and resend deadlines, encodes and decodes happen, and whether clients give up,
 
 - no two calls of a group share an instance while enough instances exist (else they spread evenly);
 - every query is closed at most once, and exactly once when every call eventually answers or fails;
@@ -58,6 +58,8 @@ class Simulation:
             query, actions = self.group.add(np.full((1, 4, 4), i, np.float32), 1.0, i)
             self.queries.append(query)
             self.pending.append(("straggler", query))
+            if self.data.draw(st.booleans(), label="a resend deadline (Collage's fallback)"):
+                self.pending.append(("resend", query))
             if self.data.draw(st.booleans(), label="client gives up"):
                 self.pending.append(("close", query))
             self._take(actions)
@@ -75,6 +77,8 @@ class Simulation:
             return group.seal()
         if kind == "straggler":
             return group.straggler_deadline(subject)
+        if kind == "resend":
+            return group.resend_deadline(subject)
         if kind == "close":
             group.close(subject)
             return []
