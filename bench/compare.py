@@ -13,6 +13,9 @@ and one frontend per scheme:
              on request (--schemes), as they need model_repository/<dataset>_collage_s<s>
   collage2_resend  collage2 with Collage's fallback: a query neither answered nor rebuildable after
              --resend-after-ms is sent once more, to the other deployed instance
+  coin_*     COIN's set <dataset>_coin (on request): every query answered by members m0, m1 on t0, t1;
+             coin = the Fisher-averaged coded model on t2 (+50%), against the same set uncoded
+             (coin_none), hedged over t0, t1 or t0..t2 (coin_hedge2/3), replicated (coin_replicate)
   approxifer ApproxIFER K=2, S=1: N=3 Berrut-coded queries on the deployed model, t0..t2 (+50%);
              every answer is decoded (approximate), no parity model to train
   direct     the load generator straight to Triton t0, no frontend: the floor
@@ -50,7 +53,7 @@ from bench.load import Record, Sender, frontend_sender, run_load, triton_sender
 from bench.netns import WorkerNetwork, unavailable
 from bench.report import Summary, markdown_table, summarize
 from bench.stack import REPO_ROOT, FrontendSpec, Stack
-from coding import collage, spec
+from coding import coin, collage, spec
 from export.datasets import load
 
 log = logging.getLogger("bench.compare")
@@ -58,8 +61,10 @@ log = logging.getLogger("bench.compare")
 DEFAULT_SCHEMES = ("direct", "none", "equal", "hedge2", "hedge3", "replicate", "parm", "approxifer", "parm_local")
 # Collage-CNN s = 2, 3 (collage model on t2): on request, as they need the trained collage models.
 COLLAGE_SCHEMES = {"collage2": 2, "collage3": 3, "collage2_resend": 2}
-SCHEMES = (*DEFAULT_SCHEMES, *COLLAGE_SCHEMES)
-CODED = ("parm", "approxifer", "parm_local", *COLLAGE_SCHEMES)
+# COIN's set of two members (and its coded model on t2), against the same set served uncoded.
+COIN_SCHEMES = ("coin", "coin_none", "coin_hedge2", "coin_hedge3", "coin_replicate")
+SCHEMES = (*DEFAULT_SCHEMES, *COLLAGE_SCHEMES, *COIN_SCHEMES)
+CODED = ("parm", "approxifer", "parm_local", *COLLAGE_SCHEMES, "coin")
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,31 @@ def frontend_specs(
         "parm_local": FrontendSpec(
             ["--route", *coded, "--coding", "local", *common], tritons=(0, 1), parity_tritons=(2,)
         ),
+        **coin_specs(coin_set(model), timeouts, common, coding),
+    }
+
+
+def coin_set(model: str) -> str:
+    """The COIN set served beside ``model`` (``mnist_cnn`` -> ``mnist_coin``)."""
+    return model.removesuffix("_cnn") + "_coin"
+
+
+def coin_models(set_name: str, k: int = 2) -> list[str]:
+    return [coin.member_model_name(set_name, i) for i in range(k)] + [coin.coded_model_name(set_name, k)]
+
+
+def coin_specs(set_name: str, timeouts: list[str], common: list[str], coding: str) -> dict[str, FrontendSpec]:
+    members = "+".join(coin_models(set_name)[:-1])
+    return {
+        "coin": FrontendSpec(
+            ["--route", f"{set_name}=coin:k=2", *timeouts, "--coding", coding, *common],
+            tritons=(0, 1),
+            parity_tritons=(2,),
+        ),
+        "coin_none": FrontendSpec(["--route", f"{set_name}=none:members={members}", *common], tritons=(0, 1)),
+        "coin_hedge2": FrontendSpec(["--route", f"{set_name}=hedge:members={members}", *common], tritons=(0, 1)),
+        "coin_hedge3": FrontendSpec(["--route", f"{set_name}=hedge:members={members}", *common], tritons=(0, 1, 2)),
+        "coin_replicate": FrontendSpec(["--route", f"{set_name}=replicate:members={members}", *common], tritons=(0, 1)),
     }
 
 
@@ -203,12 +233,14 @@ def run_all(args: argparse.Namespace) -> list[SchemeRun]:
         profile=args.profile,
     )
     specs = {name: s for name, s in all_specs.items() if name in args.schemes}
+    served = {name: coin_set(model) if name in COIN_SCHEMES else model for name in args.schemes}
+    extra = coin_models(coin_set(model)) if set(args.schemes) & set(COIN_SCHEMES) else []
     runs = []
     with contextlib.ExitStack() as resources:
         network = resources.enter_context(WorkerNetwork(3)) if args.netns else None
         stack = resources.enter_context(
             Stack(
-                [model, parity, *collage_models(args.dataset, args.schemes)],
+                [model, parity, *collage_models(args.dataset, args.schemes), *extra],
                 specs,
                 model_repository=args.model_repository,
                 triton_count=3,
@@ -225,12 +257,12 @@ def run_all(args: argparse.Namespace) -> list[SchemeRun]:
                 if r == 0:
                     # An unmeasured second of load first: connections, Triton's first inferences, the hedge window.
                     warm = queries[: int(args.rate)]
-                    asyncio.run(_run_scheme(name, stack, model, warm, args.rate, f"{name} warm-up"))
+                    asyncio.run(_run_scheme(name, stack, served[name], warm, args.rate, f"{name} warm-up"))
                 before, cpu_before = settled_triton_calls(stack), cpu_busy_s()
                 # Round r replays the same fault schedule (seed) and arrival times for every scheme.
                 with PROFILES[args.profile](stack.tritons, seed=args.seed + r, network=network) as faults:
                     desc = name if args.rounds == 1 else f"{name} {r + 1}/{args.rounds}"
-                    got = asyncio.run(_run_scheme(name, stack, model, queries[segment], args.rate, desc, seed=r))
+                    got = asyncio.run(_run_scheme(name, stack, served[name], queries[segment], args.rate, desc, seed=r))
                 # A killed worker's counter restarts at 0: add what it had counted when it was killed.
                 calls[name] += settled_triton_calls(stack) - before + faults.calls_lost_to_kills
                 cpu[name] += cpu_busy_s() - cpu_before  # after settling: the losers' work counts too

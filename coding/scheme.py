@@ -24,6 +24,11 @@ from coding.errors import CodingError
 
 DEPLOYED = "deployed"  # the role of the model clients name in their queries
 
+
+def member_role(i: int) -> str:
+    """The role of member i of a *set*: one query answered by several models (COIN)."""
+    return f"member{i}"
+
 Shape = tuple[int, ...]
 Outputs = Sequence[np.ndarray | None]  # one entry per slot; None where the output is absent
 
@@ -123,12 +128,16 @@ def check_outputs(scheme: Scheme, data_outputs: Outputs, coded_outputs: Outputs)
 
 @dataclass(frozen=True)
 class Uncoded:
-    """No redundancy: one data slot on the deployed model, nothing to rebuild it from (the baselines)."""
+    """No redundancy: one data slot on the deployed model — or, for a set, one per member model —
+    and nothing to rebuild it from (the baselines)."""
 
     name: str = "none"
+    members: tuple[str, ...] = ()  # a set's member models; empty: the served model itself
 
     @property
     def data_slots(self) -> tuple[Slot, ...]:
+        if self.members:
+            return tuple(Slot(0, member_role(i)) for i in range(len(self.members)))
         return (Slot(0, DEPLOYED),)
 
     @property
@@ -151,4 +160,6 @@ class Uncoded:
         raise CodingError(f"{self.name} has no coded slots")
 
     def models(self, served: str) -> dict[str, str]:
+        if self.members:
+            return {member_role(i): m for i, m in enumerate(self.members)}
         return {DEPLOYED: served}

@@ -1,9 +1,9 @@
 """The registry of coding schemes: a name, k and parameters -> an object speaking :class:`coding.scheme.Scheme`.
 
 Each scheme lives in its own module beside its math (ParM in :mod:`coding.parm`, ApproxIFER in
-:mod:`coding.approxifer`, Collage-CNN in :mod:`coding.collage`); this module only builds them. The
-frontend, the encoder and the decoder all call :func:`get_scheme`, so the three agree on a code by its
-name. More schemes can be registered by a module named in ``--scheme-module`` /
+:mod:`coding.approxifer`, Collage-CNN in :mod:`coding.collage`, COIN in :mod:`coding.coin`); this
+module only builds them. The frontend, the encoder and the decoder all call :func:`get_scheme`, so
+the three agree on a code by its name. More schemes can be registered by a module named in ``--scheme-module`` /
 ``CODEDSERVE_SCHEME_MODULES`` (every service imports it at start-up and it calls :func:`register`): how
 the tests plug toy schemes into the real services.
 """
@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 
 from coding.approxifer import ApproxiferScheme
+from coding.coin import CoinScheme
 from coding.collage import CollageScheme
 from coding.errors import CodingError
 from coding.parm import ParmScheme
@@ -65,7 +66,25 @@ def _approxifer(k: int, params: Mapping[str, str]) -> ApproxiferScheme:
     return ApproxiferScheme(k=k, n=n, s=s, a=a, systematic=bool_param(params, "systematic"))
 
 
-_BUILDERS: dict[str, Builder] = {"parm": _parm, "approxifer": _approxifer, "collage": _collage}
+def _coin(k: int, params: Mapping[str, str]) -> CoinScheme:
+    """k member models; ``members=a+b+...`` and ``coded_model=`` name them, ``lambdas=0.5+0.5`` weighs them."""
+    check_params("coin", params, ("method", "space", "lambdas", "members", "coded_model"))
+    try:
+        weights = tuple(float(w) for w in params["lambdas"].split("+")) if "lambdas" in params else ()
+    except ValueError:
+        raise CodingError(f"parameter lambdas={params['lambdas']!r} is not numbers joined by '+'") from None
+    members = tuple(m for m in params.get("members", "").split("+") if m)
+    return CoinScheme(
+        k,
+        method=params.get("method", "fisher"),
+        space=params.get("space", "logits"),
+        weights=weights,
+        members=members,
+        coded_model=params.get("coded_model", ""),
+    )
+
+
+_BUILDERS: dict[str, Builder] = {"parm": _parm, "approxifer": _approxifer, "collage": _collage, "coin": _coin}
 
 
 def register(name: str, builder: Builder) -> None:

@@ -36,6 +36,7 @@ from coding import collage
 from coding.spec import IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, deployed_model_name
 from export import train
 from export.manifest import RunInfo, model_entry, update_manifest
+from export.models import multiply_accumulates
 from export.onnx_export import onnx_providers, write_model
 from export.train import TrainConfig
 
@@ -129,13 +130,14 @@ def train_collage(
     layout: str = "resized",
     soft: torch.Tensor | None = None,
     soft_weight: float = 0.0,
+    width: int = 64,
 ) -> train.Trained:
     """Cross-entropy of every cell against its label — the true one, or mixed with ``soft_weight`` of the
     deployed model's soft label ``soft[i]`` —; best epoch by per-cell validation accuracy."""
     tr, device = data.train, data.train.images.device
     sample = train.pixels(tr.images[:4096])
     torch.manual_seed(cfg.seed)
-    model = CollageNet(s, mean=sample.mean().item(), std=sample.std().item(), layout=layout).to(device)
+    model = CollageNet(s, mean=sample.mean().item(), std=sample.std().item(), width=width, layout=layout).to(device)
     hard = F.one_hot(tr.labels, NUM_CLASSES).float()
     targets = hard if soft is None or not soft_weight else (1 - soft_weight) * hard + soft_weight * soft
 
@@ -201,17 +203,34 @@ def export_collage(
     )
 
 
+def collage_macs(model: nn.Module, s: int, layout: str = "resized") -> int:
+    """One collage's multiply-accumulates on ``model`` (the deployed model's: models.multiply_accumulates)."""
+    side = IMAGE_SHAPE[1] * (s if layout == "full" else 1)
+    return multiply_accumulates(
+        model, torch.zeros(1, IMAGE_SHAPE[0], side, side, device=next(model.parameters()).device)
+    )
+
+
 def evaluate_variant(
-    data: train.Data, dataset: str, s: int, cfg: TrainConfig, repository: Path, layout: str, soft_weight: float
+    data: train.Data,
+    dataset: str,
+    s: int,
+    cfg: TrainConfig,
+    repository: Path,
+    layout: str,
+    soft_weight: float,
+    width: int = 64,
 ) -> dict:
     """Train one variant and measure it as export_collage does, without exporting it."""
     soft = soft_labels(repository, dataset, data.train.images) if soft_weight else None
-    result = train_collage(data, s, cfg, layout=layout, soft=soft, soft_weight=soft_weight)
+    result = train_collage(data, s, cfg, layout=layout, soft=soft, soft_weight=soft_weight, width=width)
     return {
         "dataset": dataset,
         "s": s,
         "layout": layout,
         "soft_weight": soft_weight,
+        "width": width,
+        "macs": collage_macs(result.model, s, layout),
         "epochs": cfg.epochs,
         "best_epoch": result.best_epoch,
         "cell_accuracy": round(cell_accuracy(result.model, data.test, s, rounds=4, layout=layout), 4),
@@ -232,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, default=None, help="images per split (smoke tests)")
     p.add_argument("--layout", choices=LAYOUTS, default="resized", help="full: an s·28-pixel collage (evaluate only)")
     p.add_argument("--soft-weight", type=float, default=0.0, help="share of the deployed model's soft labels")
+    p.add_argument("--width", type=int, default=64, help="channels of the per-cell CNN's second conv (evaluate only)")
     p.add_argument(
         "--evaluate-only", action="store_true", help="train and print the per-cell test accuracy; export nothing"
     )
@@ -246,9 +266,10 @@ def main(argv: list[str] | None = None) -> None:
     began = time.perf_counter()
     cfg = TrainConfig(args.epochs, args.batch_size, lr=args.lr)
     sides = [int(s) for s in args.s.split(",")]
-    if args.evaluate_only or args.layout != "resized":
+    if args.evaluate_only or args.layout != "resized" or args.width != 64:
         for s in sides:
-            print(json.dumps(evaluate_variant(data, args.dataset, s, cfg, args.out, args.layout, args.soft_weight)))
+            variant = evaluate_variant(data, args.dataset, s, cfg, args.out, args.layout, args.soft_weight, args.width)
+            print(json.dumps(variant))
         return
     entries = [export_collage(data, args.dataset, s, cfg, args.out, run, args.soft_weight) for s in sides]
     update_manifest(args.out, entries)

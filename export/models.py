@@ -68,6 +68,32 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features((x - self.mean) / self.std))
 
 
+def multiply_accumulates(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of the convolutions and linear layers in one forward pass of ``example``:
+    the compute a model costs per call, whatever machine runs it."""
+    total = 0
+
+    def count(layer: nn.Module, inputs: object, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(layer, nn.Conv2d):
+            kh, kw = layer.kernel_size
+            total += output.numel() * layer.in_channels * kh * kw // layer.groups
+        elif isinstance(layer, nn.Linear):
+            total += output.numel() * layer.in_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return total
+
+
 def build_model(arch: str = "cnn", mean: float = 0.0, std: float = 1.0) -> SmallCNN:
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; known: {sorted(ARCHS)}")

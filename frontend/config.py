@@ -72,7 +72,8 @@ def parse_route(text: str) -> Route:
     """``MODEL=SCHEME[:key=value,...]``. Coded: ``mnist_cnn=parm:k=2,encoder=concat`` (any scheme of
     :mod:`coding.schemes`; its own parameters, e.g. ParM's ``parity_model=``). Baselines:
     ``mnist_cnn=none``, ``mnist_cnn=replicate[:copies=2]``, ``mnist_cnn=hedge[:delay_ms=8]`` (no delay:
-    adaptive p95)."""
+    adaptive p95). A set of models (COIN's members) is routed uncoded with ``members=a+b``, e.g.
+    ``ens=hedge:members=ens_m0+ens_m1``: every member answers each query, each call hedged."""
     model, sep, rest = text.partition("=")
     if not sep or not model:
         raise ValueError(f"route {text!r}: expected MODEL=SCHEME[:key=value,...]")
@@ -80,7 +81,9 @@ def parse_route(text: str) -> Route:
     params = dict(_kv(item, text) for item in opts.split(",") if item)
     try:
         if scheme in BASELINES:
-            return Route(model, scheme, dispatch=_baseline_dispatch(scheme, params), code=Uncoded(scheme))
+            members = tuple(m for m in params.pop("members", "").split("+") if m)
+            baseline = Uncoded(scheme, members)
+            return Route(model, scheme, dispatch=_baseline_dispatch(scheme, params), code=baseline)
         k = int(params.pop("k", "2"))
         code = get_scheme(scheme, k, params)  # validates scheme, k and params now, not at the first query
     except (CodingError, ValueError) as exc:

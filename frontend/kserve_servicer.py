@@ -10,6 +10,12 @@ them (measured): unknown model or version NOT_FOUND; wrong input name, count, da
 or byte count INVALID_ARGUMENT. One deliberate difference: NaN/infinite inputs are INVALID_ARGUMENT,
 because one such query would poison the reconstructions of its whole coding group.
 Repository control, shared memory, tracing and logging are UNIMPLEMENTED (never forwarded).
+
+A *set* route (COIN: one query answered by k member models, no Triton model by the route's name) is
+its own model here: its metadata and config are the first member's with the route's name, and one
+output per member, named after the member's Triton model (e.g. ``mnist_coin_m0``), in data-slot order;
+each output's ``codedserve_reconstructed_rows`` parameter says which of its rows were decoded. Its
+statistics are the members'. A request may ask for a subset of the outputs by name.
 """
 
 from __future__ import annotations
@@ -68,6 +74,10 @@ class ModelInfo:
     def output(self) -> kpb.ModelMetadataResponse.TensorMetadata:
         return self.metadata.outputs[0]
 
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.metadata.outputs]
+
 
 class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
     """Create inside the running loop (it opens a control channel to Triton); :meth:`close` it."""
@@ -123,12 +133,16 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         self, request: kpb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> kpb.ModelMetadataResponse:
         self._app.model_server(request.name)  # NOT_FOUND for models this frontend does not route
+        if self._members(request.name):
+            return (await self._info(request.name, context)).metadata
         return await self._forward(self._triton.ModelMetadata, request, context)
 
     async def ModelConfig(
         self, request: kpb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> kpb.ModelConfigResponse:
         self._app.model_server(request.name)
+        if self._members(request.name):
+            return (await self._info(request.name, context)).config
         return await self._forward(self._triton.ModelConfig, request, context)
 
     async def ModelStatistics(
@@ -137,7 +151,9 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         """Triton's own statistics of the deployed models (parity calls count under the parity model)."""
         if request.name and request.name not in self._app.servers:
             raise InvalidArgument(f"requested model '{request.name}' is not available")  # as Triton says it
-        names = [request.name] if request.name else list(self._app.servers)
+        names = [
+            m for n in ([request.name] if request.name else list(self._app.servers)) for m in self._triton_models(n)
+        ]
         replies = await asyncio.gather(
             *(
                 self._forward(
@@ -191,15 +207,30 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
 
     # ---- Triton control calls --------------------------------------------------------------
 
+    def _members(self, model: str) -> list[str]:
+        """The member models of a set route (COIN); empty for a route of one Triton model."""
+        route = self._app.config.route(model)
+        if route is None or model in route.models.values():
+            return []
+        return [route.models[s.role] for s in route.code.data_slots]
+
+    def _triton_models(self, model: str) -> list[str]:
+        return self._members(model) or [model]
+
     async def _info(self, model: str, context: grpc.aio.ServicerContext) -> ModelInfo:
         info = self._infos.get(model)
         if info is None:
-            metadata, config = await asyncio.gather(
-                self._forward(self._triton.ModelMetadata, kpb.ModelMetadataRequest(name=model), context),
-                self._forward(self._triton.ModelConfig, kpb.ModelConfigRequest(name=model), context),
-            )
-            info = self._infos.setdefault(model, ModelInfo(metadata, config))
+            members = self._members(model)
+            infos = await asyncio.gather(*(self._triton_info(m, context) for m in members or [model]))
+            info = self._infos.setdefault(model, _set_info(model, members, infos) if members else infos[0])
         return info
+
+    async def _triton_info(self, model: str, context: grpc.aio.ServicerContext) -> ModelInfo:
+        metadata, config = await asyncio.gather(
+            self._forward(self._triton.ModelMetadata, kpb.ModelMetadataRequest(name=model), context),
+            self._forward(self._triton.ModelConfig, kpb.ModelConfigRequest(name=model), context),
+        )
+        return ModelInfo(metadata, config)
 
     async def _forward(self, method, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
         """One call to Triton within the client's deadline; its errors become ours, same code."""
@@ -308,9 +339,29 @@ def _input_bytes(
     return np.asarray(values, dtype=dtype).tobytes()
 
 
+def _set_info(name: str, members: list[str], infos: list[ModelInfo]) -> ModelInfo:
+    """A set's metadata and config: the first member's, renamed, with one output per member."""
+    first = infos[0]
+    metadata = kpb.ModelMetadataResponse()
+    metadata.CopyFrom(first.metadata)
+    metadata.name, metadata.platform = name, "codedserve_set"
+    metadata.versions[:] = [first.version]
+    del metadata.outputs[:]
+    config = kpb.ModelConfigResponse()
+    config.CopyFrom(first.config)
+    config.config.name = name
+    del config.config.output[:]
+    for member, info in zip(members, infos, strict=True):
+        metadata.outputs.add().CopyFrom(info.output)
+        metadata.outputs[-1].name = member
+        config.config.output.add().CopyFrom(info.config.config.output[0])
+        config.config.output[-1].name = member
+    return ModelInfo(metadata, config)
+
+
 def _check_outputs(request: kpb.ModelInferRequest, info: ModelInfo) -> None:
     for output in request.outputs:
-        if output.name != info.output.name:
+        if output.name not in info.output_names:
             raise InvalidArgument(f"unexpected inference output '{output.name}' for model '{request.model_name}'")
         _check_params(output.parameters, f"output '{output.name}'")
 
@@ -324,20 +375,21 @@ def _check_params(parameters: object, what: str) -> None:
 def _infer_response(
     request: kpb.ModelInferRequest, info: ModelInfo, answers: list[QueryAnswer]
 ) -> kpb.ModelInferResponse:
-    dtype = np.dtype(triton_to_np_dtype(info.output.datatype)).newbyteorder("<")
-    logits = np.stack([a.logits for a in answers]).astype(dtype)
+    """One ``[B, classes]`` tensor per output asked for (all, if none is named): the i-th output is
+    every answer's i-th model output (one for a route of one model, one per member for a set)."""
+    wanted = {o.name for o in request.outputs}
+    response = kpb.ModelInferResponse(model_name=request.model_name, model_version=info.version, id=request.id)
+    for i, meta in enumerate(info.metadata.outputs):
+        if wanted and meta.name not in wanted:
+            continue
+        dtype = np.dtype(triton_to_np_dtype(meta.datatype)).newbyteorder("<")
+        logits = np.stack([a.outputs[i].logits for a in answers]).astype(dtype)
+        tensor = response.outputs.add(name=meta.name, datatype=meta.datatype, shape=list(logits.shape))
+        if len(info.metadata.outputs) > 1:
+            rows = ",".join("1" if a.outputs[i].reconstructed else "0" for a in answers)
+            tensor.parameters[RECONSTRUCTED_ROWS_PARAM].string_param = rows
+        response.raw_output_contents.append(logits.tobytes())
     flags = [a.reconstructed for a in answers]
-    response = kpb.ModelInferResponse(
-        model_name=request.model_name,
-        model_version=info.version,
-        id=request.id,
-        outputs=[
-            kpb.ModelInferResponse.InferOutputTensor(
-                name=info.output.name, datatype=info.output.datatype, shape=list(logits.shape)
-            )
-        ],
-        raw_output_contents=[logits.tobytes()],
-    )
     response.parameters[RECONSTRUCTED_PARAM].bool_param = any(flags)
     response.parameters[SCHEME_PARAM].string_param = answers[0].scheme
     response.parameters[RECONSTRUCTED_ROWS_PARAM].string_param = ",".join("1" if f else "0" for f in flags)

@@ -13,10 +13,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from torch import nn
 
 from coding import spec
 from export.manifest import RunInfo, model_entry, update_manifest
-from export.models import build_model
+from export.models import build_model, multiply_accumulates
 from export.onnx_export import GPU_CONFIG_NAME, check_onnx, write_model
 
 NAME = spec.deployed_model_name("mnist")
@@ -125,3 +126,9 @@ def test_the_gpu_path_is_taken_only_where_onnxruntime_offers_cuda(monkeypatch) -
         onnx_export.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
     )
     assert onnx_export.onnx_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_multiply_accumulates_count_convolutions_and_linear_layers():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32, 3))
+    assert multiply_accumulates(model, torch.zeros(1, 1, 4, 4)) == 2 * 4 * 4 * 9 + 3 * 32
+    assert model.training  # left as it was
