@@ -10,7 +10,7 @@ from decoder_service.server import create_server
 from service_common.cli import ServiceConfig, add_service_flags, service_config
 from service_common.logs import setup_logging
 from service_common.metrics import serve_metrics
-from service_common.server import wait_for_signal
+from service_common.server import BindError, wait_for_signal
 
 log = logging.getLogger("decoder_service")
 
@@ -28,7 +28,10 @@ def main() -> None:
     config = service_config(parser.parse_args())
     setup_logging(config.log_level)
     serve_metrics(config.metrics_port)
-    asyncio.run(_main(config))
+    try:
+        asyncio.run(_main(config))
+    except BindError as exc:  # a clear line, not a traceback: the port is someone else's
+        raise SystemExit(f"decoder_service: {exc}") from None
 
 
 if __name__ == "__main__":

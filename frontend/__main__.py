@@ -16,7 +16,7 @@ from frontend.service_time import DISTRIBUTIONS
 from service_common.cli import DEFAULT_MAX_MESSAGE_BYTES
 from service_common.logs import setup_logging
 from service_common.metrics import serve_metrics
-from service_common.server import wait_for_signal
+from service_common.server import BindError, wait_for_signal
 
 log = logging.getLogger("frontend")
 
@@ -245,7 +245,10 @@ def main() -> None:
     config = config_from_args(_parser().parse_args())
     setup_logging(config.log_level)
     serve_metrics(config.metrics_port)
-    asyncio.run(_main(config))
+    try:
+        asyncio.run(_main(config))
+    except BindError as exc:
+        raise SystemExit(f"frontend: {exc}") from None
 
 
 if __name__ == "__main__":

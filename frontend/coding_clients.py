@@ -3,6 +3,7 @@ or the same ``coding/`` library in-process (``--coding local``). The frontend ne
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -18,7 +19,10 @@ from frontend.batching import Batcher
 from frontend.config import Route
 from service_common.channels import message_limits
 from service_common.errors import ServiceError
+from service_common.logs import RateLimitedLog
 from service_common.tensors import from_numpy, to_numpy
+
+log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -31,14 +35,18 @@ class CodingServiceError(Exception):
 class CodingClients:
     """Channels to the encoder and decoder. Calls go one at a time per service; groups that seal or
     need decoding while one is out travel together in one EncodeBatch / DecodeBatch call (no added
-    delay, :mod:`frontend.batching`). A call's timeout is the longest time left of the groups it carries."""
+    delay, :mod:`frontend.batching`). A call's timeout is the longest time left of the groups it carries.
+    Failures are warned rate-limited, per service and cause (while a service is down every group fails
+    alike), and a service answering again after a warning is logged once."""
 
     MAX_GROUPS = 64  # per batch call
+    WARN_EVERY_S = 10.0
 
     def __init__(self, encoder_address: str, decoder_address: str, max_message_bytes: int) -> None:
         self._addresses = (encoder_address, decoder_address)
         self._options = message_limits(max_message_bytes)
         self._channels: list[grpc.aio.Channel] = []
+        self._warnings = (RateLimitedLog(log, self.WARN_EVERY_S), RateLimitedLog(log, self.WARN_EVERY_S))
         self._encodes: Batcher[_Timed[pb.EncodeRequest], pb.EncodeResponse] = Batcher(
             self._encode_batch, 1, self.MAX_GROUPS
         )
@@ -86,16 +94,23 @@ class CodingClients:
         try:
             response = await batcher.submit(item)
         except grpc.aio.AioRpcError as exc:
-            raise CodingServiceError(f"{service} at {self._addresses[i]}: {exc.code().name}: {exc.details()}") from exc
+            raise self._failed(
+                i, exc.code().name, f"{service} at {self._addresses[i]}: {exc.code().name}: {exc.details()}"
+            ) from exc
         if response.error:
-            raise CodingServiceError(f"{service} at {self._addresses[i]}: {response.error}")
+            raise self._failed(i, "error", f"{service} at {self._addresses[i]}: {response.error}")
+        self._warnings[i].resolved("%s at %s answers again", service, self._addresses[i])
         return response
 
     def _read(self, parse: Callable[[], _T], service: str, i: int) -> _T:
         try:
             return parse()
         except ServiceError as exc:
-            raise CodingServiceError(f"{service} at {self._addresses[i]} answered garbage: {exc}") from exc
+            raise self._failed(i, "garbage", f"{service} at {self._addresses[i]} answered garbage: {exc}") from exc
+
+    def _failed(self, i: int, cause: str, message: str) -> CodingServiceError:
+        self._warnings[i].warning(cause, "%s", message)
+        return CodingServiceError(message)
 
     async def _encode_batch(self, items: list[_Timed[pb.EncodeRequest]]) -> list[pb.EncodeResponse]:
         return await _send(items, self._encoder.Encode, self._encoder.EncodeBatch, pb.EncodeBatchRequest)

@@ -29,7 +29,7 @@ from frontend.dispatch import Dispatcher
 from frontend.groups import CodingGroup, Query
 from frontend.placement import Placer
 from frontend.workers import CallInfo, ModelSignature, Pool, WorkerError
-from service_common.errors import DeadlineExceeded, Unavailable
+from service_common.errors import DeadlineExceeded, Unavailable, code_name
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +136,12 @@ class ModelServer:
             async with asyncio.timeout(timeout_s):
                 answer = await waiter
         except TimeoutError:
-            self._failures["DeadlineExceeded"].inc()
+            self._failures["DEADLINE_EXCEEDED"].inc()
             raise DeadlineExceeded(
                 f"no answer for {self.route.model} within the deadline of {timeout_s * 1e3:.0f} ms"
             ) from None
         except Exception as exc:
-            self._failures[type(exc).__name__].inc()
+            self._failures[code_name(exc)].inc()
             raise
         finally:
             group.close(query)  # a deadline or a cancelled client also ends the query: never answer twice
@@ -221,7 +221,7 @@ class ModelServer:
             out = await self._dispatcher.call(call, action.input[None], self.signatures[model])
         except WorkerError as exc:
             log.debug("%s call to %s failed: %s", action.kind, model, exc)
-            self._execute(group, group.failed(action.handle))
+            self._execute(group, group.failed(action.handle, str(exc)))
             return
         if action.kind == "coded":
             self.deadlines.coded_latency.record(time.perf_counter() - start)
@@ -232,8 +232,8 @@ class ModelServer:
         try:
             coded = await self._coders.encode(self.route, action.inputs, self._time_left(action.deadline))
         except CodingServiceError as exc:
-            log.warning("encoding group %d of %s failed: %s", group.group_id, self.route.model, exc)
-            self._execute(group, group.encode_failed())
+            log.debug("encoding group %d of %s failed: %s", group.group_id, self.route.model, exc)
+            self._execute(group, group.encode_failed(str(exc)))
             return
         self.deadlines.encode_latency.record(time.perf_counter() - start)
         self._execute(group, group.encoded(coded))
@@ -245,8 +245,8 @@ class ModelServer:
                 self.route, action.data_outputs, action.coded_outputs, self._time_left(action.deadline)
             )
         except CodingServiceError as exc:
-            log.warning("decode for group %d of %s failed: %s", group.group_id, self.route.model, exc)
-            self._execute(group, group.decode_failed(action.handle))
+            log.debug("decode for group %d of %s failed: %s", group.group_id, self.route.model, exc)
+            self._execute(group, group.decode_failed(action.handle, str(exc)))
             return
         metrics.DECODE_SECONDS.labels(self.route.model).observe(time.perf_counter() - start)
         if faulty:

@@ -46,6 +46,7 @@ class Call:
     decoding: bool = False
     decode_failed: bool = False
     attempts: int = 0  # sends still out: a resent call fails only when every send has
+    error: str = ""  # why it failed (the worker's, encoder's or decoder's message)
     resent: bool = False
 
 
@@ -137,9 +138,9 @@ class CodingGroup:
             return self.encode_failed()
         return [self._send(call, x) for call, x in zip(self._coded, coded_inputs, strict=True)]
 
-    def encode_failed(self) -> list[Action]:
+    def encode_failed(self, error: str = "") -> list[Action]:
         for call in self._coded:
-            call.failed = True
+            call.failed, call.error = True, f"the encoder failed: {error}" if error else "the encoder failed"
         return self._decide()
 
     def arrived(self, handle: Call, output: np.ndarray) -> list[Action]:
@@ -152,11 +153,11 @@ class CodingGroup:
         late = handle.query is not None and handle.query.closed
         return ([Discarded(handle.role)] if late else []) + self._decide()
 
-    def failed(self, handle: Call) -> list[Action]:
+    def failed(self, handle: Call, error: str = "") -> list[Action]:
         handle.attempts -= 1
         if handle.output is not None or handle.attempts > 0:
             return []
-        handle.failed = True
+        handle.failed, handle.error = True, error
         return self._decide()
 
     def straggler_deadline(self, query: Query) -> list[Action]:
@@ -189,9 +190,10 @@ class CodingGroup:
             call.rebuilt, call.faulty = outputs[call.slots[0]], tuple(faulty)
         return self._decide()
 
-    def decode_failed(self, handle: DecodeHandle) -> list[Action]:
+    def decode_failed(self, handle: DecodeHandle, error: str = "") -> list[Action]:
         for call in handle.calls:
             call.decoding, call.decode_failed = False, True
+            call.error = f"the decode failed: {error}" if error else "the decode failed"
         return self._decide()
 
     def close(self, query: Query) -> None:
@@ -304,14 +306,17 @@ class CodingGroup:
         return Answer(query.ticket, tuple(outputs), tuple(sorted(faulty)))
 
     def _why(self, call: Call) -> str:
+        """The failure, with the causes that made it final (an unreachable Triton reads as such)."""
+        own = f" ({call.error})" if call.error and not call.decode_failed else ""
         if not self._coded:
             why = "it has no redundancy"
         elif call.decode_failed:
-            why = "the decode failed"
+            why = call.error
         else:
-            why = "too many of its outputs lost"
+            causes = dict.fromkeys(c.error or "failed" for c in self._calls() if c is not call and c.failed)
+            why = "the other outputs it needs are lost too" + (f": {'; '.join(causes)}" if causes else "")
         return (
-            f"the call to {self._models[call.role]} failed and coding group {self.group_id} "
+            f"the call to {self._models[call.role]} failed{own} and coding group {self.group_id} "
             f"cannot rebuild the answer ({why})"
         )
 

@@ -36,9 +36,10 @@ from tritonclient.utils import triton_to_np_dtype
 from frontend.app import FrontendApp
 from frontend.coordinator import ModelServer, QueryAnswer
 from frontend.injection import Fault
-from frontend.servicer import answer_concurrently, message_status, query_timeout_s, request_fault
+from frontend.servicer import answer_concurrently, finite_answer, message_status, query_timeout_s, request_fault
 from service_common.channels import message_limits
 from service_common.errors import DeadlineExceeded, InvalidArgument, NotFound, ServiceError, Unavailable
+from service_common.tensors import check_input_values
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             try:
                 return kpb.ModelStreamInferResponse(infer_response=await self._infer(request, context))
             except Exception as exc:  # noqa: BLE001 - becomes this message's error, not the stream's
-                _, message = message_status(exc, f"stream infer {request.id!r}")
+                _, message = message_status(exc, f"stream infer {request.id!r}", "ModelStreamInfer")
                 return kpb.ModelStreamInferResponse(
                     error_message=message,
                     infer_response=kpb.ModelInferResponse(model_name=request.model_name, id=request.id),
@@ -203,7 +204,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         fault = request_fault(context, self._app.config.faults.allow_metadata)
         with self._app.admit(len(batch)):  # every row is a query: RESOURCE_EXHAUSTED beyond max_inflight
             answers = await _classify_rows(server, batch, timeout_s, fault)
-        return _infer_response(request, info, answers)
+        return _infer_response(request, info, [finite_answer(a) for a in answers])
 
     # ---- Triton control calls --------------------------------------------------------------
 
@@ -316,8 +317,7 @@ def _read_input(request: kpb.ModelInferRequest, info: ModelInfo) -> np.ndarray:
             f"Expected {needed}, got {len(data)}"
         )
     batch = np.frombuffer(data, dtype=dtype).reshape(shape)
-    if not np.isfinite(batch).all():
-        raise InvalidArgument(f"input '{tensor.name}' for model '{model}' contains NaN or infinity")
+    check_input_values(batch, f"input '{tensor.name}' for model '{model}'")
     return batch
 
 

@@ -10,7 +10,11 @@ _LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03,
 ANSWERS = Counter(
     "codedserve_answers_total", "Queries answered, by model, scheme and source", ["model", "scheme", "source"]
 )
-FAILURES = Counter("codedserve_query_failures_total", "Queries not answered, by model and status", ["model", "code"])
+FAILURES = Counter(
+    "codedserve_query_failures_total",
+    "Queries not answered, by model and status (its gRPC name, e.g. DEADLINE_EXCEEDED: errors.code_name)",
+    ["model", "code"],
+)
 QUERY_SECONDS = Histogram(
     "codedserve_query_seconds", "Arrival to answer", ["model", "source"], buckets=_LATENCY_BUCKETS
 )

@@ -4,6 +4,7 @@ protocol on a second port; health on both is NOT_SERVING until Triton has the mo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -48,26 +49,32 @@ class FrontendServer:
 
 
 async def create_server(config: FrontendConfig) -> FrontendServer:
-    """Start serving at once; health flips to SERVING when every routed model is ready on Triton."""
+    """Start serving at once; health flips to SERVING when every routed model is ready on Triton.
+    Raises BindError (naming the address) when a port is taken, after closing what it opened."""
     app = FrontendApp(config)
-    await app.start()
-    running = await start_server(
-        [lambda server: pb_grpc.add_FrontendServicer_to_server(FrontendServicer(app), server)],
-        [SERVICE_NAME],
-        config.address,
-        config.max_message_bytes,
-        serving=False,
-    )
-    kserve, kservicer = None, None
-    if config.kserve_address is not None:
-        kservicer = KServeServicer(app)
-        kserve = await start_server(
-            [lambda server: kserve_grpc.add_GRPCInferenceServiceServicer_to_server(kservicer, server)],
-            [KSERVE_SERVICE_NAME],
-            config.kserve_address,
+    async with contextlib.AsyncExitStack() as undo:  # runs only when a bind fails: close what was opened
+        await app.start()
+        undo.push_async_callback(app.close)
+        running = await start_server(
+            [lambda server: pb_grpc.add_FrontendServicer_to_server(FrontendServicer(app), server)],
+            [SERVICE_NAME],
+            config.address,
             config.max_message_bytes,
             serving=False,
         )
+        undo.push_async_callback(running.stop, 0)
+        kserve, kservicer = None, None
+        if config.kserve_address is not None:
+            kservicer = KServeServicer(app)
+            undo.push_async_callback(kservicer.close)
+            kserve = await start_server(
+                [lambda server: kserve_grpc.add_GRPCInferenceServiceServicer_to_server(kservicer, server)],
+                [KSERVE_SERVICE_NAME],
+                config.kserve_address,
+                config.max_message_bytes,
+                serving=False,
+            )
+        undo.pop_all()
 
     async def become_ready() -> None:
         await app.load_until_ready()

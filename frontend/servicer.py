@@ -1,28 +1,37 @@
 """Frontend gRPC servicer: validate the request, hand the query to its model's server, shape the reply.
 
-The module-level helpers (deadline, fault metadata, per-message status, concurrent streaming) are
-shared with the KServe v2 servicer (:mod:`frontend.kserve_servicer`), so both protocols behave alike.
+Bad input is INVALID_ARGUMENT naming the problem (:mod:`service_common.tensors` has the tensor and value
+rules: a missing input, an overflowing shape, NaN/infinity or ``|x| > 1e6`` in a float input), and an
+answer is never OK with a non-finite logit (:func:`finite_answer`). In a stream every message is
+answered on its own — a bad one with the status a unary call would end with, counted the same — and
+the stream goes on; a query whose id is still in flight in the same stream is refused. (A message
+over the gRPC size limit cannot be answered alone: gRPC refuses it unread and fails the whole call
+with RESOURCE_EXHAUSTED.)
+
+The module-level helpers (deadline, fault metadata, per-message status, finite answers, concurrent
+streaming) are shared with the KServe v2 servicer (:mod:`frontend.kserve_servicer`), so both protocols
+behave alike.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeVar
 
 import grpc
 import numpy as np
 from codedserve.v1 import codedserve_pb2 as pb
 from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
+from google.protobuf.message import DecodeError
 
 from frontend.app import FrontendApp
 from frontend.coordinator import ModelOutput, QueryAnswer
 from frontend.injection import Fault, parse_fault_metadata
-from service_common.errors import InvalidArgument, status_of
-from service_common.tensors import to_numpy
-
-log = logging.getLogger(__name__)
+from service_common import interceptor
+from service_common.errors import InvalidArgument, Unavailable
+from service_common.tensors import check_input_values, to_numpy
 
 FAULT_METADATA_KEY = "codedserve-fault"
 
@@ -41,13 +50,16 @@ class FrontendServicer(pb_grpc.FrontendServicer):
     async def ClassifyStream(
         self, requests: AsyncIterator[pb.ClassifyRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ClassifyResponse]:
-        """Queries run concurrently; answers stream back as they complete, errors per message."""
+        """Queries run concurrently; answers stream back as they complete, errors per message (see the
+        module doc); an id still in flight in this stream is refused."""
+        inflight: set[str] = set()
 
         async def one(request: pb.ClassifyRequest) -> pb.ClassifyResponse:
             try:
-                return _response(request.id, await self._classify(request, context))
+                with _claimed(inflight, request.id):
+                    return _response(request.id, await self._classify(request, context))
             except Exception as exc:  # noqa: BLE001 - becomes this message's status, not the stream's
-                code, message = message_status(exc, f"stream query {request.id!r}")
+                code, message = message_status(exc, f"stream query {request.id!r}", "ClassifyStream")
                 return pb.ClassifyResponse(id=request.id, status_code=code.value[0], error=message)
 
         async for response in answer_concurrently(requests, one):
@@ -75,15 +87,14 @@ class FrontendServicer(pb_grpc.FrontendServicer):
 
     async def _classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> QueryAnswer:
         server = self._app.model_server(request.model)  # NOT_FOUND / UNAVAILABLE
-        x = to_numpy(request.input, "input")
+        x = to_numpy(request.input, "input")  # "missing input" when unset
         sig = server.signature
         assert sig is not None
         if x.shape != sig.shape:
             raise InvalidArgument(f"input for {request.model}: expected shape {list(sig.shape)}, got {list(x.shape)}")
         if x.dtype != sig.dtype:
             raise InvalidArgument(f"input for {request.model}: expected dtype {sig.dtype.name}, got {x.dtype.name}")
-        if not np.isfinite(x).all():
-            raise InvalidArgument(f"input for {request.model}: contains NaN or infinity")
+        check_input_values(x, f"input for {request.model}")
         timeout_s = query_timeout_s(context, self._app.config.default_deadline_s)
         fault = request_fault(context, self._app.config.faults.allow_metadata)
         with self._app.admit():  # RESOURCE_EXHAUSTED beyond max_inflight
@@ -109,35 +120,88 @@ def request_fault(context: grpc.aio.ServicerContext, allowed: bool) -> Fault | N
     return None
 
 
-def message_status(exc: Exception, what: str) -> tuple[grpc.StatusCode, str]:
-    """The status of one failed stream message (the interceptor's mapping, for a single message)."""
-    known = status_of(exc)
-    if known is None:
-        log.exception("%s failed", what)
-        return grpc.StatusCode.INTERNAL, "internal error; see the server log"
-    return known
+def message_status(exc: Exception, what: str, method: str | None = None) -> tuple[grpc.StatusCode, str]:
+    """The status of one failed stream message (the interceptor's mapping, for a single message),
+    counted in ``codedserve_rpcs_total`` under the stream's ``method`` like a failed unary call
+    (uncounted without one)."""
+    return interceptor.message_status(exc, method, what)
+
+
+def finite_answer(answer: QueryAnswer) -> QueryAnswer:
+    """``answer``, unless an output holds NaN or infinity: that is never answered as OK. An own output
+    is INVALID_ARGUMENT (the input drives the model out of range, and would again); a reconstruction
+    UNAVAILABLE (its coding group's other outputs overflowed; a retry is served by a new group)."""
+    for output in answer.outputs:
+        if np.isfinite(output.logits).all():
+            continue
+        if output.reconstructed:
+            raise Unavailable(
+                f"the reconstruction of {output.model}'s output is not finite (NaN or infinity): the other "
+                "outputs of its coding group overflowed; retry"
+            )
+        raise InvalidArgument(
+            f"{output.model} answered non-finite logits (NaN or infinity) for this input: its values drive "
+            "the model out of range"
+        )
+    return answer
+
+
+@contextlib.contextmanager
+def _claimed(inflight: set[str], query_id: str) -> Iterator[None]:
+    """Hold ``query_id`` in ``inflight`` while its query runs; one already held is refused (an empty id
+    is no id: never refused)."""
+    if not query_id:
+        yield
+        return
+    if query_id in inflight:
+        raise InvalidArgument(
+            f"query id {query_id!r} is already in flight in this stream; the unanswered queries of a stream "
+            "need distinct ids"
+        )
+    inflight.add(query_id)
+    try:
+        yield
+    finally:
+        inflight.discard(query_id)
 
 
 async def answer_concurrently(
     requests: AsyncIterator[Request], one: Callable[[Request], Awaitable[Response]]
 ) -> AsyncIterator[Response]:
     """Run ``one`` on every request as it arrives; yield the responses as they complete, until the
-    client has closed its side and every accepted request is answered. ``one`` must not raise."""
-    done: asyncio.Queue[Response | None] = asyncio.Queue()  # None: the client closed its side
+    client has closed its side and every accepted request is answered. ``one`` must not raise.
+
+    A message that cannot be parsed (truncated, or not this request type) ends the reading: gRPC's
+    request iterator cannot go on after it. Every request accepted before it is still answered, then
+    the stream ends with INVALID_ARGUMENT saying which message it was (it used to hang, unanswered,
+    until the deadline)."""
+    done: asyncio.Queue[Response | None] = asyncio.Queue()  # None: no more requests will come
     tasks: set[asyncio.Task[None]] = set()
     accepted = 0
+    broken: list[Exception] = []  # why the reading stopped before the client closed its side
 
     async def run(request: Request) -> None:
         await done.put(await one(request))
 
     async def read() -> None:
         nonlocal accepted
-        async for request in requests:
-            accepted += 1
-            task = asyncio.create_task(run(request))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        await done.put(None)
+        try:
+            async for request in requests:
+                accepted += 1
+                task = asyncio.create_task(run(request))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        except DecodeError as exc:
+            broken.append(
+                InvalidArgument(
+                    f"stream message {accepted + 1} is not a well-formed request (truncated, or of another type: "
+                    f"{exc}); the stream ends once the messages before it ({accepted}) are answered"
+                )
+            )
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after the accepted ones are answered
+            broken.append(exc)
+        finally:
+            done.put_nowait(None)
 
     reader = asyncio.create_task(read())
     answered, closed = 0, False
@@ -151,10 +215,12 @@ async def answer_concurrently(
             yield item
     finally:
         reader.cancel()
+    if broken:
+        raise broken[0]
 
 
 def _response(query_id: str, answer: QueryAnswer) -> pb.ClassifyResponse:
-    outputs = [_model_output(o) for o in answer.outputs]
+    outputs = [_model_output(o) for o in finite_answer(answer).outputs]
     return pb.ClassifyResponse(
         id=query_id,
         label=outputs[0].label,

@@ -40,3 +40,10 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
     if isinstance(exc, CodingError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     return None
+
+
+def code_name(exc: BaseException) -> str:
+    """The gRPC name of the status ``exc`` maps to (``DEADLINE_EXCEEDED``...; ``INTERNAL`` for an
+    unexpected error): the one spelling of a status in every metric label."""
+    known = status_of(exc)
+    return known[0].name if known is not None else grpc.StatusCode.INTERNAL.name

@@ -1,4 +1,10 @@
-"""The one place where exceptions become gRPC statuses, and where every RPC is counted and timed."""
+"""The one place where exceptions become gRPC statuses, and where every RPC is counted and timed.
+
+``codedserve_rpcs_total{method, code}`` counts each call once by the status it ends with (the gRPC
+name: ``OK``, ``DEADLINE_EXCEEDED``...), and each message of a stream answered with an error status
+once more, under the stream's method and the message's status (:func:`message_status`): an error is
+counted the same whether it was a unary call or one message of a stream.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +14,49 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from service_common import metrics
-from service_common.errors import status_of
+from service_common.errors import InvalidArgument, status_of
 
 log = logging.getLogger(__name__)
 
 
-async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+def message_status(exc: Exception, method: str | None, what: str) -> tuple[grpc.StatusCode, str]:
+    """The status ``exc`` maps to (an unexpected error is logged with its traceback and becomes INTERNAL
+    with a generic message), counted under ``method`` (when given): for a whole call, or for one
+    message of a stream."""
     known = status_of(exc)
     if known is None:
-        log.exception("unexpected error in %s", method)
+        log.exception("unexpected error in %s", what)
         known = (grpc.StatusCode.INTERNAL, "internal error; see the server log")
-    code, message = known
-    metrics.RPCS.labels(method=method, code=code.name).inc()
-    await context.abort(code, message)
+    if method is not None:
+        metrics.RPCS.labels(method=method, code=known[0].name).inc()
+    return known
+
+
+async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+    await context.abort(*message_status(exc, method, method))
+
+
+class _Unparsed:
+    """A unary request that did not parse: the handler answers INVALID_ARGUMENT (gRPC said UNKNOWN)."""
+
+    def __init__(self, error: DecodeError) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError as exc:
+            return _Unparsed(exc)
+
+    return parse
 
 
 def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -31,6 +65,8 @@ def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callabl
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         start = time.perf_counter()
         try:
+            if isinstance(request, _Unparsed):
+                raise InvalidArgument(f"the {method} request is not well-formed (truncated?): {request.error}")
             response = await behavior(request, context)
         except grpc.aio.AbortError:
             raise
@@ -60,7 +96,9 @@ def _wrap_stream(method: str, behavior: Callable[..., AsyncIterator[Any]]) -> Ca
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Wraps unary-unary and stream-stream handlers; other kinds pass through untouched. A method's
-    wrapped handler is built once and reused by every later call of it."""
+    wrapped handler is built once and reused by every later call of it. A unary request that does not
+    parse is INVALID_ARGUMENT; a stream's is the servicer's to answer (it arrives as a DecodeError from
+    the request iterator)."""
 
     def __init__(self) -> None:
         self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
@@ -79,7 +117,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream:

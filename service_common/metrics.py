@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram, start_http_server
 
-RPCS = Counter("codedserve_rpcs_total", "RPCs handled, by method and status code", ["method", "code"])
+RPCS = Counter(
+    "codedserve_rpcs_total",
+    "RPCs handled, by method and status code (its gRPC name); a stream's failed messages count too",
+    ["method", "code"],
+)
 RPC_SECONDS = Histogram(
     "codedserve_rpc_seconds",
     "Handler time of successful RPCs",

@@ -1,4 +1,9 @@
-"""Assemble a grpc.aio server: our interceptor, health, reflection, message limits, graceful stop."""
+"""Assemble a grpc.aio server: our interceptor, health, reflection, message limits, graceful stop.
+
+Every server refuses to share its port: grpcio turns SO_REUSEPORT on by default, and a second server
+started on a port in use would bind it silently and take part of its traffic. With it off, the
+second one fails at once with :class:`BindError` naming the address.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,11 @@ log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+NO_PORT_SHARING = ("grpc.so_reuseport", 0)
+
+
+class BindError(OSError):
+    """A server could not bind its address (in use by another process, or not ours to bind)."""
 
 
 @dataclass
@@ -50,21 +60,33 @@ async def start_server(
     serving: bool = True,
 ) -> Running:
     """Bind ``address`` (``host:0`` picks a free port), register services + health + reflection, start."""
-    options = message_limits(max_message_bytes)
+    options = [*message_limits(max_message_bytes), NO_PORT_SHARING]
     server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()], options=options)
     for add in register:
         add(server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"could not bind {address}")
+    port = _bind(server, address)
     await server.start()
     running = Running(server, port, health_servicer, tuple(service_names))
     await running.set_serving(serving)
     freeze_startup_heap()  # no full-heap GC pauses in the serving path (see gc_tuning)
     return running
+
+
+def _bind(server: grpc.aio.Server, address: str) -> int:
+    cause: RuntimeError | None = None
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpcio's way of saying the bind failed (older ones returned 0)
+        port, cause = 0, exc
+    if port == 0:
+        raise BindError(
+            f"could not bind {address}: in use by another process, or not an address of this host "
+            "(servers never share a port)"
+        ) from cause
+    return port
 
 
 async def wait_for_signal() -> None:

@@ -110,6 +110,13 @@ def _tensor(dtype="float32", shape=(2, 1, 28, 28), data=None):
             grpc.StatusCode.INVALID_ARGUMENT,
             "needs 6272 bytes, got 3",
         ),
+        (pb.EncodeRequest(code=_code()), grpc.StatusCode.INVALID_ARGUMENT, "missing queries"),
+        (
+            # 4 * (2**62 + 4) wraps int64 to 16 elements: 64 bytes "matched" and numpy failed (INTERNAL)
+            pb.EncodeRequest(code=_code(), queries=pb.Tensor(dtype="float32", shape=[4, 2**62 + 4], data=b"\0" * 64)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"queries: shape [4, {2**62 + 4}] of float32 declares",
+        ),
         (
             pb.EncodeRequest(code=pb.CodeSpec(scheme="nope", k=2), queries=_tensor()),
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -144,6 +151,15 @@ async def test_decode_with_nothing_missing_is_invalid(services):
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "nothing to decode" in err.value.details()
+
+
+async def test_a_decode_without_its_outputs_is_missing_them(services):
+    _, decoder, _ = services
+    request = pb.DecodeRequest(code=_code(), present=[True, False], parity_outputs=from_numpy(np.zeros((1, 3))))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await decoder.Decode(request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("missing outputs")
 
 
 async def test_per_slot_tensors_carry_coded_outputs_of_any_shape(services):

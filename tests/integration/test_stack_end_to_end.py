@@ -160,6 +160,12 @@ def test_a_stream_answers_every_query_once(stack):
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "",
         ),
+        (pb.ClassifyRequest(model=linear_models.DEPLOYED), grpc.StatusCode.INVALID_ARGUMENT, "missing input"),
+        (  # finite, but the linear model's logits were NaN and came back OK
+            pb.ClassifyRequest(model=linear_models.DEPLOYED, input=from_numpy(np.full((1, 28, 28), 3e38, np.float32))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "exceeds the bound |x| <= 1e+06",
+        ),
     ],
 )
 def test_bad_input_gets_a_clear_status(stack, request_, code, message):

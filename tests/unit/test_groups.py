@@ -285,3 +285,16 @@ def test_adding_to_a_sealed_group_is_an_error(scheme):
     d = Driver(scheme).add().seal()
     with pytest.raises(RuntimeError, match="closed"):
         d.add()
+
+
+def test_a_failure_names_its_own_cause_and_the_causes_that_made_it_final():
+    d = _parm().seal()
+    d.do(d.group.encoded(np.zeros((1, 1, 2, 2), np.float32)))
+    d.group.failed(d.coded(), "p at t2:8001: UNAVAILABLE: connection refused")
+    (fail,) = d.group.failed(d.data(1), "m at t1:8001: UNAVAILABLE: connection refused")
+    assert isinstance(fail, Fail)
+    assert "m at t1:8001: UNAVAILABLE" in fail.reason and "lost too: p at t2:8001: UNAVAILABLE" in fail.reason
+    d = _parm().seal()
+    d.group.encode_failed("encoder at :8101: UNAVAILABLE")
+    (fail,) = d.group.failed(d.data(0), "timed out")
+    assert "the encoder failed: encoder at :8101: UNAVAILABLE" in fail.reason
