@@ -248,11 +248,12 @@ def test_the_client_deadline_bounds_a_batch_that_cannot_be_rebuilt(client):
     assert time.perf_counter() - start < 1.5
 
 
-def test_nan_input_is_rejected_before_it_reaches_a_coding_group(client):
-    """A deliberate difference from Triton (which computes NaNs): one NaN query would poison the
-    reconstructions of its whole group."""
+@pytest.mark.parametrize("value", [np.nan, 3e38])
+def test_nan_and_huge_inputs_are_rejected_before_they_reach_a_coding_group(client, value):
+    """A deliberate difference from Triton (which computes NaNs): one NaN query — or one so large that the
+    model's activations overflow to NaN — would poison the reconstructions of its whole group."""
     assert (
-        _status(lambda: client.infer(MODEL, [_input(np.full((1, 1, 28, 28), np.nan, np.float32))]))
+        _status(lambda: client.infer(MODEL, [_input(np.full((1, 1, 28, 28), value, np.float32))]))
         == "StatusCode.INVALID_ARGUMENT"
     )
 
