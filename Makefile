@@ -9,7 +9,7 @@ PROTO := protos/codedserve/v1/codedserve.proto
 STUBS := protos/codedserve/v1/codedserve_pb2.py
 DATA := data/.fetched
 
-.PHONY: demo test setup data protos models lint clean help
+.PHONY: demo test setup data protos models lint k8s-check clean help
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
@@ -19,11 +19,12 @@ demo: $(SETUP) $(STUBS) $(DATA)  ## start the stack on CPU, send the MNIST test 
 
 test: $(SETUP) $(STUBS) $(DATA)  ## lint, type-check, then the test suite (unit, gRPC, integration with the real tritonserver)
 	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory k8s-check
 	$(PY) -m pytest tests
 
 setup: $(SETUP) $(STUBS)  ## create .venv with the pinned packages and generate the gRPC stubs
 
-$(SETUP): requirements.txt pyproject.toml
+$(SETUP): requirements.txt requirements-serve.txt requirements-coding.txt pyproject.toml setup.py
 	@# Triton's python-backend stub embeds Debian's libpython3.11; install it where it is missing.
 	@ldconfig -p | grep -q 'libpython3\.11\.so\.1' || (apt-get update -qq && apt-get install -y -qq libpython3.11)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,9 +43,10 @@ $(DATA): $(SETUP)
 	$(PY) -m export.fetch_data --out data
 	touch $@
 
-models: $(SETUP) $(DATA)  ## retrain every model on CPU and export to model_repository/ (about 25 min, then the collage models)
+models: $(SETUP) $(DATA)  ## retrain every model on CPU and export to model_repository/ (about 25 min, then the collage models, about 5 min)
 	$(PY) -m export.train_all --profile cpu --out model_repository
 	$(PY) -m export.collage --dataset mnist --s 2,3 --out model_repository
+	$(PY) -m export.collage --dataset fashion --s 2,3 --out model_repository
 
 PACKAGES := coding frontend encoder_service decoder_service service_common triton_local bench export
 lint: $(SETUP) $(STUBS)  ## ruff lint, ruff format check, mypy over the packages
@@ -52,5 +54,14 @@ lint: $(SETUP) $(STUBS)  ## ruff lint, ruff format check, mypy over the packages
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy $(PACKAGES)
 
+# The Kubernetes version the manifests are validated against (schemas bundled in kubernetes-validate).
+K8S_VERSION ?= 1.31.0
+OVERLAYS := $(wildcard k8s/overlays/*)
+k8s-check: $(SETUP)  ## render every k8s overlay with kustomize and validate each object offline (--strict schemas)
+	@for overlay in $(OVERLAYS); do \
+	  echo "kustomize + kubernetes-validate: $$overlay"; \
+	  $(VENV)/bin/kubectl kustomize $$overlay | $(VENV)/bin/kubernetes-validate --strict --quiet -k $(K8S_VERSION) - || exit 1; \
+	done
+
 clean:  ## remove build outputs (keeps .venv and data/)
-	rm -rf .triton .logs protos/codedserve/v1/*_pb2*.py protos/codedserve/v1/*_pb2.pyi
+	rm -rf .triton .logs build protos/codedserve/v1/*_pb2*.py protos/codedserve/v1/*_pb2.pyi

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from collections.abc import Mapping
 
 from encoder_service.server import create_server
-from service_common.cli import ServiceConfig, add_service_flags, service_config
+from service_common.cli import ServiceConfig, coding_service_parser, common_config
 from service_common.logs import setup_logging
 from service_common.metrics import serve_metrics
 from service_common.server import BindError, wait_for_signal
@@ -22,12 +23,15 @@ async def _main(config: ServiceConfig) -> None:
     await running.stop()
 
 
+def parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """Flags, each also a ``CODEDSERVE_ENCODER_*`` variable (``--help`` names them)."""
+    return coding_service_parser("encoder", __doc__, 8101, environ)[0]
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m encoder_service", description=__doc__)
-    add_service_flags(parser, "CODEDSERVE_ENCODER", default_port=8101)
-    config = service_config(parser.parse_args())
+    config = common_config(parser().parse_args())
     setup_logging(config.log_level)
-    serve_metrics(config.metrics_port)
+    serve_metrics(config.metrics_port, config.metrics_address)
     try:
         asyncio.run(_main(config))
     except BindError as exc:  # a clear line, not a traceback: the port is someone else's

@@ -12,6 +12,7 @@ from frontend.coding_clients import Coder, CodingClients, LocalCoding
 from frontend.config import FrontendConfig, Route
 from frontend.coordinator import ModelServer
 from frontend.deadlines import RouteDeadlines
+from frontend.discovery import Discovery, Source, resolver_for
 from frontend.dispatch import Dispatcher
 from frontend.injection import InjectingPool
 from frontend.placement import Placer
@@ -25,7 +26,11 @@ class FrontendApp:
     def __init__(self, config: FrontendConfig) -> None:
         self.config = config
         self.placer = Placer(serving(config))
+        self.triton = TritonPool(
+            instance_urls(config), config.triton_timeout_s, config.max_message_bytes, config.batch_inflight
+        )
         self.pool = self._pool()
+        self.discovery = self._discovery()
         self.coders: Coder = (
             LocalCoding()
             if config.coding == "local"
@@ -41,21 +46,38 @@ class FrontendApp:
 
     def _pool(self) -> Pool:
         """The Triton pool; wrapped by fault injection only when the configuration asks for it."""
-        urls = instance_urls(self.config)
-        pool = TritonPool(urls, self.config.triton_timeout_s, self.config.max_message_bytes, self.config.batch_inflight)
         if not self.config.faults.active:
-            return pool
+            return self.triton
         deployed = set().union(*(r.data_models for r in self.config.routes))
-        return InjectingPool(pool, self.config.faults, deployed)
+        return InjectingPool(self.triton, self.config.faults, deployed)
+
+    def _discovery(self) -> Discovery | None:
+        """Instances from the --triton-dns / --parity-triton-dns names (None: a fixed list of urls)."""
+        sources = discovery_sources(self.config)
+        if not sources:
+            return None
+        resolver = resolver_for(self.config.dns_server)
+        return Discovery(sources, self.triton, self.placer, resolver, self.config.dns_refresh_s)
 
     async def start(self) -> None:
         await self.pool.start()
         await self.coders.start()
+        if self.discovery is not None:
+            await self.discovery.start()
 
     async def close(self) -> None:
         await asyncio.gather(*(s.drain(timeout_s=5.0) for s in self.servers.values()))
+        if self.discovery is not None:
+            await self.discovery.close()
         await self.pool.close()
         await self.coders.close()
+
+    def _check_instances(self) -> None:
+        """Raises WorkerError while a model has no instance yet (its DNS name has not resolved to a ready pod)."""
+        waiting = sorted(m for r in self.config.routes for m in r.models.values() if not self.placer.serving(m))
+        if waiting:
+            names = ", ".join(s.target for s in discovery_sources(self.config).values())
+            raise WorkerError(f"no ready Triton instance behind {names or 'the configured urls'} yet for {waiting}")
 
     @property
     def ready(self) -> bool:
@@ -67,6 +89,7 @@ class FrontendApp:
         deadline = None if give_up_s is None else loop.time() + give_up_s
         while True:
             try:
+                self._check_instances()
                 for server in self.servers.values():
                     if server.signature is None:
                         await server.load()
@@ -103,20 +126,53 @@ class FrontendApp:
             self._inflight -= queries
 
 
+def _fixed_urls(config: FrontendConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The instances given as urls: the deployed models', the parity models' (a DNS name replaces either)."""
+    data = () if config.triton_dns else config.triton_urls
+    return data, () if config.parity_triton_dns else config.parity_triton_urls
+
+
 def instance_urls(config: FrontendConfig) -> tuple[str, ...]:
-    """Every Triton instance, numbered: the deployed models' first, then the parity-only ones."""
-    return tuple(dict.fromkeys((*config.triton_urls, *config.parity_triton_urls)))
+    """Every fixed Triton instance, numbered: the deployed models' first, then the parity-only ones.
+    Discovered instances are numbered after these, as they appear."""
+    data, parity = _fixed_urls(config)
+    return tuple(dict.fromkeys((*data, *parity)))
 
 
 def serving(config: FrontendConfig) -> dict[str, tuple[int, ...]]:
-    """Model -> the instances that serve it: the models of data slots on ``triton_urls``, the others
+    """Model -> the fixed instances that serve it: the models of data slots on ``triton_urls``, the others
     (parity, collage, coded models) on ``parity_triton_urls`` (default: the same instances)."""
     number = {url: i for i, url in enumerate(instance_urls(config))}
-    data = tuple(number[u] for u in config.triton_urls)
-    coded = tuple(number[u] for u in config.parity_triton_urls) or data
+    data_urls, parity_urls = _fixed_urls(config)
+    data = tuple(number[u] for u in data_urls)
+    coded = tuple(number[u] for u in parity_urls) if _has_parity(config) else data
     result: dict[str, tuple[int, ...]] = {}
     for route in config.routes:
         for model in route.models.values():
             instances = data if model in route.data_models else coded
             result[model] = tuple(dict.fromkeys((*result.get(model, ()), *instances)))
     return result
+
+
+def _has_parity(config: FrontendConfig) -> bool:
+    return bool(config.parity_triton_urls or config.parity_triton_dns)
+
+
+def _model_roles(config: FrontendConfig) -> tuple[set[str], set[str]]:
+    """The models some route runs data slots on, and those some route runs coded slots on."""
+    data = {m for r in config.routes for m in r.data_models}
+    coded = {m for r in config.routes for m in r.models.values() if m not in r.data_models}
+    return data, coded
+
+
+def discovery_sources(config: FrontendConfig) -> dict[str, Source]:
+    """The DNS names to watch and the models each one's instances serve (parity models go with the
+    deployed ones unless they have instances of their own)."""
+    data_models, coded_models = _model_roles(config)
+    sources = {}
+    if config.triton_dns:
+        models = data_models if _has_parity(config) else data_models | coded_models
+        sources["triton"] = Source(config.triton_dns, frozenset(models))
+    if config.parity_triton_dns:
+        sources["parity"] = Source(config.parity_triton_dns, frozenset(coded_models))
+    return sources

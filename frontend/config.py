@@ -173,8 +173,17 @@ class FrontendConfig:
     scheme_modules: tuple[str, ...] = ()  # plug-in modules that register more coding schemes
     coding: str = "services"  # "services": the encoder/decoder services; "local": coding/ in-process
     batch_inflight: int = 1  # ModelInfer calls out per instance and model; what queues meanwhile is batched
+    metrics_address: str = "127.0.0.1"  # the host /metrics binds (0.0.0.0 in a pod)
+    # Triton pod discovery (frontend.discovery): NAME:PORT of a headless Service whose every address is one
+    # instance, re-resolved every dns_refresh_s, instead of triton_urls (which then holds NAME:PORT itself,
+    # a gRPC target any pod answers, for control calls). The parity one replaces parity_triton_urls.
+    triton_dns: str = ""
+    parity_triton_dns: str = ""
+    dns_refresh_s: float = 5.0
+    dns_server: str = ""  # HOST[:PORT] of the DNS server asked for those names; "" = the system resolver
 
     def __post_init__(self) -> None:
+        self._check_discovery()
         if not self.triton_urls:
             raise ValueError("at least one Triton URL is needed (--triton-url / CODEDSERVE_TRITON_URLS)")
         if not self.routes:
@@ -191,6 +200,26 @@ class FrontendConfig:
             raise ValueError(f"batch_inflight must be >= 1, got {self.batch_inflight}")
         if self.max_inflight < 1:
             raise ValueError(f"max_inflight must be >= 1, got {self.max_inflight}")
+
+    def _check_discovery(self) -> None:
+        for name, urls in (("triton", "triton_urls"), ("parity_triton", "parity_triton_urls")):
+            target = getattr(self, f"{name}_dns")
+            if not target:
+                continue
+            if getattr(self, urls) not in ((), (target,)):
+                raise ValueError(f"give --{name.replace('_', '-')}-url or --{name.replace('_', '-')}-dns, not both")
+            host, sep, port = target.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"{name}_dns must be NAME:PORT, got {target!r}")
+        if self.triton_dns:  # control calls (the KServe port's metadata) go to any pod behind the name
+            object.__setattr__(self, "triton_urls", (self.triton_dns,))
+        if self.dns_refresh_s <= 0:
+            raise ValueError(f"dns_refresh_s must be positive, got {self.dns_refresh_s}")
+
+    @property
+    def discovers(self) -> bool:
+        """Instances come (at least in part) from DNS, not a fixed list."""
+        return bool(self.triton_dns or self.parity_triton_dns)
 
     def route(self, model: str) -> Route | None:
         return next((r for r in self.routes if r.model == model), None)

@@ -10,7 +10,7 @@ the instances allow, and one stalled instance then costs it more than one slot.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 
 class Placer:
@@ -22,6 +22,25 @@ class Placer:
 
     def serving(self, model: str) -> tuple[int, ...]:
         return self._serving[model]
+
+    def add(self, instance: int, models: Iterable[str]) -> None:
+        """Place ``models`` on ``instance`` too (a Triton pod that appeared). It starts level with the least
+        used instance of those models, so the rule stays round-robin instead of giving the newcomer every
+        choice until it has caught up with instances that served for hours."""
+        models = tuple(models)
+        peers = {i for m in models for i in self._serving.get(m, ()) if i != instance}
+        if instance not in self._assigned:
+            self._assigned[instance] = min((self._assigned[i] for i in peers), default=0)
+        for model in models:
+            if instance not in self._serving.get(model, ()):
+                self._serving[model] = (*self._serving.get(model, ()), instance)
+
+    def remove(self, instance: int, models: Iterable[str] | None = None) -> None:
+        """Stop placing ``models`` (default: every model) on ``instance`` (a Triton pod that went away).
+        Slots already placed there are not moved: their calls finish where they are."""
+        names = set(self._serving) if models is None else set(models)
+        for model in names & set(self._serving):
+            self._serving[model] = tuple(i for i in self._serving[model] if i != instance)
 
     def place(self, model: str, used: Mapping[int, int]) -> int:
         """An instance for one more slot on ``model``, where ``used`` counts the group's slots per instance."""

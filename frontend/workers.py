@@ -10,6 +10,7 @@ generous safety deadline only.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -79,6 +80,10 @@ class TritonPool:
     """One channel per Triton instance (numbered by position in ``urls``), and one :class:`Batcher` per
     instance and model: calls that queue while ``batch_inflight`` calls are out leave as one ModelInfer.
 
+    Instances can come and go (:mod:`frontend.discovery`): :meth:`add` opens one more, numbered after
+    every earlier one (numbers are never reused), and :meth:`drain` closes one once every call already
+    given to it has finished on its own: a drained instance's calls are never cancelled.
+
     Requests are built on the raw ``GRPCInferenceService`` stub (``raw_input_contents`` in, raw bytes out):
     ``python -m bench.client_cost`` measured that cheaper per call than tritonclient's wrappers.
     """
@@ -90,17 +95,57 @@ class TritonPool:
         self.timeout_s = timeout_s
         self.batch_inflight = batch_inflight
         self._options = message_limits(max_message_bytes)
-        self._channels: list[grpc.aio.Channel] = []
+        self._channels: list[grpc.aio.Channel | None] = []
         self._stubs: list[kpb_grpc.GRPCInferenceServiceStub] = []
         self._batchers: dict[tuple[int, str], Batcher[np.ndarray, np.ndarray]] = {}
+        self._inflight: Counter[int] = Counter()
+        self._idle: dict[int, asyncio.Event] = {}  # instances being drained -> set once none of their calls is out
+        self._removed: set[int] = set()  # drained instances: no new call is accepted for them
 
     async def start(self) -> None:
         """Open the channels inside the running loop (grpc.aio channels bind to it)."""
-        self._channels = [grpc.aio.insecure_channel(u, options=self._options) for u in self.urls]
-        self._stubs = [kpb_grpc.GRPCInferenceServiceStub(c) for c in self._channels]
+        for url in self.urls[len(self._channels) :]:
+            self._open(url)
+
+    def _open(self, url: str) -> None:
+        channel = grpc.aio.insecure_channel(url, options=self._options)
+        self._channels.append(channel)
+        self._stubs.append(kpb_grpc.GRPCInferenceServiceStub(channel))
+
+    def add(self, url: str) -> int:
+        """Open one more instance (inside the running loop); returns its number."""
+        self.urls = (*self.urls, url)
+        self._open(url)
+        return len(self.urls) - 1
+
+    async def ready(self, instance: int, timeout_s: float = 2.0) -> bool:
+        """Whether the instance answers ServerReady (every model loaded, with Triton's strict readiness)."""
+        try:
+            return bool((await self._stubs[instance].ServerReady(kpb.ServerReadyRequest(), timeout=timeout_s)).ready)
+        except grpc.aio.AioRpcError:
+            return False
+
+    async def drain(self, instance: int) -> int:
+        """Close the instance once every call it has been given has finished (each within its own safety
+        deadline); the caller has stopped placing calls on it. Returns how many calls were still out."""
+        waited = self._inflight[instance]
+        idle = self._idle.setdefault(instance, asyncio.Event())
+        if not waited:
+            idle.set()
+        await idle.wait()
+        self._removed.add(instance)
+        channel, self._channels[instance] = self._channels[instance], None
+        for key in [k for k in self._batchers if k[0] == instance]:
+            del self._batchers[key]
+        if channel is not None:
+            await channel.close()
+        return waited
+
+    def closed(self, instance: int) -> bool:
+        return instance in self._removed
 
     async def close(self) -> None:
-        await asyncio.gather(*(c.close() for c in self._channels), return_exceptions=True)
+        await asyncio.gather(*(c.close() for c in self._channels if c is not None), return_exceptions=True)
 
     async def signature(self, model: str, instance: int) -> ModelSignature:
         """Read the model's input/output and batch limit from Triton (raises WorkerError if not ready)."""
@@ -130,13 +175,21 @@ class TritonPool:
         key = (call.instance, call.model)
         batcher = self._batchers.get(key)
         if batcher is None:
+            if call.instance in self._removed:
+                raise WorkerError(f"{call.model}: Triton at {self.urls[call.instance]} was removed")
             batcher = self._batchers[key] = row_batcher(
                 lambda rows: self._model_infer(call.instance, call.model, rows, signature),
                 self.batch_inflight,
                 signature.max_batch,
                 metrics.TRITON_BATCH_ROWS.labels(call.model).observe,
             )
-        return await batcher.submit(batch)
+        self._inflight[call.instance] += 1
+        try:
+            return await batcher.submit(batch)
+        finally:
+            self._inflight[call.instance] -= 1
+            if not self._inflight[call.instance] and call.instance in self._idle:
+                self._idle[call.instance].set()
 
     async def _model_infer(self, instance: int, model: str, rows: np.ndarray, signature: ModelSignature) -> np.ndarray:
         try:

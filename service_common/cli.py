@@ -1,15 +1,168 @@
-"""What every service's command line shares: listen address, metrics port, message limit, log level."""
+"""The one command-line layer of the three services: every flag is also an environment variable.
+
+Naming: a flag ``--some-thing`` of service S reads ``CODEDSERVE_<S>_SOME_THING`` (``S`` = FRONTEND,
+ENCODER, DECODER), with an ``S`` appended for a repeatable flag (``--route`` -> ``..._ROUTES``, a
+comma- or ``;``-separated list). The one exception is a setting the three services must agree on,
+which has one name without a service: ``--scheme-module`` -> ``CODEDSERVE_SCHEME_MODULES``. A flag on
+the command line wins over its variable; an empty variable counts as unset. ``--help`` shows each
+flag's variable and its built-in default. Old names keep working for a while, with a warning.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from coding.errors import CodingError
 from coding.schemes import load_scheme_modules
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+PREFIX = "CODEDSERVE"
+SHARED_SCHEME_MODULES = f"{PREFIX}_SCHEME_MODULES"
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def env_name(service: str, flag: str, repeatable: bool = False) -> str:
+    """``("frontend", "--triton-url", True)`` -> ``CODEDSERVE_FRONTEND_TRITON_URLS``."""
+    return f"{PREFIX}_{service.upper()}_{_upper(flag, repeatable)}"
+
+
+def legacy_name(flag: str, repeatable: bool = False) -> str:
+    """The frontend's old, service-less name of a flag's variable: ``--route`` -> ``CODEDSERVE_ROUTES``."""
+    return f"{PREFIX}_{_upper(flag, repeatable)}"
+
+
+def _upper(flag: str, repeatable: bool) -> str:
+    return flag.lstrip("-").upper().replace("-", "_") + ("S" if repeatable else "")
+
+
+def parse_bool(text: str) -> bool:
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise ValueError(f"expected one of {_TRUE + _FALSE}, got {text!r}")
+
+
+class _Switch(argparse.Action):
+    """``--x`` sets True, ``--no-x`` sets False (so a variable that turned it on can be overridden)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        names = [*option_strings, *(f"--no-{o[2:]}" for o in option_strings if o.startswith("--"))]
+        super().__init__(names, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, not (option_string or "").startswith("--no-"))
+
+
+class _Repeat(argparse.Action):
+    """Append, but the first use on the command line replaces the variable's list instead of extending it."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        current = getattr(namespace, self.dest)
+        items = [] if current is self.default else list(current)
+        setattr(namespace, self.dest, [*items, values])
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One declared flag: its variable, its built-in default, the deprecated names it still reads."""
+
+    dest: str
+    env: str
+    default: Any
+    deprecated: tuple[str, ...] = ()
+
+
+class Flags:
+    """Declares flags on ``parser`` whose defaults come from ``CODEDSERVE_<SERVICE>_*`` variables.
+
+    ``settings`` (dest -> :class:`Setting`) is what tests and docs read to know every flag's variable.
+    A variable that does not parse fails at once with its name and value (SystemExit).
+    """
+
+    def __init__(self, parser: argparse.ArgumentParser, service: str, environ: Mapping[str, str] | None = None) -> None:
+        self.parser = parser
+        self.service = service
+        self.environ = os.environ if environ is None else environ
+        self.settings: dict[str, Setting] = {}
+
+    def add(
+        self,
+        *names: str,
+        default: Any = None,
+        type: Callable[[str], Any] = str,
+        help: str,
+        choices: Sequence[Any] | None = None,
+        switch: bool = False,
+        repeat: bool = False,
+        sep: str = ",",
+        env: str | None = None,
+        deprecated: Sequence[str] = (),
+        group: Any = None,
+        metavar: str | None = None,
+    ) -> None:
+        """One flag. ``switch``: a boolean (``--x``/``--no-x``); ``repeat``: repeatable, a list, in the
+        variable ``sep``-separated (``;`` is always accepted: values with commas, such as routes, need it)."""
+        var = env or env_name(self.service, names[0], repeat)
+        dest = names[0].lstrip("-").replace("-", "_")
+        value = self._from_env(var, tuple(deprecated), type, switch, sep if repeat else "", choices)
+        shown = "unset" if default in (None, "", [], ()) else default
+        text = f"{help} [env {var}; default: {shown}"
+        text += f"; set now: {value!r}]" if value is not None else "]"
+        target = group if group is not None else self.parser
+        kwargs: dict[str, Any] = {"dest": dest, "help": text.replace("%", "%%")}
+        if switch:
+            kwargs["action"] = _Switch
+        else:
+            kwargs.update(type=type, choices=choices, metavar=metavar)
+            if repeat:
+                kwargs["action"] = _Repeat
+        fallback = [] if repeat and default is None else default
+        target.add_argument(*names, default=fallback if value is None else value, **kwargs)
+        self.settings[dest] = Setting(dest, var, default, tuple(deprecated))
+
+    def _from_env(
+        self,
+        var: str,
+        deprecated: tuple[str, ...],
+        convert: Callable[[str], Any],
+        switch: bool,
+        sep: str,
+        choices: Sequence[Any] | None,
+    ) -> Any:
+        name, raw = var, self.environ.get(var, "")
+        for old in deprecated:
+            if not raw and self.environ.get(old, ""):
+                name, raw = old, self.environ[old]
+                log.warning("%s is deprecated and will be removed: set %s instead", old, var)
+        if not raw:
+            return None
+        try:
+            if switch:
+                return parse_bool(raw)
+            if sep:
+                sep = ";" if ";" in raw else sep
+                return [_checked(convert(v.strip()), choices) for v in raw.split(sep) if v.strip()]
+            return _checked(convert(raw), choices)
+        except (TypeError, ValueError) as exc:
+            raise SystemExit(f"{name}={raw!r}: {exc}") from exc
+
+
+def _checked(value: Any, choices: Sequence[Any] | None) -> Any:
+    if choices is not None and value not in choices:
+        raise ValueError(f"expected one of {list(choices)}, got {value!r}")
+    return value
+
+
+def new_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
 
 
 @dataclass(frozen=True)
@@ -19,45 +172,56 @@ class ServiceConfig:
     max_message_bytes: int
     log_level: str
     scheme_modules: tuple[str, ...] = ()  # plug-in modules that register more coding schemes
+    metrics_address: str = "127.0.0.1"
 
 
-def add_service_flags(parser: argparse.ArgumentParser, env_prefix: str, default_port: int) -> None:
-    """Flags with env fallbacks (``<PREFIX>_ADDRESS`` etc.), so k8s can configure by env."""
-    env = os.environ.get
-    parser.add_argument(
+def add_common_flags(flags: Flags, default_port: int, legacy: bool = False) -> None:
+    """The flags every service has: listen address, metrics, message limit, log level, scheme modules.
+    ``legacy``: also read the old service-less name of the log level (the frontend's was CODEDSERVE_LOG_LEVEL)."""
+    flags.add(
         "--address",
-        default=env(f"{env_prefix}_ADDRESS", f"127.0.0.1:{default_port}"),
-        help="host:port to listen on; port 0 picks a free one (env %(default)s)",
+        default=f"127.0.0.1:{default_port}",
+        help="host:port to listen on (0.0.0.0:PORT in a pod); port 0 picks a free one",
     )
-    parser.add_argument(
-        "--metrics-port",
-        type=int,
-        default=env(f"{env_prefix}_METRICS_PORT"),
-        help="serve Prometheus /metrics on 127.0.0.1:PORT (off when unset)",
-    )
-    parser.add_argument(
+    flags.add("--metrics-port", type=int, help="serve Prometheus /metrics on this port (off when unset)")
+    flags.add("--metrics-address", default="127.0.0.1", help="the host /metrics binds (0.0.0.0 in a pod)")
+    flags.add(
         "--max-message-bytes",
         type=int,
-        default=int(env(f"{env_prefix}_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES)),
+        default=DEFAULT_MAX_MESSAGE_BYTES,
         help="largest gRPC message accepted or sent; bigger ones get RESOURCE_EXHAUSTED",
     )
-    parser.add_argument("--log-level", default=env(f"{env_prefix}_LOG_LEVEL", "INFO"))
-    parser.add_argument(
+    flags.add(
+        "--log-level", default="INFO", help="logging level", deprecated=[legacy_name("--log-level")] if legacy else []
+    )
+    flags.add(
         "--scheme-module",
-        action="append",
-        default=None,
-        help="import this module at start-up so it registers more coding schemes; repeatable; the frontend "
-        "needs the same ones (env CODEDSERVE_SCHEME_MODULES, comma-separated)",
+        repeat=True,
+        env=SHARED_SCHEME_MODULES,
+        help="import this module at start-up so it registers more coding schemes; repeatable; the three "
+        "services need the same ones",
     )
 
 
-def service_config(args: argparse.Namespace) -> ServiceConfig:
+def common_config(args: argparse.Namespace) -> ServiceConfig:
+    """Validate the common flags and import the scheme modules; fails fast naming the flag."""
     if args.max_message_bytes <= 0:
         raise SystemExit(f"--max-message-bytes must be positive, got {args.max_message_bytes}")
-    metrics_port = int(args.metrics_port) if args.metrics_port not in (None, "") else None
-    modules = args.scheme_module or [m for m in os.environ.get("CODEDSERVE_SCHEME_MODULES", "").split(",") if m]
+    modules = tuple(args.scheme_module)
     try:
-        load_scheme_modules(modules)
+        load_scheme_modules(list(modules))
     except CodingError as exc:
         raise SystemExit(str(exc)) from exc
-    return ServiceConfig(args.address, metrics_port, args.max_message_bytes, args.log_level, tuple(modules))
+    return ServiceConfig(
+        args.address, args.metrics_port, args.max_message_bytes, args.log_level, modules, args.metrics_address
+    )
+
+
+def coding_service_parser(
+    service: str, description: str | None, default_port: int, environ: Mapping[str, str] | None = None
+) -> tuple[argparse.ArgumentParser, Flags]:
+    """The whole command line of the encoder or the decoder service (``service`` = "encoder"/"decoder")."""
+    parser = new_parser(f"python -m {service}_service", description)
+    flags = Flags(parser, service, environ)
+    add_common_flags(flags, default_port)
+    return parser, flags

@@ -17,7 +17,7 @@ RPC_SECONDS = Histogram(
 )
 
 
-def serve_metrics(port: int | None) -> None:
-    """Expose /metrics on 127.0.0.1:port (no-op when port is None)."""
+def serve_metrics(port: int | None, address: str = "127.0.0.1") -> None:
+    """Expose /metrics on address:port (no-op when port is None; 0.0.0.0 in a pod, for Prometheus)."""
     if port is not None:
-        start_http_server(port, addr="127.0.0.1")
+        start_http_server(port, addr=address)

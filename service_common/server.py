@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 NO_PORT_SHARING = ("grpc.so_reuseport", 0)
+# A health name that is SERVING from start to graceful shutdown whatever the dependencies: what a liveness
+# probe asks (``grpc: {port, service}``), while readiness asks "" (NOT_SERVING until e.g. Triton is ready).
+LIVENESS_SERVICE = "codedserve.liveness"
 
 
 class BindError(OSError):
@@ -71,6 +74,7 @@ async def start_server(
     await server.start()
     running = Running(server, port, health_servicer, tuple(service_names))
     await running.set_serving(serving)
+    await health_servicer.set(LIVENESS_SERVICE, SERVING)
     freeze_startup_heap()  # no full-heap GC pauses in the serving path (see gc_tuning)
     return running
 

