@@ -29,6 +29,7 @@ def member_role(i: int) -> str:
     """The role of member i of a *set*: one query answered by several models (COIN)."""
     return f"member{i}"
 
+
 Shape = tuple[int, ...]
 Outputs = Sequence[np.ndarray | None]  # one entry per slot; None where the output is absent
 
