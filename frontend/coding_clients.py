@@ -65,7 +65,7 @@ class CodingClients:
 
     @staticmethod
     def _code(route: Route) -> pb.CodeSpec:
-        return pb.CodeSpec(scheme=route.scheme, k=route.k, params=route.param_dict)
+        return pb.CodeSpec(scheme=route.scheme, k=route.code_k, params=route.param_dict)
 
     async def encode(self, route: Route, inputs: np.ndarray, timeout_s: float) -> np.ndarray:
         """The coded input of every coded slot, ``(r, ...)``."""

@@ -39,10 +39,11 @@ class Route:
 
     model: str
     scheme: str = UNCODED
-    k: int = 1
+    k: int = 1  # queries per coding group
     params: tuple[tuple[str, str], ...] = ()
     dispatch: Dispatch = field(default_factory=Dispatch)
     code: Scheme = field(default_factory=Uncoded)
+    code_k: int = 1  # the k the scheme was built with (COIN: its members), as the coding services rebuild it
 
     @property
     def coded(self) -> bool:
@@ -89,7 +90,7 @@ def parse_route(text: str) -> Route:
     except (CodingError, ValueError) as exc:
         raise ValueError(f"route {text!r}: {exc}") from exc
     # k is the queries per group, whatever the scheme was told (collage: s² from its s).
-    return Route(model, scheme, group_size(code), tuple(sorted(params.items())), code=code)
+    return Route(model, scheme, group_size(code), tuple(sorted(params.items())), code=code, code_k=k)
 
 
 def _baseline_dispatch(scheme: str, params: dict[str, str]) -> Dispatch:

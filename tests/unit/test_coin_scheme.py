@@ -32,6 +32,7 @@ def test_a_set_is_one_query_on_each_member_and_on_the_coded_model():
 def test_the_route_names_the_set_its_members_and_its_coded_model():
     route = parse_route("ens=coin:k=2,members=a+b,coded_model=c,space=probabilities,lambdas=0.25+0.75")
     assert route.k == 1 and route.models == {"member0": "a", "member1": "b", CODED: "c"}
+    assert route.code_k == 2  # what the coding services are told: the set's two members
     assert route.code.lambdas == (0.25, 0.75) and route.code.space == "probabilities"
     assert parse_route("mnist_coin=coin:k=2,method=average").models[CODED] == "mnist_coin_k2_average"
 
