@@ -43,10 +43,11 @@ $(DATA): $(SETUP)
 	$(PY) -m export.fetch_data --out data
 	touch $@
 
-models: $(SETUP) $(DATA)  ## retrain every model on CPU and export to model_repository/ (about 25 min, then the collage models, about 5 min)
+models: $(SETUP) $(DATA)  ## retrain every model on CPU and export to model_repository/ (about 25 min, then the collage and COIN models, about 20 min more)
 	$(PY) -m export.train_all --profile cpu --out model_repository
 	$(PY) -m export.collage --dataset mnist --s 2,3 --out model_repository
 	$(PY) -m export.collage --dataset fashion --s 2,3 --out model_repository
+	$(PY) -m export.coin --dataset mnist --k 2,3 --settings shared,drift --out model_repository --results export/results/coin-mnist.md
 
 PACKAGES := coding frontend encoder_service decoder_service service_common triton_local bench export
 lint: $(SETUP) $(STUBS)  ## ruff lint, ruff format check, mypy over the packages
