@@ -5,8 +5,8 @@ The encoder is shared by training (torch) and serving (numpy): each query is res
 pixel is the mean of the source pixels it covers, fractions weighted, which is the antialiased resize
 (for s = 2 it is 2 x 2 average pooling). Tiles go row-major (cell j at row j // s, column j % s) into one
 collage of the query's own size; the ``H - s t`` pixels left over at the bottom and right (1 px for s = 3)
-stay 0. So a collage query costs about what one query costs, and one collage covers s² queries: the
-extra load is 1/s² (25% for s = 2, 11% for s = 3).
+stay 0. So a collage is one request of a query's own size covering s² queries: the extra load is
+1/s² requests (25% for s = 2, 11% for s = 3); its compute is the collage model's (docs/collage.md).
 
 A partial group (sealed by the fill timeout) fills its empty cells by repeating its own queries, as every
 group does (frontend.groups), so the collage is always full and cell j always holds data slot j: the

@@ -71,9 +71,15 @@ class Setting:
     epochs: int
     lr: float
     disjoint: bool  # member j fine-tunes on its own 1/len(LABELLINGS) of the training split
+    tune: str = "all"  # "classifier": the conv features stay the base's (frozen, BatchNorm statistics too)
 
 
-SETTINGS = {"shared": Setting(epochs=1, lr=1e-3, disjoint=False), "drift": Setting(epochs=3, lr=3e-3, disjoint=True)}
+SETTINGS = {
+    "shared": Setting(epochs=1, lr=1e-3, disjoint=False),
+    "drift": Setting(epochs=3, lr=3e-3, disjoint=True),
+    # The members share every convolution exactly and differ only in the fully connected layers.
+    "frozen": Setting(epochs=1, lr=1e-3, disjoint=False, tune="classifier"),
+}
 DISTILL = TrainConfig(epochs=1, batch_size=BATCH_SIZE, lr=1e-3, augment=False)
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
@@ -142,6 +148,13 @@ def fine_tune_member(base: nn.Module, data: train.Data, j: int, setting: Setting
     labels = member_labels(j, tr.labels)
     model = copy.deepcopy(base)
     torch.manual_seed(seed + j)
+    if setting.tune == "classifier":
+        features = model.get_submodule("features")  # SmallCNN's convolutions
+        for layer in features.modules():
+            for p in layer.parameters(recurse=False):
+                p.requires_grad_(False)
+            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                layer.momentum = 0.0  # train mode normalises by the batch but never moves the running statistics
 
     def loss_fn(idx: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(model(train.random_shift(train.pixels(tr.images[idx]))), labels[idx])
@@ -155,7 +168,9 @@ def fine_tune_member(base: nn.Module, data: train.Data, j: int, setting: Setting
         return list(own[torch.randperm(len(own), device=device)].split(BATCH_SIZE))
 
     cfg = TrainConfig(epochs=setting.epochs, batch_size=BATCH_SIZE, lr=setting.lr, seed=seed + j)
-    return train._fit(model, cfg, batches, loss_fn, validate, f"member {j}")
+    trained = train._fit(model, cfg, batches, loss_fn, validate, f"member {j}")
+    trained.model.requires_grad_(True)  # frozen only while training: the Fisher differentiates every weight
+    return trained
 
 
 @torch.no_grad()

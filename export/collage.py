@@ -163,10 +163,17 @@ def _deployed_accuracy(repository: Path, dataset: str) -> float | None:
 
 
 def export_collage(
-    data: train.Data, dataset: str, s: int, cfg: TrainConfig, out: Path, run: RunInfo, soft_weight: float = 0.0
+    data: train.Data,
+    dataset: str,
+    s: int,
+    cfg: TrainConfig,
+    out: Path,
+    run: RunInfo,
+    soft_weight: float = 0.0,
+    width: int = 64,
 ) -> dict:
     soft = soft_labels(out, dataset, data.train.images) if soft_weight else None
-    result = train_collage(data, s, cfg, soft=soft, soft_weight=soft_weight)
+    result = train_collage(data, s, cfg, soft=soft, soft_weight=soft_weight, width=width)
     name = collage.collage_model_name(dataset, s)
     check = collages(data.test.images, torch.arange(8 * s * s, device=data.test.images.device).view(8, -1), s)
     facts = write_model(result.model, name, out, check.cpu().numpy(), output_dims=(s * s, NUM_CLASSES))
@@ -174,6 +181,7 @@ def export_collage(
         "cell_accuracy": cell_accuracy(result.model, data.test, s, rounds=4),
         "deployed_test_accuracy": _deployed_accuracy(out, dataset),
         "extra_load": 1 / (s * s),
+        "macs": collage_macs(result.model, s),
     }
     log.info(
         "%s: per-cell test accuracy %.4f (deployed %s)",
@@ -184,6 +192,7 @@ def export_collage(
     training = {
         "config": cfg.as_dict(),
         "soft_weight": soft_weight,
+        "width": width,
         "epochs": result.epochs,
         "best_epoch": result.best_epoch,
         "val_metric": result.val_metric,
@@ -251,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, default=None, help="images per split (smoke tests)")
     p.add_argument("--layout", choices=LAYOUTS, default="resized", help="full: an s·28-pixel collage (evaluate only)")
     p.add_argument("--soft-weight", type=float, default=0.0, help="share of the deployed model's soft labels")
-    p.add_argument("--width", type=int, default=64, help="channels of the per-cell CNN's second conv (evaluate only)")
+    p.add_argument("--width", type=int, default=64, help="channels of the per-cell CNN's second conv")
     p.add_argument(
         "--evaluate-only", action="store_true", help="train and print the per-cell test accuracy; export nothing"
     )
@@ -266,12 +275,12 @@ def main(argv: list[str] | None = None) -> None:
     began = time.perf_counter()
     cfg = TrainConfig(args.epochs, args.batch_size, lr=args.lr)
     sides = [int(s) for s in args.s.split(",")]
-    if args.evaluate_only or args.layout != "resized" or args.width != 64:
+    if args.evaluate_only or args.layout != "resized":
         for s in sides:
             variant = evaluate_variant(data, args.dataset, s, cfg, args.out, args.layout, args.soft_weight, args.width)
             print(json.dumps(variant))
         return
-    entries = [export_collage(data, args.dataset, s, cfg, args.out, run, args.soft_weight) for s in sides]
+    entries = [export_collage(data, args.dataset, s, cfg, args.out, run, args.soft_weight, args.width) for s in sides]
     update_manifest(args.out, entries)
     log.info("exported %s in %.0f s", ", ".join(e["name"] for e in entries), time.perf_counter() - began)
 
