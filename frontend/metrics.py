@@ -20,7 +20,9 @@ QUERY_SECONDS = Histogram(
 )
 WORKER_CALLS = Counter("codedserve_worker_calls_total", "Triton calls, by model and outcome", ["model", "outcome"])
 LATE_DISCARDED = Counter(
-    "codedserve_late_outputs_discarded_total", "Own outputs that came after a reconstruction", ["model"]
+    "codedserve_late_outputs_discarded_total",
+    "Own outputs dropped: after their query was closed, or the slower of a resent call's two sends",
+    ["model"],
 )
 DECODE_SECONDS = Histogram("codedserve_decode_seconds", "Decoder round trip", ["model"], buckets=_LATENCY_BUCKETS)
 GROUPS = Counter("codedserve_groups_total", "Coding groups sealed, by how they filled", ["model", "fill"])
