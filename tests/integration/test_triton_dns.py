@@ -93,6 +93,17 @@ def _executions(server: TritonServer) -> int:
     return sum(int(m["inference_count"]) for m in stats)
 
 
+async def _settled(servers: dict[str, TritonServer], before: dict[str, int], expected: int) -> dict[str, int]:
+    """Rows each Triton ran since ``before``, once ``expected`` have run or 10 s have passed: a query is
+    answered by its own outputs while its group's parity call may still be running."""
+    for _ in range(100):
+        got = {host: _executions(s) - before[host] for host, s in servers.items()}
+        if sum(got.values()) >= expected:
+            break
+        await asyncio.sleep(0.1)
+    return got
+
+
 async def _queries(app: FrontendApp, n: int, seed: int) -> None:
     server = app.servers[linear_models.DEPLOYED]
     xs = np.random.default_rng(seed).random((n, *spec.IMAGE_SHAPE), dtype=np.float32)
@@ -125,7 +136,7 @@ async def test_slots_spread_over_the_pods_behind_one_name_and_a_removed_pod_is_d
         await discovery.wait_for(lambda: len(discovery.placed("triton")) == 3, timeout_s=10)
         before = {host: _executions(s) for host, s in servers.items()}
         await _queries(app, 30, seed=1)  # 15 groups of 2 queries + 1 parity = 45 calls over 3 instances
-        got = {host: _executions(s) - before[host] for host, s in servers.items()}
+        got = await _settled(servers, before, expected=45)
         assert sum(got.values()) == 45 and min(got.values()) >= 10, got
 
         # Pod b stalls with a call in flight, then leaves the name: that call is awaited, never cancelled.
