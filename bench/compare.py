@@ -108,7 +108,8 @@ def frontend_specs(
 ) -> dict[str, FrontendSpec]:
     """One frontend per scheme, as the comparison runs them (``profile``: its frontend-applied flags).
     Batching applies to every scheme alike; deadlines and the coding location to the coded ones."""
-    common = ["--max-inflight", "100000", "--default-deadline-s", "10", *FRONTEND_FLAGS.get(profile, ())]
+    common = ["--max-inflight", "100000", "--max-inflight-per-client", "100000", "--no-refuse-by-wait"]
+    common += ["--default-deadline-s", "10", *FRONTEND_FLAGS.get(profile, ())]  # latency, not admission, is measured
     common += ["--batch-inflight", str(batch_inflight)]
     timeouts = ["--straggler-timeout-ms", str(straggler_timeout_ms), "--fill-timeout-ms", str(fill_timeout_ms)]
     if straggler_quantile is not None:

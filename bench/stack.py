@@ -38,6 +38,7 @@ class ServiceProcess:
     log_path: Path
     env: Mapping[str, str] = field(default_factory=dict)  # on top of this process's environment
     proc: subprocess.Popen[bytes] | None = None
+    credentials: grpc.ChannelCredentials | None = None  # how its health is asked when it serves TLS
 
     @property
     def address(self) -> str:
@@ -58,7 +59,7 @@ class ServiceProcess:
     def wait_serving(self, timeout_s: float) -> None:
         """Poll grpc.health.v1 until SERVING; fail fast with the log tail if the process died."""
         deadline = time.monotonic() + timeout_s
-        with grpc.insecure_channel(self.address) as channel:
+        with _channel(self.address, self.credentials) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 if self.proc is not None and self.proc.poll() is not None:
@@ -87,6 +88,10 @@ class ServiceProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def _channel(address: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
+    return grpc.insecure_channel(address) if credentials is None else grpc.secure_channel(address, credentials)
 
 
 @dataclass(frozen=True)

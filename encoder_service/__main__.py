@@ -12,13 +12,14 @@ from service_common.cli import ServiceConfig, coding_service_parser, common_conf
 from service_common.logs import setup_logging
 from service_common.metrics import serve_metrics
 from service_common.server import BindError, wait_for_signal
+from service_common.tls import describe
 
 log = logging.getLogger("encoder_service")
 
 
 async def _main(config: ServiceConfig) -> None:
     running = await create_server(config)
-    log.info("encoder serving on port %d", running.port)
+    log.info("encoder serving on port %d (%s)", running.port, describe(config.tls))
     await wait_for_signal()
     await running.stop()
 

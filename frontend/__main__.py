@@ -14,12 +14,21 @@ from frontend.deadlines import DeadlinePolicy
 from frontend.injection import parse_fault_metadata
 from frontend.server import create_server
 from frontend.service_time import DISTRIBUTIONS
+from service_common.channels import DEFAULT_RECONNECT_BACKOFF_MS
 from service_common.cli import Flags, add_common_flags, common_config, legacy_name, new_parser
 from service_common.logs import setup_logging
 from service_common.metrics import serve_metrics
 from service_common.server import BindError, wait_for_signal
+from service_common.tls import ClientTLS, TLSConfigError, cert_and_key, client_tls, describe, labels
 
 log = logging.getLogger("frontend")
+CLIENT_TLS_FLAGS = (
+    "--triton-tls-ca",
+    "--triton-tls-server-name",
+    "--coding-tls-ca",
+    "--tls-client-cert",
+    "--tls-client-key",
+)
 
 
 def parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
@@ -67,9 +76,49 @@ def _flags(environ: Mapping[str, str] | None = None) -> Flags:
     _deadline_flags(flags)
     add("--default-deadline-s", type=float, default=5.0, help="deadline for clients that set none")
     add("--triton-timeout-s", type=float, default=30.0, help="safety deadline of each Triton call")
-    add("--max-inflight", type=int, default=4096, help="beyond this many queries in flight: RESOURCE_EXHAUSTED")
+    add(
+        "--max-inflight",
+        type=int,
+        default=256,
+        help="beyond this many queries in flight: RESOURCE_EXHAUSTED at once (a KServe batch counts its rows)",
+    )
+    add(
+        "--max-inflight-per-client",
+        type=int,
+        default=128,
+        help="beyond this many queries in flight from one client (its x-codedserve-client metadata, else its "
+        "connection): RESOURCE_EXHAUSTED at once",
+    )
+    add(
+        "--refuse-by-wait",
+        switch=True,
+        default=True,
+        help="refuse a query at once (RESOURCE_EXHAUSTED) when the Triton queue ahead of it would take longer "
+        "than its deadline (--no-refuse-by-wait: only the counts bound admission)",
+    )
+    _tls_flags(flags)
+    _health_flags(flags)
     _fault_flags(flags)
     return flags
+
+
+def _health_flags(flags: Flags) -> None:
+    add = flags.add
+    add(
+        "--health-interval-s",
+        type=float,
+        default=0.5,
+        help="how often Triton's ModelReady and the coding services' health are probed; grpc.health.v1 and the "
+        "KServe ServerReady/ModelReady follow the probes (frontend.health)",
+    )
+    add("--health-timeout-s", type=float, default=1.0, help="a probe unanswered this long counts as down")
+    add(
+        "--reconnect-backoff-ms",
+        type=int,
+        default=DEFAULT_RECONNECT_BACKOFF_MS,
+        help="the longest wait between reconnect attempts of a channel to Triton or a coding service (gRPC's "
+        "default grows to 120 s)",
+    )
 
 
 def _triton_flags(flags: Flags) -> None:
@@ -145,6 +194,44 @@ def _deadline_flags(flags: Flags) -> None:
     )
 
 
+def _tls_flags(flags: Flags) -> None:
+    """The frontend's calls (its own ports take --tls-cert/--tls-key/--tls-client-ca, as every server)."""
+    group = flags.parser.add_argument_group("TLS of the frontend's calls to Triton and the coding services")
+    add = functools.partial(flags.add, group=group, metavar="FILE")
+    add("--triton-tls-ca", help="PEM CA bundle that signed Triton's gRPC certificate: call Triton over TLS")
+    add(
+        "--triton-tls-server-name",
+        metavar="NAME",
+        help="check Triton's certificate for this name instead of the dialed host (with --triton-dns, pods are "
+        "dialed by IP)",
+    )
+    add("--coding-tls-ca", help="PEM CA bundle that signed the encoder's and decoder's certs: call both over TLS")
+    add(
+        "--tls-client-cert",
+        help="PEM certificate the frontend presents on its TLS calls, to servers that require one (mTLS)",
+    )
+    add("--tls-client-key", help="PEM private key of --tls-client-cert")
+    flags.parser.set_defaults(
+        client_tls_labels=dict(zip(CLIENT_TLS_FLAGS, labels(flags, CLIENT_TLS_FLAGS), strict=True))
+    )
+
+
+def _client_tls(args: argparse.Namespace) -> tuple[ClientTLS | None, ClientTLS | None]:
+    """(Triton's, the coding services') channel TLS; raises TLSConfigError naming the flag at fault."""
+    names = {f: getattr(args, "client_tls_labels", {}).get(f, f) for f in CLIENT_TLS_FLAGS}
+    triton_ca, name, coding_ca, cert, key = (names[f] for f in CLIENT_TLS_FLAGS)
+    why = "a client certificate needs its private key"
+    pair = cert_and_key(args.tls_client_cert, args.tls_client_key, cert, key, why)
+    if pair is not None and not (args.triton_tls_ca or args.coding_tls_ca):
+        raise TLSConfigError(f"{cert} is set but no call uses TLS: give {triton_ca} or {coding_ca}")
+    if args.triton_tls_server_name and not args.triton_tls_ca:
+        raise TLSConfigError(f"{name} is set but {triton_ca} is not: Triton is called in plaintext")
+    return (
+        client_tls(args.triton_tls_ca, triton_ca, pair, args.triton_tls_server_name or ""),
+        client_tls(args.coding_tls_ca, coding_ca, pair),
+    )
+
+
 def _fault_flags(flags: Flags) -> None:
     group = flags.parser.add_argument_group("fault injection (demos and tests only)")
     add = functools.partial(flags.add, group=group)
@@ -188,6 +275,7 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
             _worker_faults(args.inject_worker_faults),
             args.inject_service_time,
         )
+        triton_tls, coding_tls = _client_tls(args)
         return FrontendConfig(
             address=common.address,
             triton_urls=tuple(urls),
@@ -207,6 +295,8 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
             default_deadline_s=args.default_deadline_s,
             triton_timeout_s=args.triton_timeout_s,
             max_inflight=args.max_inflight,
+            max_inflight_per_client=args.max_inflight_per_client,
+            refuse_by_wait=args.refuse_by_wait,
             max_message_bytes=common.max_message_bytes,
             metrics_port=common.metrics_port,
             metrics_address=common.metrics_address,
@@ -221,6 +311,12 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
             parity_triton_dns=args.parity_triton_dns or "",
             dns_refresh_s=args.dns_refresh_s,
             dns_server=args.dns_server or "",
+            tls=common.tls,
+            triton_tls=triton_tls,
+            coding_tls=coding_tls,
+            reconnect_backoff_ms=args.reconnect_backoff_ms,
+            health_interval_s=args.health_interval_s,
+            health_timeout_s=args.health_timeout_s,
         )
     except ValueError as exc:
         raise SystemExit(f"frontend: bad configuration: {exc}") from exc
@@ -239,9 +335,10 @@ def _worker_faults(text: str) -> tuple[tuple[int, str], ...]:
 async def _main(config: FrontendConfig) -> None:
     server = await create_server(config)
     log.info(
-        "frontend serving on port %d (KServe v2: %s); routes: %s",
+        "frontend serving on port %d (KServe v2: %s; %s); routes: %s",
         server.port,
         server.kserve_port or "off",
+        describe(config.tls),
         ", ".join(f"{r.model}={r.scheme}(k={r.k})" for r in config.routes),
     )
     await wait_for_signal()

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterator
 
 from coding.scheme import group_size
+from frontend.admission import Admission
 from frontend.coding_clients import Coder, CodingClients, LocalCoding
 from frontend.config import FrontendConfig, Route
 from frontend.coordinator import ModelServer
@@ -17,7 +18,7 @@ from frontend.dispatch import Dispatcher
 from frontend.injection import InjectingPool
 from frontend.placement import Placer
 from frontend.workers import Pool, TritonPool, WorkerError
-from service_common.errors import NotFound, ResourceExhausted, Unavailable
+from service_common.errors import NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -27,17 +28,28 @@ class FrontendApp:
         self.config = config
         self.placer = Placer(serving(config))
         self.triton = TritonPool(
-            instance_urls(config), config.triton_timeout_s, config.max_message_bytes, config.batch_inflight
+            instance_urls(config),
+            config.triton_timeout_s,
+            config.max_message_bytes,
+            config.batch_inflight,
+            tls=config.triton_tls,
+            reconnect_backoff_ms=config.reconnect_backoff_ms,
         )
         self.pool = self._pool()
         self.discovery = self._discovery()
         self.coders: Coder = (
             LocalCoding()
             if config.coding == "local"
-            else CodingClients(config.encoder_address, config.decoder_address, config.max_message_bytes)
+            else CodingClients(
+                config.encoder_address,
+                config.decoder_address,
+                config.max_message_bytes,
+                tls=config.coding_tls,
+                reconnect_backoff_ms=config.reconnect_backoff_ms,
+            )
         )
         self.servers = {r.model: self._server(r) for r in config.routes}
-        self._inflight = 0
+        self.admission = Admission(config.max_inflight, config.max_inflight_per_client)
 
     def _server(self, route: Route) -> ModelServer:
         dispatcher = Dispatcher(self.pool, self.placer, route.dispatch, self.config.cancel_losers)
@@ -112,18 +124,14 @@ class FrontendApp:
         return server
 
     @contextlib.contextmanager
-    def admit(self, queries: int = 1) -> Iterator[None]:
-        """Count ``queries`` in flight while the block runs; RESOURCE_EXHAUSTED beyond max_inflight."""
-        if self._inflight + queries > self.config.max_inflight:
-            raise ResourceExhausted(
-                f"frontend overloaded: {self._inflight} queries in flight, {queries} more asked "
-                f"(max_inflight={self.config.max_inflight}); retry with backoff"
-            )
-        self._inflight += queries
-        try:
+    def admit(self, server: ModelServer, client: str, time_left_s: float, queries: int = 1) -> Iterator[None]:
+        """Count ``queries`` of ``client`` for ``server``'s route in flight while the block runs, or refuse
+        them at once with RESOURCE_EXHAUSTED (:mod:`frontend.admission`): over a bound, or when the Triton
+        queue of the route's deployed model is longer than their deadline."""
+        model = min(server.route.data_models)
+        wait_s = self.pool.wait_s(model, self.placer.serving(model), queries) if self.config.refuse_by_wait else 0.0
+        with self.admission.admit(client, queries, time_left_s, wait_s):
             yield
-        finally:
-            self._inflight -= queries
 
 
 def _fixed_urls(config: FrontendConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -12,6 +12,8 @@ never placed on one instance while another is free.
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
@@ -20,6 +22,10 @@ import numpy as np
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+
+class Expired(Exception):
+    """The item's deadline passed while it waited in the queue: it was never sent."""
 
 
 class Batcher(Generic[Item, Result]):
@@ -38,15 +44,20 @@ class Batcher(Generic[Item, Result]):
         self._max_inflight = max_inflight
         self._max_size = max_size
         self._size = size
-        self._queue: deque[tuple[Item, asyncio.Future[Result]]] = deque()
+        self._queue: deque[tuple[Item, asyncio.Future[Result], float | None]] = deque()
+        self._queued = 0  # the size of what waits in the queue
         self._inflight = 0
+        self.call_s: float | None = None  # a moving average of how long one call takes (None: none yet)
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def submit(self, item: Item) -> Result:
-        """The result for ``item``, from whichever call carries it."""
+    async def submit(self, item: Item, deadline: float | None = None) -> Result:
+        """The result for ``item``, from whichever call carries it. An item still queued at ``deadline``
+        (loop time: when nobody waits for its result any more) is never sent: :class:`Expired`. Under
+        overload the queue sheds the work nobody waits for instead of doing it late."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._queue.append((item, future))
+        self._queue.append((item, future, deadline))
+        self._queued += self._size(item)
         self._kick()
         return await future
 
@@ -57,18 +68,47 @@ class Batcher(Generic[Item, Result]):
 
     def _flush(self) -> None:
         self._scheduled = False
+        if self._queue and self._inflight < self._max_inflight:
+            self._drop_expired()
         while self._queue and self._inflight < self._max_inflight:
-            batch = [self._queue.popleft()]
-            size = self._size(batch[0][0])
+            item, future, _ = self._queue.popleft()
+            batch = [(item, future)]
+            size = self._size(item)
             while self._queue and size + self._size(self._queue[0][0]) <= self._max_size:
                 size += self._size(self._queue[0][0])
-                batch.append(self._queue.popleft())
+                batch.append(self._queue.popleft()[:2])
+            self._queued -= size
             self._inflight += 1
             task = asyncio.get_running_loop().create_task(self._run(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def _drop_expired(self) -> None:
+        now = asyncio.get_running_loop().time()
+        kept: deque[tuple[Item, asyncio.Future[Result], float | None]] = deque()
+        for entry in self._queue:
+            item, future, deadline = entry
+            if deadline is not None and deadline <= now:
+                self._queued -= self._size(item)
+                if not future.done():
+                    future.set_exception(Expired(f"still queued {now - deadline:.3f} s after its deadline"))
+            else:
+                kept.append(entry)
+        self._queue = kept
+
+    def wait_s(self, size: int = 1) -> float:
+        """About how long an item of ``size`` submitted now would wait for its result: one call when a
+        slot is free, else the calls queued ahead of it (of ``max_size`` each, ``max_inflight`` at a
+        time) and its own, each taking the recent call time. 0 before any call has returned."""
+        if self.call_s is None:
+            return 0.0
+        if self._inflight < self._max_inflight and not self._queue:
+            return self.call_s
+        ahead = math.ceil((self._queued + size) / self._max_size)
+        return self.call_s * (1 + ahead / self._max_inflight)
+
     async def _run(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
+        start = time.perf_counter()
         try:
             results = await self._send([item for item, _ in batch])
         except Exception as exc:  # noqa: BLE001 - every item of the call gets the call's failure
@@ -76,6 +116,8 @@ class Batcher(Generic[Item, Result]):
                 if not future.done():
                     future.set_exception(exc)
         else:
+            took = time.perf_counter() - start
+            self.call_s = took if self.call_s is None else 0.8 * self.call_s + 0.2 * took
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():  # a caller that stopped waiting (a cancelled hedge loser)
                     future.set_result(result)

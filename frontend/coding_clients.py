@@ -3,6 +3,7 @@ or the same ``coding/`` library in-process (``--coding local``). The frontend ne
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,15 +13,17 @@ import grpc
 import numpy as np
 from codedserve.v1 import codedserve_pb2 as pb
 from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coding.errors import CodingError
 from coding.scheme import Outputs
 from frontend.batching import Batcher
 from frontend.config import Route
-from service_common.channels import message_limits
+from service_common.channels import DEFAULT_RECONNECT_BACKOFF_MS, client_options
 from service_common.errors import ServiceError
 from service_common.logs import RateLimitedLog
 from service_common.tensors import from_numpy, to_numpy
+from service_common.tls import ClientTLS, aio_channel
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +45,17 @@ class CodingClients:
     MAX_GROUPS = 64  # per batch call
     WARN_EVERY_S = 10.0
 
-    def __init__(self, encoder_address: str, decoder_address: str, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        encoder_address: str,
+        decoder_address: str,
+        max_message_bytes: int,
+        tls: ClientTLS | None = None,
+        reconnect_backoff_ms: int = DEFAULT_RECONNECT_BACKOFF_MS,
+    ) -> None:
         self._addresses = (encoder_address, decoder_address)
-        self._options = message_limits(max_message_bytes)
+        self._tls = tls  # both channels: TLS when given, plaintext otherwise
+        self._options = client_options(max_message_bytes, reconnect_backoff_ms)
         self._channels: list[grpc.aio.Channel] = []
         self._warnings = (RateLimitedLog(log, self.WARN_EVERY_S), RateLimitedLog(log, self.WARN_EVERY_S))
         self._encodes: Batcher[_Timed[pb.EncodeRequest], pb.EncodeResponse] = Batcher(
@@ -55,13 +66,18 @@ class CodingClients:
         )
 
     async def start(self) -> None:
-        self._channels = [grpc.aio.insecure_channel(a, options=self._options) for a in self._addresses]
+        self._channels = [aio_channel(a, self._options, self._tls) for a in self._addresses]
         self._encoder = pb_grpc.EncoderStub(self._channels[0])
         self._decoder = pb_grpc.DecoderStub(self._channels[1])
 
     async def close(self) -> None:
         for channel in self._channels:
             await channel.close()
+
+    async def ready(self, timeout_s: float) -> dict[str, bool]:
+        """Whether the encoder and the decoder answer SERVING (grpc.health.v1) within ``timeout_s``."""
+        answers = await asyncio.gather(*(_serving(c, timeout_s) for c in self._channels))
+        return dict(zip(("encoder", "decoder"), answers, strict=True))
 
     @staticmethod
     def _code(route: Route) -> pb.CodeSpec:
@@ -119,6 +135,14 @@ class CodingClients:
         return await _send(items, self._decoder.Decode, self._decoder.DecodeBatch, pb.DecodeBatchRequest)
 
 
+async def _serving(channel: grpc.aio.Channel, timeout_s: float) -> bool:
+    try:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+    except grpc.aio.AioRpcError:
+        return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
 async def _send(items: list[_Timed[Any]], unary: Any, batch: Any, batch_request: Any) -> list[Any]:
     """One call for ``items``: the unary RPC for one (what an older service also serves), else the batch RPC;
     its timeout is the longest time left among them."""
@@ -146,6 +170,10 @@ class Coder(Protocol):
 
     async def close(self) -> None: ...
 
+    async def ready(self, timeout_s: float) -> dict[str, bool]:
+        """Which coding services answer (by name); empty when coding runs in-process."""
+        ...
+
     async def encode(self, route: Route, inputs: np.ndarray, timeout_s: float) -> np.ndarray: ...
 
     async def decode(
@@ -163,6 +191,9 @@ class LocalCoding:
 
     async def close(self) -> None:
         return None
+
+    async def ready(self, timeout_s: float) -> dict[str, bool]:
+        return {}
 
     async def encode(self, route: Route, inputs: np.ndarray, timeout_s: float) -> np.ndarray:
         try:

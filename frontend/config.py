@@ -8,6 +8,8 @@ from coding.errors import CodingError
 from coding.scheme import Scheme, Uncoded, group_size
 from coding.schemes import get_scheme
 from frontend.deadlines import DeadlinePolicy
+from service_common.channels import DEFAULT_RECONNECT_BACKOFF_MS
+from service_common.tls import ClientTLS, ServerTLS
 
 UNCODED = "none"
 BASELINES = (UNCODED, "replicate", "hedge")  # uncoded ways to serve a model, judged against the codes
@@ -161,7 +163,11 @@ class FrontendConfig:
     deadlines: DeadlinePolicy = field(default_factory=DeadlinePolicy)  # straggler deadline, fill timeout
     default_deadline_s: float = 5.0  # for clients that send no deadline
     triton_timeout_s: float = 30.0  # safety deadline only: expiring calls stress Triton 2.51
-    max_inflight: int = 4096  # queries accepted at once; beyond: RESOURCE_EXHAUSTED
+    # Queries accepted at once, in all and from one client (frontend.admission); beyond: RESOURCE_EXHAUSTED.
+    # 256 is four full batches of the 64-row models per instance of a 1-2 instance stack: more only queues.
+    max_inflight: int = 256
+    max_inflight_per_client: int = 128
+    refuse_by_wait: bool = True  # also refuse a query whose deadline is shorter than the Triton queue ahead of it
     max_message_bytes: int = 16 * 1024 * 1024
     metrics_port: int | None = None
     log_level: str = "INFO"
@@ -182,6 +188,12 @@ class FrontendConfig:
     parity_triton_dns: str = ""
     dns_refresh_s: float = 5.0
     dns_server: str = ""  # HOST[:PORT] of the DNS server asked for those names; "" = the system resolver
+    tls: ServerTLS | None = None  # both of the frontend's ports (None: plaintext)
+    triton_tls: ClientTLS | None = None  # the channels to Triton (every instance, and the KServe control channel)
+    coding_tls: ClientTLS | None = None  # the channels to the encoder and decoder services
+    reconnect_backoff_ms: int = DEFAULT_RECONNECT_BACKOFF_MS  # longest wait between a channel's reconnect attempts
+    health_interval_s: float = 0.5  # how often dependencies are probed (frontend.health)
+    health_timeout_s: float = 1.0  # a probe unanswered this long counts as down
 
     def __post_init__(self) -> None:
         self._check_discovery()
@@ -192,15 +204,16 @@ class FrontendConfig:
         names = [r.model for r in self.routes]
         if len(set(names)) != len(names):
             raise ValueError(f"a model is routed twice: {names}")
-        for name in ("default_deadline_s", "triton_timeout_s"):
+        for name in ("default_deadline_s", "triton_timeout_s", "health_interval_s", "health_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.coding not in ("services", "local"):
             raise ValueError(f"coding must be 'services' or 'local', got {self.coding!r}")
         if self.batch_inflight < 1:
             raise ValueError(f"batch_inflight must be >= 1, got {self.batch_inflight}")
-        if self.max_inflight < 1:
-            raise ValueError(f"max_inflight must be >= 1, got {self.max_inflight}")
+        for name in ("max_inflight", "max_inflight_per_client"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     def _check_discovery(self) -> None:
         for name, urls in (("triton", "triton_urls"), ("parity_triton", "parity_triton_urls")):

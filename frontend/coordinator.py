@@ -213,15 +213,22 @@ class ModelServer:
 
     async def _infer(self, group: CodingGroup, action: Infer) -> None:
         model = self.models[action.role]
+        # Past the last deadline of the group's queries so far nobody waits for this output: never sent then.
+        deadline = max(q.deadline for q in group.queries)
         call = CallInfo(
-            model, action.instance, action.kind, action.worker, action.copy, action.annotation, group.group_id
+            model, action.instance, action.kind, action.worker, action.copy, action.annotation, group.group_id, deadline
         )
         start = time.perf_counter()
         try:
             out = await self._dispatcher.call(call, action.input[None], self.signatures[model])
         except WorkerError as exc:
             log.debug("%s call to %s failed: %s", action.kind, model, exc)
-            self._execute(group, group.failed(action.handle, str(exc)))
+            now = asyncio.get_running_loop().time() if exc.transport else None
+            actions = group.failed(action.handle, str(exc), retry_at=now)
+            retries = sum(isinstance(a, Infer) for a in actions)
+            if retries:
+                metrics.RETRIES.labels(model).inc(retries)
+            self._execute(group, actions)
             return
         if action.kind == "coded":
             self.deadlines.coded_latency.record(time.perf_counter() - start)

@@ -153,12 +153,26 @@ class CodingGroup:
         late = handle.query is not None and handle.query.closed
         return ([Discarded(handle.role)] if late else []) + self._decide()
 
-    def failed(self, handle: Call, error: str = "") -> list[Action]:
+    def failed(self, handle: Call, error: str = "", retry_at: float | None = None) -> list[Action]:
+        """A send of the call failed. ``retry_at``: it failed in transport (its instance died or is
+        unreachable) at this time (the caller's clock, as the deadlines): a data call is then sent once
+        more, to another instance, if its query is open and within its deadline; else it is lost."""
         handle.attempts -= 1
         if handle.output is not None or handle.attempts > 0:
             return []
+        if retry_at is not None and self._may_retry(handle, retry_at):
+            handle.resent = True
+            assert handle.query is not None
+            return [self._send(handle, handle.query.input, avoid=handle.instance)]
         handle.failed, handle.error = True, error
         return self._decide()
+
+    def _may_retry(self, call: Call, now: float) -> bool:
+        """One retry of a data call, while its query waits and has time, on an instance it did not use."""
+        query = call.query
+        if call.kind != DATA or call.resent or query is None or query.closed or now >= query.deadline:
+            return False
+        return any(i != call.instance for i in self._placer.serving(self._models[call.role]))
 
     def straggler_deadline(self, query: Query) -> list[Action]:
         """The query's straggler deadline passed: stop waiting for its own outputs once decodable."""

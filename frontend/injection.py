@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,6 +80,9 @@ class InjectingPool:
 
     async def signature(self, model: str, instance: int) -> ModelSignature:
         return await self._pool.signature(model, instance)
+
+    def wait_s(self, model: str, instances: Sequence[int], rows: int = 1) -> float:
+        return self._pool.wait_s(model, instances, rows)  # injected delays are not queueing: not counted
 
     def fault_for(self, call: CallInfo) -> Fault | None:
         if call.kind == "data" and call.copy == 0 and isinstance(call.annotation, Fault):

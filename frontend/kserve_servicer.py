@@ -35,11 +35,20 @@ from tritonclient.utils import triton_to_np_dtype
 
 from frontend.app import FrontendApp
 from frontend.coordinator import ModelServer, QueryAnswer
+from frontend.health import HealthMonitor
 from frontend.injection import Fault
-from frontend.servicer import answer_concurrently, finite_answer, message_status, query_timeout_s, request_fault
-from service_common.channels import message_limits
+from frontend.servicer import (
+    answer_concurrently,
+    client_of,
+    finite_answer,
+    message_status,
+    query_timeout_s,
+    request_fault,
+)
+from service_common.channels import client_options
 from service_common.errors import DeadlineExceeded, InvalidArgument, NotFound, ServiceError, Unavailable
 from service_common.tensors import check_input_values
+from service_common.tls import aio_channel
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +92,14 @@ class ModelInfo:
 class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
     """Create inside the running loop (it opens a control channel to Triton); :meth:`close` it."""
 
-    def __init__(self, app: FrontendApp) -> None:
+    def __init__(self, app: FrontendApp, health: HealthMonitor | None = None) -> None:
         self._app = app
+        self._health = health  # what ServerReady and ModelReady say (None: every signature read)
         self._triton_url = app.config.triton_urls[0]
-        self._channel = grpc.aio.insecure_channel(
-            self._triton_url, options=message_limits(app.config.max_message_bytes)
+        self._channel = aio_channel(
+            self._triton_url,
+            client_options(app.config.max_message_bytes, app.config.reconnect_backoff_ms),
+            app.config.triton_tls,
         )
         self._triton = kpb_grpc.GRPCInferenceServiceStub(self._channel)
         self._infos: dict[str, ModelInfo] = {}
@@ -105,13 +117,16 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(
         self, request: kpb.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> kpb.ServerReadyResponse:
-        return kpb.ServerReadyResponse(ready=self._app.ready)
+        ready = self._app.ready if self._health is None else self._health.serving
+        return kpb.ServerReadyResponse(ready=ready)
 
     async def ModelReady(
         self, request: kpb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> kpb.ModelReadyResponse:
         server = self._app.servers.get(request.name)
         ready = server is not None and server.signature is not None
+        if self._health is not None:  # False while no ready Triton instance serves a data slot's model
+            ready = ready and self._health.answerable(request.name)
         if ready and request.version:
             try:
                 ready = request.version in (await self._info(request.name, context)).metadata.versions
@@ -202,7 +217,8 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         _check_outputs(request, info)
         timeout_s = query_timeout_s(context, self._app.config.default_deadline_s)
         fault = request_fault(context, self._app.config.faults.allow_metadata)
-        with self._app.admit(len(batch)):  # every row is a query: RESOURCE_EXHAUSTED beyond max_inflight
+        # every row is a query: RESOURCE_EXHAUSTED at once beyond a bound
+        with self._app.admit(server, client_of(context), timeout_s, len(batch)):
             answers = await _classify_rows(server, batch, timeout_s, fault)
         return _infer_response(request, info, [finite_answer(a) for a in answers])
 

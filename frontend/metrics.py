@@ -30,6 +30,11 @@ HEDGES = Counter("codedserve_hedged_calls_total", "Deployed calls that sent a he
 RESENDS = Counter(
     "codedserve_resent_calls_total", "Own calls sent again at the resend deadline (Collage's fallback)", ["model"]
 )
+RETRIES = Counter(
+    "codedserve_retried_calls_total",
+    "Own calls sent once more to another instance after failing in transport (their instance unreachable)",
+    ["model"],
+)
 FAULTY_WORKERS = Counter("codedserve_faulty_workers_total", "Coded outputs judged Byzantine and dropped", ["model"])
 TRITON_BATCH_ROWS = Histogram(
     "codedserve_triton_batch_rows",

@@ -1,5 +1,6 @@
 """The frontend's gRPC servers: the Frontend service and, when configured, Triton's own KServe v2
-protocol on a second port; health on both is NOT_SERVING until Triton has the models."""
+protocol on a second port. Health on both is NOT_SERVING until Triton has the models, then follows
+the health monitor (:mod:`frontend.health`): NOT_SERVING while some route cannot be answered."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from tritonclient.grpc import service_pb2_grpc as kserve_grpc
 
 from frontend.app import FrontendApp
 from frontend.config import FrontendConfig
+from frontend.health import Health, HealthMonitor, monitor_for
 from frontend.kserve_servicer import SERVICE_NAME as KSERVE_SERVICE_NAME
 from frontend.kserve_servicer import KServeServicer
 from frontend.servicer import FrontendServicer
-from service_common.server import Running, start_server
+from service_common.server import NOT_SERVING, SERVING, Running, start_server
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,7 @@ class FrontendServer:
     _loader: asyncio.Task[None]
     kserve: Running | None = None  # the KServe v2 port (config.kserve_address), sharing the same app
     _kserve_servicer: KServeServicer | None = None
+    monitor: HealthMonitor | None = None
 
     @property
     def port(self) -> int:
@@ -41,6 +44,8 @@ class FrontendServer:
         return self.kserve.port if self.kserve is not None else None
 
     async def stop(self, grace_s: float = 2.0) -> None:
+        if self.monitor is not None:
+            self.monitor.stop()
         self._loader.cancel()
         await asyncio.gather(*(r.stop(grace_s) for r in (self.running, self.kserve) if r is not None))
         if self._kserve_servicer is not None:
@@ -52,6 +57,8 @@ async def create_server(config: FrontendConfig) -> FrontendServer:
     """Start serving at once; health flips to SERVING when every routed model is ready on Triton.
     Raises BindError (naming the address) when a port is taken, after closing what it opened."""
     app = FrontendApp(config)
+    ports: list[Running] = []  # whose health the monitor sets
+    monitor = monitor_for(app, lambda health: _publish(health, ports))
     async with contextlib.AsyncExitStack() as undo:  # runs only when a bind fails: close what was opened
         await app.start()
         undo.push_async_callback(app.close)
@@ -61,11 +68,12 @@ async def create_server(config: FrontendConfig) -> FrontendServer:
             config.address,
             config.max_message_bytes,
             serving=False,
+            tls=config.tls,
         )
         undo.push_async_callback(running.stop, 0)
         kserve, kservicer = None, None
         if config.kserve_address is not None:
-            kservicer = KServeServicer(app)
+            kservicer = KServeServicer(app, monitor)
             undo.push_async_callback(kservicer.close)
             kserve = await start_server(
                 [lambda server: kserve_grpc.add_GRPCInferenceServiceServicer_to_server(kservicer, server)],
@@ -73,13 +81,21 @@ async def create_server(config: FrontendConfig) -> FrontendServer:
                 config.kserve_address,
                 config.max_message_bytes,
                 serving=False,
+                tls=config.tls,
             )
         undo.pop_all()
+    ports += [p for p in (running, kserve) if p is not None]
 
     async def become_ready() -> None:
         await app.load_until_ready()
-        if kserve is not None:
-            await kserve.set_serving(True)
-        await running.set_serving(True)
+        await monitor.run()
 
-    return FrontendServer(running, app, asyncio.create_task(become_ready()), kserve, kservicer)
+    return FrontendServer(running, app, asyncio.create_task(become_ready()), kserve, kservicer, monitor)
+
+
+async def _publish(health: Health, ports: list[Running]) -> None:
+    """Every port's grpc.health.v1: "" and its service names, and one name per route (frontend.health)."""
+    for running in ports:
+        await running.set_serving(health.serving)
+        for name, up in health.statuses().items():
+            await running.health.set(name, SERVING if up else NOT_SERVING)

@@ -34,6 +34,7 @@ from service_common.errors import InvalidArgument, Unavailable
 from service_common.tensors import check_input_values, to_numpy
 
 FAULT_METADATA_KEY = "codedserve-fault"
+CLIENT_METADATA_KEY = "x-codedserve-client"
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -97,8 +98,17 @@ class FrontendServicer(pb_grpc.FrontendServicer):
         check_input_values(x, f"input for {request.model}")
         timeout_s = query_timeout_s(context, self._app.config.default_deadline_s)
         fault = request_fault(context, self._app.config.faults.allow_metadata)
-        with self._app.admit():  # RESOURCE_EXHAUSTED beyond max_inflight
+        with self._app.admit(server, client_of(context), timeout_s):  # RESOURCE_EXHAUSTED at once beyond a bound
             return await server.classify(x, timeout_s, fault)
+
+
+def client_of(context: grpc.aio.ServicerContext) -> str:
+    """Who a call counts against in ``--max-inflight-per-client``: its ``x-codedserve-client`` metadata
+    (clients behind one proxy, or one client over many connections), else its connection (gRPC's peer)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == CLIENT_METADATA_KEY and value:
+            return str(value)
+    return str(context.peer())
 
 
 def query_timeout_s(context: grpc.aio.ServicerContext, default_s: float) -> float:

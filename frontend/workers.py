@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,12 +22,19 @@ from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from tritonclient.utils import triton_to_np_dtype
 
 from frontend import metrics
-from frontend.batching import Batcher, row_batcher
-from service_common.channels import message_limits
+from frontend.batching import Batcher, Expired, row_batcher
+from service_common.channels import DEFAULT_RECONNECT_BACKOFF_MS, client_options
+from service_common.tls import ClientTLS, aio_channel
 
 
 class WorkerError(Exception):
-    """A Triton call failed (server down, model missing, error, or an injected failure)."""
+    """A Triton call failed (server down, model missing, error, or an injected failure). ``transport``:
+    it failed on the way (the instance is unreachable or died with the call: UNAVAILABLE), so the same
+    call may succeed on another instance."""
+
+    def __init__(self, message: str, transport: bool = False) -> None:
+        super().__init__(message)
+        self.transport = transport
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,8 @@ class CallInfo:
     copy: int = 0
     annotation: Any = None
     group: int = -1
+    # Loop time after which no query of its group waits for it: a call still queued then is never sent.
+    deadline: float | None = None
 
 
 class Pool(Protocol):
@@ -75,6 +85,8 @@ class Pool(Protocol):
 
     async def infer(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature) -> np.ndarray: ...
 
+    def wait_s(self, model: str, instances: Sequence[int], rows: int = 1) -> float: ...
+
 
 class TritonPool:
     """One channel per Triton instance (numbered by position in ``urls``), and one :class:`Batcher` per
@@ -89,12 +101,19 @@ class TritonPool:
     """
 
     def __init__(
-        self, urls: tuple[str, ...], timeout_s: float, max_message_bytes: int, batch_inflight: int = 1
+        self,
+        urls: tuple[str, ...],
+        timeout_s: float,
+        max_message_bytes: int,
+        batch_inflight: int = 1,
+        tls: ClientTLS | None = None,
+        reconnect_backoff_ms: int = DEFAULT_RECONNECT_BACKOFF_MS,
     ) -> None:
         self.urls = urls
+        self._tls = tls  # every instance's channel: TLS when given, plaintext otherwise
         self.timeout_s = timeout_s
         self.batch_inflight = batch_inflight
-        self._options = message_limits(max_message_bytes)
+        self._options = client_options(max_message_bytes, reconnect_backoff_ms)
         self._channels: list[grpc.aio.Channel | None] = []
         self._stubs: list[kpb_grpc.GRPCInferenceServiceStub] = []
         self._batchers: dict[tuple[int, str], Batcher[np.ndarray, np.ndarray]] = {}
@@ -108,7 +127,7 @@ class TritonPool:
             self._open(url)
 
     def _open(self, url: str) -> None:
-        channel = grpc.aio.insecure_channel(url, options=self._options)
+        channel = aio_channel(url, self._options, self._tls)
         self._channels.append(channel)
         self._stubs.append(kpb_grpc.GRPCInferenceServiceStub(channel))
 
@@ -123,6 +142,16 @@ class TritonPool:
         try:
             return bool((await self._stubs[instance].ServerReady(kpb.ServerReadyRequest(), timeout=timeout_s)).ready)
         except grpc.aio.AioRpcError:
+            return False
+
+    async def model_ready(self, instance: int, model: str, timeout_s: float) -> bool:
+        """Whether the instance answers ModelReady true for ``model`` within ``timeout_s`` (the health probe)."""
+        if self._channels[instance] is None:  # drained
+            return False
+        try:
+            request = kpb.ModelReadyRequest(name=model)
+            return bool((await self._stubs[instance].ModelReady(request, timeout=timeout_s)).ready)
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError):
             return False
 
     async def drain(self, instance: int) -> int:
@@ -170,13 +199,19 @@ class TritonPool:
             np.dtype(triton_to_np_dtype(meta.outputs[0].datatype)),
         )
 
+    def wait_s(self, model: str, instances: Sequence[int], rows: int = 1) -> float:
+        """The shortest estimated wait for ``rows`` more of ``model`` on one of ``instances`` (the queue
+        ahead of them in that instance's batcher: :meth:`Batcher.wait_s`); 0 where nothing was sent yet."""
+        waits = [b.wait_s(rows) if (b := self._batchers.get((i, model))) else 0.0 for i in instances]
+        return min(waits, default=0.0)
+
     async def infer(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature) -> np.ndarray:
         """The output rows of ``batch`` on ``call.model`` at ``call.instance``. Raises WorkerError."""
         key = (call.instance, call.model)
         batcher = self._batchers.get(key)
         if batcher is None:
             if call.instance in self._removed:
-                raise WorkerError(f"{call.model}: Triton at {self.urls[call.instance]} was removed")
+                raise WorkerError(f"{call.model}: Triton at {self.urls[call.instance]} was removed", transport=True)
             batcher = self._batchers[key] = row_batcher(
                 lambda rows: self._model_infer(call.instance, call.model, rows, signature),
                 self.batch_inflight,
@@ -185,7 +220,9 @@ class TritonPool:
             )
         self._inflight[call.instance] += 1
         try:
-            return await batcher.submit(batch)
+            return await batcher.submit(batch, call.deadline)
+        except Expired as exc:
+            raise WorkerError(f"{call.model}: not sent to Triton at {self.urls[call.instance]}: {exc}") from exc
         finally:
             self._inflight[call.instance] -= 1
             if not self._inflight[call.instance] and call.instance in self._idle:
@@ -197,7 +234,10 @@ class TritonPool:
                 infer_request(model, rows, signature), timeout=self.timeout_s
             )
         except grpc.aio.AioRpcError as exc:
-            raise WorkerError(f"{model} at {self.urls[instance]}: {exc.code().name}: {exc.details()}") from exc
+            raise WorkerError(
+                f"{model} at {self.urls[instance]}: {exc.code().name}: {exc.details()}",
+                transport=exc.code() == grpc.StatusCode.UNAVAILABLE,
+            ) from exc
         if not response.raw_output_contents:
             raise WorkerError(f"{model}: Triton returned no {signature.output_name!r} output")
         return output_rows(response, signature)

@@ -19,6 +19,7 @@ from typing import Any
 
 from coding.errors import CodingError
 from coding.schemes import load_scheme_modules
+from service_common.tls import ServerTLS, TLSConfigError, add_server_flags, server_tls_from_args
 
 log = logging.getLogger(__name__)
 
@@ -173,10 +174,11 @@ class ServiceConfig:
     log_level: str
     scheme_modules: tuple[str, ...] = ()  # plug-in modules that register more coding schemes
     metrics_address: str = "127.0.0.1"
+    tls: ServerTLS | None = None  # the server's own TLS (None: plaintext)
 
 
 def add_common_flags(flags: Flags, default_port: int, legacy: bool = False) -> None:
-    """The flags every service has: listen address, metrics, message limit, log level, scheme modules.
+    """The flags every service has: listen address, metrics, message limit, log level, scheme modules, TLS.
     ``legacy``: also read the old service-less name of the log level (the frontend's was CODEDSERVE_LOG_LEVEL)."""
     flags.add(
         "--address",
@@ -201,6 +203,7 @@ def add_common_flags(flags: Flags, default_port: int, legacy: bool = False) -> N
         help="import this module at start-up so it registers more coding schemes; repeatable; the three "
         "services need the same ones",
     )
+    add_server_flags(flags)
 
 
 def common_config(args: argparse.Namespace) -> ServiceConfig:
@@ -212,8 +215,12 @@ def common_config(args: argparse.Namespace) -> ServiceConfig:
         load_scheme_modules(list(modules))
     except CodingError as exc:
         raise SystemExit(str(exc)) from exc
+    try:
+        tls = server_tls_from_args(args)
+    except TLSConfigError as exc:
+        raise SystemExit(f"bad TLS setting: {exc}") from None
     return ServiceConfig(
-        args.address, args.metrics_port, args.max_message_bytes, args.log_level, modules, args.metrics_address
+        args.address, args.metrics_port, args.max_message_bytes, args.log_level, modules, args.metrics_address, tls
     )
 
 

@@ -30,6 +30,10 @@ class RateLimitedLog:
         self._causes: dict[Hashable, _Cause] = {}
 
     def warning(self, cause: Hashable, msg: str, *args: object) -> None:
+        self.log(logging.WARNING, cause, msg, *args)
+
+    def log(self, level: int, cause: Hashable, msg: str, *args: object) -> None:
+        """As :meth:`warning`, at ``level`` (e.g. INFO for a transition back to normal, rate-limited alike)."""
         now = self._clock()
         state = self._causes.get(cause)
         if state is not None and now < state.quiet_until:
@@ -37,9 +41,9 @@ class RateLimitedLog:
             return
         self._causes[cause] = _Cause(now + self.every_s)
         if state is not None and state.held:
-            self._log.warning(msg + " (and %d more like it in the %.0f s before)", *args, state.held, self.every_s)
+            self._log.log(level, msg + " (and %d more like it in the %.0f s before)", *args, state.held, self.every_s)
         else:
-            self._log.warning(msg, *args)
+            self._log.log(level, msg, *args)
 
     def resolved(self, msg: str, *args: object) -> None:
         """Every cause is gone (e.g. a call succeeded): log ``msg`` once, if anything was warned."""

@@ -2,7 +2,8 @@
 
 Every server refuses to share its port: grpcio turns SO_REUSEPORT on by default, and a second server
 started on a port in use would bind it silently and take part of its traffic. With it off, the
-second one fails at once with :class:`BindError` naming the address.
+second one fails at once with :class:`BindError` naming the address. Given :class:`ServerTLS`, the port
+speaks only TLS (and, with a client CA, only to clients presenting a certificate it signed).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from service_common.channels import message_limits
 from service_common.gc_tuning import freeze_startup_heap
 from service_common.interceptor import ErrorMappingInterceptor
+from service_common.tls import ServerTLS
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +63,10 @@ async def start_server(
     address: str,
     max_message_bytes: int,
     serving: bool = True,
+    tls: ServerTLS | None = None,
 ) -> Running:
-    """Bind ``address`` (``host:0`` picks a free port), register services + health + reflection, start."""
+    """Bind ``address`` (``host:0`` picks a free port; TLS when ``tls`` is given), register services +
+    health + reflection, start."""
     options = [*message_limits(max_message_bytes), NO_PORT_SHARING]
     server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()], options=options)
     for add in register:
@@ -70,7 +74,7 @@ async def start_server(
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = _bind(server, address)
+    port = _bind(server, address, tls)
     await server.start()
     running = Running(server, port, health_servicer, tuple(service_names))
     await running.set_serving(serving)
@@ -79,15 +83,16 @@ async def start_server(
     return running
 
 
-def _bind(server: grpc.aio.Server, address: str) -> int:
+def _bind(server: grpc.aio.Server, address: str, tls: ServerTLS | None) -> int:
     cause: RuntimeError | None = None
     try:
-        port = server.add_insecure_port(address)
+        port = server.add_insecure_port(address) if tls is None else server.add_secure_port(address, tls.credentials())
     except RuntimeError as exc:  # grpcio's way of saying the bind failed (older ones returned 0)
         port, cause = 0, exc
     if port == 0:
+        unusable = ", or its TLS certificate and key are unusable" if tls is not None else ""
         raise BindError(
-            f"could not bind {address}: in use by another process, or not an address of this host "
+            f"could not bind {address}: in use by another process, or not an address of this host{unusable} "
             "(servers never share a port)"
         ) from cause
     return port

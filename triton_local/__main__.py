@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+from service_common.tls import server_tls
 from triton_local.server import DEFAULT_BUILD_DIR, TritonConfig, TritonServer, TritonStartError
 
 LOG = logging.getLogger("triton_local")
+TLS_FLAGS = ("--grpc-tls-cert", "--grpc-tls-key", "--grpc-tls-client-ca")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-file", type=Path, help="tritonserver output (default: <build-dir>/logs/...)")
     parser.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for readiness")
     parser.add_argument("--log-level", default="INFO")
+    tls = parser.add_argument_group("TLS on the gRPC port (off when unset; HTTP and metrics stay plaintext)")
+    tls.add_argument("--grpc-tls-cert", metavar="FILE", help="PEM certificate tritonserver presents on gRPC")
+    tls.add_argument("--grpc-tls-key", metavar="FILE", help="PEM private key of --grpc-tls-cert")
+    tls.add_argument("--grpc-tls-client-ca", metavar="FILE", help="clients must present a cert this CA signed (mTLS)")
     return parser
 
 
@@ -37,6 +43,7 @@ def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Triton
     """Flags -> one validated config; a bad value exits with the flag's name."""
     models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models is not None else None
     try:
+        tls = server_tls(args.grpc_tls_cert, args.grpc_tls_key, args.grpc_tls_client_ca, TLS_FLAGS)
         return TritonConfig(
             model_repository=args.model_repository,
             grpc_port=args.grpc_port,
@@ -47,8 +54,9 @@ def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Triton
             build_dir=args.build_dir,
             log_path=args.log_file,
             ready_timeout_s=args.ready_timeout,
+            grpc_tls=tls,
         )
-    except ValueError as exc:
+    except ValueError as exc:  # TLSConfigError too
         parser.error(str(exc))
 
 

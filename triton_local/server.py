@@ -27,6 +27,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from service_common.tls import ServerTLS
+from triton_local import shm
+
 LOG = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"  # tritonserver binds 0.0.0.0 unless told otherwise; local runs never should
@@ -71,6 +74,8 @@ class TritonConfig:
     # network namespace (host = that namespace's address, launcher = ``ip netns exec <ns>``).
     host: str = HOST
     launcher: tuple[str, ...] = ()
+    # TLS on the gRPC port (mTLS with a client CA); HTTP and metrics stay plaintext (tritonserver has no TLS there).
+    grpc_tls: ServerTLS | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_repository", Path(self.model_repository).resolve())
@@ -146,6 +151,16 @@ def server_env(install: TritonInstall) -> dict[str, str]:
     return env
 
 
+def _tls_args(tls: ServerTLS | None) -> list[str]:
+    """tritonserver's gRPC TLS flags; with a client CA, ``--grpc-use-ssl-mutual`` (which requires client certs)."""
+    if tls is None:
+        return []
+    args = ["--grpc-use-ssl=true", f"--grpc-server-cert={tls.cert.resolve()}", f"--grpc-server-key={tls.key.resolve()}"]
+    if tls.client_ca is not None:
+        args += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={tls.client_ca.resolve()}"]
+    return args
+
+
 def _die_with_parent() -> list[str]:
     """A ``setpriv --pdeathsig TERM`` prefix: tritonserver gets SIGTERM when its parent dies, so a killed test
     run cannot leave a server behind. setpriv sets it and execs in place (same pid), so Popen can spawn with
@@ -172,6 +187,7 @@ class TritonServer:
         self._ports: tuple[int, int, int] = (config.grpc_port, config.http_port, config.metrics_port)
         self.log_path: Path | None = config.log_path
         self._started_at = 0.0
+        self._start_time: int | None = None  # the process's start time, naming it in its /dev/shm record
 
     @property
     def grpc_url(self) -> str:
@@ -207,6 +223,7 @@ class TritonServer:
             f"--metrics-address={host}", f"--metrics-port={metrics}",
             "--log-verbose=0",
         ]  # fmt: skip
+        args += _tls_args(cfg.grpc_tls)
         if cfg.model_config_name:
             args.append(f"--model-config-name={cfg.model_config_name}")
         if cfg.models is not None:
@@ -220,6 +237,7 @@ class TritonServer:
             raise RuntimeError("TritonServer.start() called twice")
         install = find_install()
         backends = build_backend_dir(install, self.config.build_dir)
+        shm.remove_stale()  # regions of servers killed along with whoever started them
         picked = iter(free_ports(3))
         grpc, http, metrics = (port or next(picked) for port in self._ports)
         self._ports = (grpc, http, metrics)
@@ -233,6 +251,7 @@ class TritonServer:
                 env=server_env(install), start_new_session=True,
             )  # fmt: skip
         self._started_at = time.monotonic()
+        self._start_time = shm.start_time(self._proc.pid)
         atexit.register(self.stop)  # an interpreter that exits without stop() still takes the server down
         LOG.info("tritonserver pid %d starting (grpc %s, log %s)", self._proc.pid, self.grpc_url, self.log_path)
         return self
@@ -248,6 +267,7 @@ class TritonServer:
             if self._proc.poll() is not None:
                 raise TritonStartError(f"tritonserver exited with {self._proc.returncode}\n{self.log_tail()}")
             if _http_ok(url):
+                shm.record(self._proc.pid)  # its models are loaded: their regions exist
                 elapsed = time.monotonic() - self._started_at
                 LOG.info("tritonserver ready %.2f s after start", elapsed)
                 return elapsed
@@ -262,7 +282,8 @@ class TritonServer:
 
     def stop(self) -> int | None:
         """SIGTERM (tritonserver unloads its models, ~2-5 s), then SIGKILL its whole process group, which
-        also takes any stub left by a crash; runs even if interrupted. Returns the exit code."""
+        also takes any stub left by a crash; runs even if interrupted. Then removes the /dev/shm regions
+        the server left (a SIGKILLed one leaves them: :mod:`triton_local.shm`). Returns the exit code."""
         proc, self._proc = self._proc, None
         if proc is None:
             return None
@@ -270,6 +291,7 @@ class TritonServer:
         grace = self.config.stop_grace_s
         try:
             if proc.poll() is None:
+                shm.record(proc.pid)
                 proc.terminate()
                 proc.wait(grace)
         except subprocess.TimeoutExpired:
@@ -278,6 +300,8 @@ class TritonServer:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            if self._start_time is not None:
+                shm.release(proc.pid, self._start_time)
         LOG.info("tritonserver pid %d stopped with %s", proc.pid, proc.returncode)
         return proc.returncode
 

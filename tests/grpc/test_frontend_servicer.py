@@ -49,6 +49,9 @@ class FakeTriton:
     async def signature(self, model: str, instance: int) -> ModelSignature:
         return SIG
 
+    def wait_s(self, model: str, instances: tuple[int, ...], rows: int = 1) -> float:
+        return 0.0  # no queue here (tests/grpc/test_admission.py drives the real pool's)
+
     async def infer(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature) -> np.ndarray:
         if call.kind == "data" and (batch == HANG).all():
             await self.release.wait()

@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from frontend.batching import Batcher, row_batcher
+from frontend.batching import Batcher, Expired, row_batcher
 
 
 class FakeTriton:
@@ -94,3 +94,29 @@ async def test_any_call_with_a_batch_form_batches_the_same_way():
     await asyncio.sleep(0.002)
     results = await asyncio.gather(first, *(batcher.submit(f"g{i}") for i in (1, 2)))
     assert results == ["encoded g0", "encoded g1", "encoded g2"] and sent == [["g0"], ["g1", "g2"]]
+
+
+async def test_rows_whose_deadline_passes_in_the_queue_are_never_sent():
+    """While a call is out, two rows queue: one whose deadline passes before the call returns, one that
+    still has time. Only the second is sent; the first fails with Expired, and the wait estimate
+    counts only what is still queued."""
+    gate, out = asyncio.Event(), asyncio.Event()
+    sent: list[list[float]] = []
+
+    async def send(rows: np.ndarray) -> np.ndarray:
+        sent.append(rows.ravel().tolist())
+        out.set()
+        await gate.wait()
+        return rows * 10
+
+    batcher = row_batcher(send, max_inflight=1, max_rows=64)
+    now = asyncio.get_running_loop().time()
+    first = asyncio.ensure_future(batcher.submit(_row(0)))
+    await out.wait()  # the first call is out
+    expired = asyncio.ensure_future(batcher.submit(_row(1), deadline=now))  # already due when the slot frees
+    patient = asyncio.ensure_future(batcher.submit(_row(2), deadline=now + 60))
+    gate.set()
+    assert (await first).tolist() == [[0]] and (await patient).tolist() == [[20]]
+    with pytest.raises(Expired, match="after its deadline"):
+        await expired
+    assert sent == [[0.0], [2.0]] and batcher.wait_s() == batcher.call_s

@@ -1,0 +1,241 @@
+"""Health that tells the truth: what the frontend can answer now, from probes of what it depends on.
+
+Every ``interval_s`` the monitor asks each Triton instance ``ModelReady`` for every model placed on it,
+and the encoder and decoder their grpc.health.v1 status, over the channels the queries use (a probe
+unanswered within ``timeout_s`` counts as down: a stalled Triton). :func:`judge` turns what answered into
+each route's state:
+
+- *serving*: every model of its data slots has a ready instance, and coding works;
+- *degraded*: it can be answered, but not coded: a coded slot's model (the parity model) has no ready
+  instance, or the encoder or decoder (when the scheme needs it) is down. Queries get their own
+  outputs, without protection from stragglers;
+- *down*: a data slot's model has no ready instance: its queries fail UNAVAILABLE.
+
+The frontend is SERVING (grpc.health.v1 ``""``, the KServe ServerReady) while no route is down.
+Per route, ``codedserve.v1.Frontend/<model>`` is SERVING unless the route is down, and for a coded
+route ``codedserve.coded/<model>`` is SERVING only while it is coded (NOT_SERVING: degraded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from prometheus_client import Gauge
+
+from frontend.config import Route
+from service_common.logs import RateLimitedLog
+
+if TYPE_CHECKING:
+    from frontend.app import FrontendApp
+
+log = logging.getLogger(__name__)
+
+SERVING, DEGRADED, DOWN = "serving", "degraded", "down"
+ROUTE_HEALTH_PREFIX = "codedserve.v1.Frontend/"  # + model: SERVING unless the route is down
+CODED_HEALTH_PREFIX = "codedserve.coded/"  # + model, coded routes only: SERVING while coding works
+
+DEPENDENCY_UP = Gauge(
+    "codedserve_dependency_up",
+    "1 while the frontend's last probe of a dependency succeeded (Triton: every model placed on it ready)",
+    ["dependency", "address"],
+)
+ROUTE_DEGRADED = Gauge(
+    "codedserve_route_degraded",
+    "1 while a coded route is answered uncoded (parity model, encoder or decoder down)",
+    ["model"],
+)
+ROUTE_UP = Gauge(
+    "codedserve_route_up", "1 while a route's queries can be answered (a ready instance per data model)", ["model"]
+)
+
+
+@dataclass(frozen=True)
+class Probes:
+    """What one round of probes saw: the (instance, model) pairs answering ModelReady, and which coding
+    services answer SERVING (empty with ``--coding local``)."""
+
+    ready: frozenset[tuple[int, str]]
+    coders: Mapping[str, bool]
+
+
+@dataclass(frozen=True)
+class RouteHealth:
+    model: str
+    coded: bool
+    state: str  # SERVING, DEGRADED or DOWN
+    why: tuple[str, ...] = ()  # what makes it degraded or down
+
+    @property
+    def answerable(self) -> bool:
+        return self.state != DOWN
+
+
+@dataclass(frozen=True)
+class Health:
+    routes: tuple[RouteHealth, ...]
+    dependencies: tuple[tuple[str, str, bool], ...]  # (dependency, address, up)
+
+    @property
+    def serving(self) -> bool:
+        return all(r.answerable for r in self.routes)
+
+    def route(self, model: str) -> RouteHealth | None:
+        return next((r for r in self.routes if r.model == model), None)
+
+    def statuses(self) -> dict[str, bool]:
+        """grpc.health.v1 service name (besides "" and the service names) -> SERVING."""
+        names = {ROUTE_HEALTH_PREFIX + r.model: r.answerable for r in self.routes}
+        names.update({CODED_HEALTH_PREFIX + r.model: r.state == SERVING for r in self.routes if r.coded})
+        return names
+
+
+def judge(
+    routes: Sequence[Route],
+    loaded: Collection[str],
+    serving: Mapping[str, tuple[int, ...]],
+    urls: Sequence[str],
+    probes: Probes,
+    addresses: Mapping[str, str] | None = None,
+) -> Health:
+    """Each route's state from the probes. ``loaded``: the routes whose signatures were read; ``serving``:
+    model -> the instances it is placed on; ``urls``: every instance's address, by number; ``addresses``:
+    the coding services'."""
+    judged = tuple(_route(r, r.model in loaded, serving, urls, probes) for r in routes)
+    models_on: dict[int, list[str]] = {}
+    for model, instances in serving.items():
+        for i in instances:
+            models_on.setdefault(i, []).append(model)
+    deps = [("triton", urls[i], all((i, m) in probes.ready for m in ms)) for i, ms in sorted(models_on.items())]
+    deps += [(name, (addresses or {}).get(name, ""), up) for name, up in sorted(probes.coders.items())]
+    return Health(judged, tuple(deps))
+
+
+def _route(
+    route: Route, loaded: bool, serving: Mapping[str, tuple[int, ...]], urls: Sequence[str], probes: Probes
+) -> RouteHealth:
+    def none_ready(model: str) -> str | None:
+        if any((i, model) in probes.ready for i in serving.get(model, ())):
+            return None
+        where = ", ".join(urls[i] for i in serving.get(model, ())) or "no instance"
+        return f"no ready Triton instance for {model} ({where})"
+
+    coded = route.coded
+    if not loaded:
+        return RouteHealth(route.model, coded, DOWN, ("its models' signatures are not read yet",))
+    down = [why for m in sorted(route.data_models) if (why := none_ready(m))]
+    if down:
+        return RouteHealth(route.model, coded, DOWN, tuple(down))
+    if not coded:
+        return RouteHealth(route.model, coded, SERVING)
+    coded_models = sorted({route.models[s.role] for s in route.code.coded_slots} - route.data_models)
+    degraded = [why for m in coded_models if (why := none_ready(m))]
+    services = ("encoder", "decoder") if route.code.encodes else ("decoder",)
+    degraded += [f"the {s} is down" for s in services if not probes.coders.get(s, True)]
+    return RouteHealth(route.model, coded, DEGRADED if degraded else SERVING, tuple(degraded))
+
+
+class HealthMonitor:
+    """Probes every ``interval_s``; on a change, updates the metrics, logs the transition (rate-limited
+    per state) and calls ``publish``. ``health`` is the latest judgement (None before the first)."""
+
+    def __init__(
+        self,
+        probe: Callable[[float], Awaitable[Probes]],
+        judge_now: Callable[[Probes], Health],
+        publish: Callable[[Health], Awaitable[None]],
+        interval_s: float,
+        timeout_s: float,
+    ) -> None:
+        self._probe = probe
+        self._judge = judge_now
+        self._publish = publish
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.health: Health | None = None
+        self._log = RateLimitedLog(log)
+        self._stop = asyncio.Event()
+
+    @property
+    def serving(self) -> bool:
+        return self.health is not None and self.health.serving
+
+    def answerable(self, model: str) -> bool:
+        route = self.health.route(model) if self.health is not None else None
+        return route is not None and route.answerable
+
+    async def check(self) -> Health:
+        """Probe once and publish what changed."""
+        health = self._judge(await self._probe(self.timeout_s))
+        if health != self.health:
+            self._record(health)
+            self.health = health
+            await self._publish(health)
+        return health
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.check()
+            except Exception:  # a bug here must not freeze health where it was: log, probe again
+                log.exception("health probe failed")
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.interval_s)
+            except TimeoutError:
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _record(self, health: Health) -> None:
+        for dependency, address, up in health.dependencies:
+            DEPENDENCY_UP.labels(dependency, address).set(int(up))
+        for route in health.routes:
+            ROUTE_UP.labels(route.model).set(int(route.answerable))
+            ROUTE_DEGRADED.labels(route.model).set(int(route.state == DEGRADED))
+        self._log_transitions(health)
+
+    def _log_transitions(self, health: Health) -> None:
+        """One line per dependency or route that changed (rate-limited per state: a flapping one is quiet)."""
+        was_up = {(d, a): up for d, a, up in self.health.dependencies} if self.health is not None else {}
+        for dependency, address, up in health.dependencies:
+            if was_up.get((dependency, address), True) != up:
+                level = logging.INFO if up else logging.WARNING
+                where = f" at {address}" if address else ""
+                self._log.log(level, (dependency, address, up), "%s%s is %s", dependency, where, "up" if up else "down")
+        before = {r.model: r for r in self.health.routes} if self.health is not None else {}
+        for route in health.routes:
+            old = before.get(route.model)
+            if old is None and route.state == SERVING or old == route:
+                continue
+            level = logging.INFO if route.state == SERVING else logging.WARNING
+            why = f": {'; '.join(route.why)}" if route.why else ""
+            self._log.log(
+                level, (route.model, route.state, route.why), "route %s is %s%s", route.model, route.state, why
+            )
+
+
+def monitor_for(app: FrontendApp, publish: Callable[[Health], Awaitable[None]]) -> HealthMonitor:
+    """The app's monitor: probes over its Triton pool's and coding clients' own channels."""
+    config = app.config
+    models = sorted({m for r in config.routes for m in r.models.values()})
+
+    def placed() -> dict[str, tuple[int, ...]]:
+        return {m: app.placer.serving(m) for m in models}
+
+    async def probe(timeout_s: float) -> Probes:
+        pairs = [(i, m) for m, instances in placed().items() for i in instances]
+        answers, coders = await asyncio.gather(
+            asyncio.gather(*(app.triton.model_ready(i, m, timeout_s) for i, m in pairs)), app.coders.ready(timeout_s)
+        )
+        return Probes(frozenset(p for p, up in zip(pairs, answers, strict=True) if up), coders)
+
+    def judge_now(probes: Probes) -> Health:
+        loaded = [m for m, s in app.servers.items() if s.signature is not None]
+        coders = {"encoder": config.encoder_address, "decoder": config.decoder_address}
+        return judge(config.routes, loaded, placed(), app.triton.urls, probes, coders)
+
+    return HealthMonitor(probe, judge_now, publish, config.health_interval_s, config.health_timeout_s)
