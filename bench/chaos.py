@@ -92,6 +92,7 @@ class Ledger:
     reconstructed: int = 0
     wrong: list[str] = field(default_factory=list)  # OK answers whose label is not the expected one
     strays: list[str] = field(default_factory=list)  # answers for ids never sent
+    examples: dict[str, str] = field(default_factory=dict)  # the first error message of each status
 
     def send(self, qid: str) -> None:
         if qid in self._sent:  # the harness's own mistake: answers to the two could not be told apart
@@ -99,11 +100,13 @@ class Ledger:
         self.sent.append(qid)
         self._sent.add(qid)
 
-    def answer(self, qid: str, code: str, *, reconstructed: bool = False, right: bool = True) -> None:
+    def answer(self, qid: str, code: str, *, reconstructed: bool = False, right: bool = True, detail: str = "") -> None:
         if qid not in self._sent:
             self.strays.append(qid)
             return
         self.answers[qid].append(code)
+        if code != "OK":
+            self.examples.setdefault(code, detail)
         if code == "OK":
             self.reconstructed += reconstructed
             if not right:
@@ -128,6 +131,7 @@ class Ledger:
             "wrong": len(self.wrong),
             "strays": len(self.strays),
             "codes": dict(sorted(codes.items())),
+            "examples": dict(sorted(self.examples.items())),
             "lost_ids": lost[:20],
             "duplicate_ids": duplicates[:20],
         }
@@ -201,19 +205,34 @@ class Sample:
 
 
 def sample(processes: dict[str, int | None], start: float) -> Sample:
-    """Resident memory and open descriptors of each live process (by /proc), and what /dev/shm holds."""
+    """Resident memory and open descriptors of each live process with the processes of the group it
+    leads (a tritonserver's Python backend stubs, which hold the models), and what /dev/shm holds."""
+    groups = _process_groups()
     rss, fds = {}, {}
     for name, pid in processes.items():
         if pid is None:
             continue
-        with contextlib.suppress(OSError):
-            status = Path(f"/proc/{pid}/status").read_text()
-            kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
-            rss[name] = round(kb / 1024, 1)
-            fds[name] = len(os.listdir(f"/proc/{pid}/fd"))
+        kb, n = 0, 0
+        for member in {pid, *groups.get(pid, ())}:
+            with contextlib.suppress(OSError, StopIteration):
+                status = Path(f"/proc/{member}/status").read_text()
+                kb += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+                n += len(os.listdir(f"/proc/{member}/fd"))
+        rss[name], fds[name] = round(kb / 1024, 1), n
     shm = [p for p in Path("/dev/shm").iterdir() if p.is_file()] if Path("/dev/shm").is_dir() else []
     size = sum(p.stat().st_size for p in shm if p.exists())
     return Sample(round(time.monotonic() - start, 2), rss, fds, len(shm), round(size / 2**20, 1))
+
+
+def _process_groups() -> dict[int, list[int]]:
+    """Process group id -> the live processes in it (from /proc/PID/stat, whose 5th field is the group)."""
+    groups: dict[int, list[int]] = collections.defaultdict(list)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                groups[int(fields[2])].append(int(entry.name))
+    return groups
 
 
 @dataclass
@@ -314,7 +333,7 @@ async def _unary(
         except TimeoutError:
             return  # never answered: the ledger calls it lost
         except grpc.aio.AioRpcError as exc:
-            ledger.answer(qid, exc.code().name)
+            ledger.answer(qid, exc.code().name, detail=exc.details() or "")
             return
         ledger.answer(qid, "OK", reconstructed=reply.reconstructed, right=check(i, reply.label))
 
@@ -350,14 +369,14 @@ async def _stream(
                 code = grpc.StatusCode.OK.name if reply.status_code == 0 else _code_name(reply.status_code)
                 i = index.get(reply.id)
                 right = i is not None and check(i, reply.label)
-                ledger.answer(reply.id, code, reconstructed=reply.reconstructed, right=right)
+                ledger.answer(reply.id, code, reconstructed=reply.reconstructed, right=right, detail=reply.error)
     except TimeoutError:
         call.cancel()  # what is still unanswered is lost
     except grpc.aio.AioRpcError as exc:
         # The stream itself ended with an error: its unanswered queries got that status, and no other.
         for qid in ledger.sent:
             if qid in index and qid not in answered:
-                ledger.answer(qid, exc.code().name)
+                ledger.answer(qid, exc.code().name, detail=exc.details() or "")
 
 
 def _code_name(value: int) -> str:
@@ -437,6 +456,7 @@ def markdown(report: dict) -> str:  # type: ignore[type-arg]
         f"rejected {s['rejected']}, lost {s['lost']}, duplicates {s['duplicates']}; "
         f"{s['wrong']} answers not the expected label ({1 - s['wrong'] / max(s['answered'], 1):.2%} right).",
         f"First answers by status: {s['codes']}.",
+        *(f"- {code}, e.g.: `{message}`" for code, message in s["examples"].items()),
         "",
         "| fault | target | at (s) | held (s) | ended (s) | ready again (s) |",
         "|---|---|---|---|---|---|",
@@ -457,7 +477,7 @@ def resource_lines(samples: list[dict]) -> list[str]:  # type: ignore[type-arg]
     /dev/shm the same. Restarted processes start again from their own start-up size."""
     settled = samples[len(samples) // 10 :] or samples
     first, last = settled[0], settled[-1]
-    lines = ["| process | RSS MB first → last (max) | fds first → last (max) |", "|---|---|---|"]
+    lines = ["| process (and its group) | RSS MB first → last (max) | fds first → last (max) |", "|---|---|---|"]
     for name in sorted(set().union(*(s["rss_mb"] for s in samples))):
         rss = [s["rss_mb"][name] for s in settled if name in s["rss_mb"]]
         fds = [s["fds"][name] for s in settled if name in s["fds"]]

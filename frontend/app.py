@@ -129,7 +129,7 @@ class FrontendApp:
         them at once with RESOURCE_EXHAUSTED (:mod:`frontend.admission`): over a bound, or when the Triton
         queue of the route's deployed model is longer than their deadline."""
         model = min(server.route.data_models)
-        wait_s = self.pool.wait_s(model, self.placer.serving(model), queries) if self.config.refuse_by_wait else 0.0
+        wait_s = self.pool.wait_s(model, self.placer.ready(model), queries) if self.config.refuse_by_wait else 0.0
         with self.admission.admit(client, queries, time_left_s, wait_s):
             yield
 

@@ -2,7 +2,8 @@
 
 Every ``interval_s`` the monitor asks each Triton instance ``ModelReady`` for every model placed on it,
 and the encoder and decoder their grpc.health.v1 status, over the channels the queries use (a probe
-unanswered within ``timeout_s`` counts as down: a stalled Triton). :func:`judge` turns what answered into
+unanswered within ``timeout_s`` counts as down: a stalled Triton). The placer is told which instances
+did not answer, so new slots go elsewhere (frontend.placement). :func:`judge` turns what answered into
 each route's state:
 
 - *serving*: every model of its data slots has a ready instance, and coding works;
@@ -231,7 +232,9 @@ def monitor_for(app: FrontendApp, publish: Callable[[Health], Awaitable[None]]) 
         answers, coders = await asyncio.gather(
             asyncio.gather(*(app.triton.model_ready(i, m, timeout_s) for i, m in pairs)), app.coders.ready(timeout_s)
         )
-        return Probes(frozenset(p for p, up in zip(pairs, answers, strict=True) if up), coders)
+        ready = frozenset(p for p, up in zip(pairs, answers, strict=True) if up)
+        app.placer.set_unready(set(pairs) - ready)  # new slots avoid what did not answer
+        return Probes(ready, coders)
 
     def judge_now(probes: Probes) -> Health:
         loaded = [m for m, s in app.servers.items() if s.signature is not None]

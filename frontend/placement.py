@@ -5,6 +5,10 @@ slots of a group share an instance while enough instances exist: one straggling 
 a group at most one slot); among those, to the instance given the fewest slots so far, which over
 many groups is round-robin. With fewer instances than slots a group spreads its slots as evenly as
 the instances allow, and one stalled instance then costs it more than one slot.
+
+An instance the health probe found not ready for a model (dead, or stalled past the probe's timeout)
+gets no new slots of it while another instance of that model is ready; with none ready, every
+instance is used as before (a call then fails or waits, and the query says so).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ class Placer:
     def __init__(self, serving: Mapping[str, tuple[int, ...]]) -> None:
         self._serving = dict(serving)
         self._assigned: Counter[int] = Counter()
+        self._unready: frozenset[tuple[int, str]] = frozenset()
 
     def serving(self, model: str) -> tuple[int, ...]:
         return self._serving[model]
@@ -42,8 +47,17 @@ class Placer:
         for model in names & set(self._serving):
             self._serving[model] = tuple(i for i in self._serving[model] if i != instance)
 
+    def set_unready(self, pairs: Iterable[tuple[int, str]]) -> None:
+        """The (instance, model) pairs the last health probe found not ready (frontend.health)."""
+        self._unready = frozenset(pairs)
+
+    def ready(self, model: str) -> tuple[int, ...]:
+        """The instances new slots of ``model`` go to: the ready ones, or all of them if none is."""
+        instances = self._serving[model]
+        return tuple(i for i in instances if (i, model) not in self._unready) or instances
+
     def place(self, model: str, used: Mapping[int, int]) -> int:
         """An instance for one more slot on ``model``, where ``used`` counts the group's slots per instance."""
-        best = min(self._serving[model], key=lambda i: (used.get(i, 0), self._assigned[i], i))
+        best = min(self.ready(model), key=lambda i: (used.get(i, 0), self._assigned[i], i))
         self._assigned[best] += 1
         return best

@@ -23,6 +23,7 @@ from bench.stack import FrontendSpec, Stack
 from frontend.health import CODED_HEALTH_PREFIX, ROUTE_HEALTH_PREFIX
 from service_common.tensors import from_numpy
 from tests.integration import linear_models
+from triton_local.server import TritonServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -70,11 +71,27 @@ def _wait(predicate, seconds: float, what: str) -> None:  # type: ignore[no-unty
         time.sleep(0.02)
 
 
+async def _until_placed_on(triton: TritonServer, address: str) -> None:
+    """Until the frontend places calls on ``triton`` again: its health probe stops new calls to an
+    instance it found down (an earlier test's), until its next probe finds it ready."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.FrontendStub(channel)
+        deadline = time.monotonic() + 10
+        while True:
+            before = triton.successful_inferences()
+            await asyncio.gather(*(stub.Classify(_request(i), timeout=5) for i in range(2)))
+            if triton.successful_inferences() > before:
+                return
+            assert time.monotonic() < deadline, f"no call placed on Triton at {triton.grpc_url} within 10 s"
+            await asyncio.sleep(0.1)
+
+
 async def _kill_with_queries_in_flight(stack: Stack, frontend: str) -> tuple[list[object], float]:
     """Stall Triton 1, send QUERIES queries (half their calls wait on it), SIGKILL it once Triton 0 has
     answered its half; returns each query's reply or error, and the seconds from the kill to the last."""
     survivor, victim = stack.tritons
     assert victim.pid is not None
+    await _until_placed_on(victim, stack.address(frontend))
     before = survivor.successful_inferences()
     os.kill(victim.pid, signal.SIGSTOP)
     try:
@@ -164,3 +181,24 @@ def test_a_query_succeeds_within_a_second_of_a_restarted_triton_being_ready(stac
         _wait(ok, 10, "answering after Triton came back")
         took = time.monotonic() - ready
     assert took < 1.5, f"the first answer came {took:.2f} s after Triton was ready"
+
+
+def test_a_stalled_instance_gets_no_new_calls_once_the_probe_has_seen_it(stack):
+    """Triton 1 SIGSTOPped: once the health probe has found it unanswering (its interval plus timeout,
+    0.5 + 1 s), new queries of the uncoded route all go to Triton 0 and are answered, where half of them
+    would wait on the stalled instance to their deadline."""
+    survivor, victim = stack.tritons
+    assert victim.pid is not None
+    with grpc.insecure_channel(stack.address("uncoded")) as channel:
+        stub = pb_grpc.FrontendStub(channel)
+        _wait(lambda: stub.Classify(_request(0), timeout=2).id == "0", 10, "answering at the start")
+        os.kill(victim.pid, signal.SIGSTOP)
+        try:
+            time.sleep(2.5)  # the probe's interval and timeout, with slack
+            before = survivor.successful_inferences()
+            futures = [stub.Classify.future(_request(i), timeout=3) for i in range(QUERIES)]
+            replies = [f.result() for f in futures]  # DEADLINE_EXCEEDED for a query placed on Triton 1
+            assert sorted(int(r.id) for r in replies) == list(range(QUERIES))
+            assert survivor.successful_inferences() - before == QUERIES
+        finally:
+            os.kill(victim.pid, signal.SIGCONT)

@@ -81,3 +81,13 @@ def test_the_plan_visits_every_kind_before_repeating_and_leaves_the_end_quiet():
 def test_the_plan_refuses_an_unknown_kind_naming_it():
     with pytest.raises(ValueError, match="unknown fault kinds \\['reboot'\\]"):
         plan(seed=0, duration_s=10, every_s=1, tritons=1, kinds=("kill_triton", "reboot"))
+
+
+def test_the_first_message_of_each_error_status_is_kept_as_its_example():
+    ledger = Ledger()
+    for qid in "abc":
+        ledger.send(qid)
+    ledger.answer("a", "RESOURCE_EXHAUSTED", detail="frontend overloaded: 256 queries in flight")
+    ledger.answer("b", "RESOURCE_EXHAUSTED", detail="another")
+    ledger.answer("c", "OK")
+    assert ledger.summary()["examples"] == {"RESOURCE_EXHAUSTED": "frontend overloaded: 256 queries in flight"}

@@ -46,3 +46,19 @@ def test_remove_takes_an_instance_out_of_the_given_models_only():
 
 async def test_the_system_resolver_answers_ipv4_addresses():
     assert await SystemResolver().addresses("localhost") == ("127.0.0.1",)
+
+
+def test_an_instance_the_probe_found_unready_gets_no_new_slots_while_another_is_ready():
+    placer = Placer({"m": (0, 1, 2), "p": (1,)})
+    placer.set_unready({(1, "m")})
+    assert {placer.place("m", {}) for _ in range(6)} == {0, 2}
+    assert placer.place("p", {}) == 1  # unready for m only: p's slots still go there
+    assert placer.serving("m") == (0, 1, 2)  # still placed there: health, discovery and retries see it
+
+
+def test_with_no_instance_ready_every_instance_is_used_as_before():
+    placer = Placer({"m": (0, 1)})
+    placer.set_unready({(0, "m"), (1, "m")})
+    assert {placer.place("m", {}) for _ in range(4)} == {0, 1}
+    placer.set_unready(())
+    assert placer.ready("m") == (0, 1)
