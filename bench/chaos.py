@@ -43,6 +43,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bench.stack import REPO_ROOT, FrontendSpec, Stack
 from coding import spec
 from service_common.tensors import from_numpy
+from triton_local import shm
 
 log = logging.getLogger(__name__)
 
@@ -207,32 +208,20 @@ class Sample:
 def sample(processes: dict[str, int | None], start: float) -> Sample:
     """Resident memory and open descriptors of each live process with the processes of the group it
     leads (a tritonserver's Python backend stubs, which hold the models), and what /dev/shm holds."""
-    groups = _process_groups()
     rss, fds = {}, {}
     for name, pid in processes.items():
         if pid is None:
             continue
         kb, n = 0, 0
-        for member in {pid, *groups.get(pid, ())}:
+        for member in {pid, *shm.group(pid)}:
             with contextlib.suppress(OSError, StopIteration):
                 status = Path(f"/proc/{member}/status").read_text()
                 kb += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
                 n += len(os.listdir(f"/proc/{member}/fd"))
         rss[name], fds[name] = round(kb / 1024, 1), n
-    shm = [p for p in Path("/dev/shm").iterdir() if p.is_file()] if Path("/dev/shm").is_dir() else []
-    size = sum(p.stat().st_size for p in shm if p.exists())
-    return Sample(round(time.monotonic() - start, 2), rss, fds, len(shm), round(size / 2**20, 1))
-
-
-def _process_groups() -> dict[int, list[int]]:
-    """Process group id -> the live processes in it (from /proc/PID/stat, whose 5th field is the group)."""
-    groups: dict[int, list[int]] = collections.defaultdict(list)
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                groups[int(fields[2])].append(int(entry.name))
-    return groups
+    regions = [p for p in shm.SHM.iterdir() if p.is_file()] if shm.SHM.is_dir() else []
+    size = sum(p.stat().st_size for p in regions if p.exists())
+    return Sample(round(time.monotonic() - start, 2), rss, fds, len(regions), round(size / 2**20, 1))
 
 
 @dataclass
