@@ -113,6 +113,13 @@ def _health_flags(flags: Flags) -> None:
     )
     add("--health-timeout-s", type=float, default=1.0, help="a probe unanswered this long counts as down")
     add(
+        "--warm-up",
+        switch=True,
+        default=True,
+        help="send every model one all-zero query on each of its instances before health says SERVING, so the "
+        "first real queries do not pay a fresh model's first inference (--no-warm-up: skip it)",
+    )
+    add(
         "--reconnect-backoff-ms",
         type=int,
         default=DEFAULT_RECONNECT_BACKOFF_MS,
@@ -317,6 +324,7 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
             reconnect_backoff_ms=args.reconnect_backoff_ms,
             health_interval_s=args.health_interval_s,
             health_timeout_s=args.health_timeout_s,
+            warm_up=args.warm_up,
         )
     except ValueError as exc:
         raise SystemExit(f"frontend: bad configuration: {exc}") from exc

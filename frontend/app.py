@@ -7,6 +7,8 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
+import numpy as np
+
 from coding.scheme import group_size
 from frontend.admission import Admission
 from frontend.coding_clients import Coder, CodingClients, LocalCoding
@@ -17,7 +19,7 @@ from frontend.discovery import Discovery, Source, resolver_for
 from frontend.dispatch import Dispatcher
 from frontend.injection import InjectingPool
 from frontend.placement import Placer
-from frontend.workers import Pool, TritonPool, WorkerError
+from frontend.workers import CallInfo, Pool, TritonPool, WorkerError
 from service_common.errors import NotFound, Unavailable
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ class FrontendApp:
         )
         self.servers = {r.model: self._server(r) for r in config.routes}
         self.admission = Admission(config.max_inflight, config.max_inflight_per_client)
+        self._warm_ups: set[asyncio.Task[None]] = set()
 
     def _server(self, route: Route) -> ModelServer:
         dispatcher = Dispatcher(self.pool, self.placer, route.dispatch, self.config.cancel_losers)
@@ -112,6 +115,31 @@ class FrontendApp:
                     raise
                 log.info("waiting for Triton: %s", exc)
                 await asyncio.sleep(retry_s)
+
+    async def warm_up(self, timeout_s: float = 10.0) -> None:
+        """One all-zero query to every model on every instance it is placed on, before the frontend says
+        SERVING: a freshly loaded model's first inference takes about 50 ms on a CPU Triton, which would
+        make every route's first real group a straggler. A failure or a call still out after
+        ``timeout_s`` is logged, never fatal (health and the calls judge the instances), and a call
+        still out is left to finish, never cancelled (cancelling in-flight calls crashes Triton 2.51)."""
+        signatures = {m: sig for s in self.servers.values() for m, sig in s.signatures.items()}
+        targets = [(m, i) for m in signatures for i in self.placer.serving(m)]
+
+        async def one(model: str, instance: int) -> None:
+            sig = signatures[model]
+            try:
+                await self.triton.infer(CallInfo(model, instance), np.zeros((1, *sig.shape), sig.dtype), sig)
+            except WorkerError as exc:
+                log.warning("warm-up of %s at %s failed: %s", model, self.triton.urls[instance], exc)
+
+        calls = [asyncio.create_task(one(m, i)) for m, i in targets]
+        if not calls:
+            return
+        _, pending = await asyncio.wait(calls, timeout=timeout_s)
+        if pending:
+            still = (len(pending), len(calls), timeout_s)
+            log.warning("warm-up: %d of %d calls still out after %.0f s; serving anyway", *still)
+        self._warm_ups = pending  # referenced until they finish
 
     def model_server(self, model: str) -> ModelServer:
         server = self.servers.get(model)

@@ -194,6 +194,7 @@ class FrontendConfig:
     reconnect_backoff_ms: int = DEFAULT_RECONNECT_BACKOFF_MS  # longest wait between a channel's reconnect attempts
     health_interval_s: float = 0.5  # how often dependencies are probed (frontend.health)
     health_timeout_s: float = 1.0  # a probe unanswered this long counts as down
+    warm_up: bool = True  # one all-zero query per model and instance before SERVING (FrontendApp.warm_up)
 
     def __post_init__(self) -> None:
         self._check_discovery()

@@ -88,6 +88,8 @@ async def create_server(config: FrontendConfig) -> FrontendServer:
 
     async def become_ready() -> None:
         await app.load_until_ready()
+        if config.warm_up:
+            await app.warm_up()
         await monitor.run()
 
     return FrontendServer(running, app, asyncio.create_task(become_ready()), kserve, kservicer, monitor)

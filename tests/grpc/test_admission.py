@@ -54,9 +54,10 @@ async def start():
     async def make(**bounds: int) -> Stack:
         triton = await FakeTriton().start()
         routes = (parse_route(f"{MODEL}=none"),)
-        config = FrontendConfig(
-            "127.0.0.1:0", (triton.url,), "e", "d", routes, coding="local", kserve_address="127.0.0.1:0", **bounds
-        )
+        config = FrontendConfig(  # no warm-up: the tests count every row and call that reaches the stand-in
+            "127.0.0.1:0", (triton.url,), "e", "d", routes, coding="local", kserve_address="127.0.0.1:0",
+            warm_up=False, **bounds,
+        )  # fmt: skip
         started.append(Stack(triton, await create_server(config)))
         await _serving(started[-1])
         return started[-1]
