@@ -44,8 +44,9 @@ def stack(tmp_path_factory):
     repo = tmp_path_factory.mktemp("repo")
     models = linear_models.write_repository(repo)
     with Stack(models, FRONTENDS, model_repository=repo, log_dir=tmp_path_factory.mktemp("logs")) as running:
-        # One group first: a freshly loaded model's first inference and the first connections take about
-        # the 40 ms straggler deadline on 2 cores, so the tests below would otherwise see it reconstructed.
+        # One group first: the first group over new connections took about the 40 ms straggler deadline
+        # on 2 cores (a fresh model's first inference, before the frontend's own --warm-up), so the tests
+        # below saw it reconstructed; the client's connection is still new here.
         asyncio.run(_classify_group(running.address("coded"), [None, None]))
         yield running
 

@@ -91,8 +91,9 @@ def stack(tmp_path_factory) -> Iterator[TlsStack]:
         for process in processes.values():
             process.wait_serving(120)  # the frontend: only once Triton has the models, read over mTLS
         running = TlsStack(pki, triton, frontend, f"127.0.0.1:{kserve_port}")
-        # One group first: a freshly loaded model's first inference and the first connections take about
-        # the 40 ms straggler deadline on 2 cores, so the tests below would otherwise see it reconstructed.
+        # One group first: the first group over new connections took about the 40 ms straggler deadline
+        # on 2 cores (a fresh model's first inference, before the frontend's own --warm-up), so the tests
+        # below saw it reconstructed; the client's connection is still new here.
         asyncio.run(_classify_group(running, [None, None]))
         yield running
     finally:
