@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -94,6 +95,7 @@ class Ledger:
     wrong: list[str] = field(default_factory=list)  # OK answers whose label is not the expected one
     strays: list[str] = field(default_factory=list)  # answers for ids never sent
     examples: dict[str, str] = field(default_factory=dict)  # the first error message of each status
+    errors_at: list[float] = field(default_factory=list)  # when each non-OK answer came (the caller's clock)
 
     def send(self, qid: str) -> None:
         if qid in self._sent:  # the harness's own mistake: answers to the two could not be told apart
@@ -101,13 +103,23 @@ class Ledger:
         self.sent.append(qid)
         self._sent.add(qid)
 
-    def answer(self, qid: str, code: str, *, reconstructed: bool = False, right: bool = True, detail: str = "") -> None:
+    def answer(
+        self,
+        qid: str,
+        code: str,
+        *,
+        reconstructed: bool = False,
+        right: bool = True,
+        detail: str = "",
+        at_s: float = 0.0,
+    ) -> None:
         if qid not in self._sent:
             self.strays.append(qid)
             return
         self.answers[qid].append(code)
         if code != "OK":
             self.examples.setdefault(code, detail)
+            self.errors_at.append(at_s)
         if code == "OK":
             self.reconstructed += reconstructed
             if not right:
@@ -299,11 +311,20 @@ class ChaosResult:
     samples: list[Sample]
     load_s: float
 
+    def _first_fault_s(self) -> float:
+        return self.events[0].began_s if self.events else float("inf")
+
+    def _errors_after(self) -> list[int]:
+        """For each fault, the error answers that came after it began and before the next one began."""
+        starts = [e.began_s for e in self.events] + [float("inf")]
+        return [sum(1 for t in self.ledger.errors_at if a <= t < b) for a, b in itertools.pairwise(starts)]
+
     def report(self) -> dict[str, object]:
         return {
             "ledger": self.ledger.summary(),
             "promise_holds": self.ledger.holds(),
-            "faults": [asdict(e) for e in self.events],
+            "faults": [asdict(e) | {"errors_after": n} for e, n in zip(self.events, self._errors_after(), strict=True)],
+            "errors_before_any_fault": sum(1 for t in self.ledger.errors_at if t < self._first_fault_s()),
             "health": [asdict(t) for t in self.health.transitions],
             "samples": [asdict(s) for s in self.samples],
             "load_s": round(self.load_s, 1),
@@ -322,7 +343,7 @@ async def _unary(
         except TimeoutError:
             return  # never answered: the ledger calls it lost
         except grpc.aio.AioRpcError as exc:
-            ledger.answer(qid, exc.code().name, detail=exc.details() or "")
+            ledger.answer(qid, exc.code().name, detail=exc.details() or "", at_s=time.monotonic() - start)
             return
         ledger.answer(qid, "OK", reconstructed=reply.reconstructed, right=check(i, reply.label))
 
@@ -358,14 +379,17 @@ async def _stream(
                 code = grpc.StatusCode.OK.name if reply.status_code == 0 else _code_name(reply.status_code)
                 i = index.get(reply.id)
                 right = i is not None and check(i, reply.label)
-                ledger.answer(reply.id, code, reconstructed=reply.reconstructed, right=right, detail=reply.error)
+                at_s = time.monotonic() - start
+                ledger.answer(
+                    reply.id, code, reconstructed=reply.reconstructed, right=right, detail=reply.error, at_s=at_s
+                )
     except TimeoutError:
         call.cancel()  # what is still unanswered is lost
     except grpc.aio.AioRpcError as exc:
         # The stream itself ended with an error: its unanswered queries got that status, and no other.
         for qid in ledger.sent:
             if qid in index and qid not in answered:
-                ledger.answer(qid, exc.code().name, detail=exc.details() or "")
+                ledger.answer(qid, exc.code().name, detail=exc.details() or "", at_s=time.monotonic() - start)
 
 
 def _code_name(value: int) -> str:
@@ -447,14 +471,17 @@ def markdown(report: dict) -> str:  # type: ignore[type-arg]
         f"First answers by status: {s['codes']}.",
         *(f"- {code}, e.g.: `{message}`" for code, message in s["examples"].items()),
         "",
-        "| fault | target | at (s) | held (s) | ended (s) | ready again (s) |",
-        "|---|---|---|---|---|---|",
+        f"Error answers before the first fault: {report['errors_before_any_fault']}.",
+        "",
+        "| fault | target | at (s) | held (s) | ended (s) | ready again (s) | error answers until the next fault |",
+        "|---|---|---|---|---|---|---|",
     ]
     for e in report["faults"]:
         f = e["fault"]
         target = f"triton{f['target']}" if f["kind"] in ("kill_triton", "stall_triton") else "-"
         ready = "-" if e["ready_s"] is None else f"{e['ready_s']:.1f}"
-        lines.append(f"| {f['kind']} | {target} | {e['began_s']:.1f} | {f['hold_s']} | {e['ended_s']:.1f} | {ready} |")
+        timing = f"{e['began_s']:.1f} | {f['hold_s']} | {e['ended_s']:.1f} | {ready}"
+        lines.append(f"| {f['kind']} | {target} | {timing} | {e['errors_after']} |")
     lines += ["", "Health transitions: " + ", ".join(f"{t['at_s']:.1f} s {t['status']}" for t in report["health"])]
     if report["samples"]:
         lines += ["", *resource_lines(report["samples"])]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.chaos import FAULT_KINDS, Ledger, plan
+from bench.chaos import FAULT_KINDS, ChaosResult, Fault, FaultEvent, HealthWatch, Ledger, plan
 
 
 def test_a_ledger_of_one_answer_per_query_holds_and_counts_by_status():
@@ -91,3 +91,18 @@ def test_the_first_message_of_each_error_status_is_kept_as_its_example():
     ledger.answer("b", "RESOURCE_EXHAUSTED", detail="another")
     ledger.answer("c", "OK")
     assert ledger.summary()["examples"] == {"RESOURCE_EXHAUSTED": "frontend overloaded: 256 queries in flight"}
+
+
+def test_error_answers_are_counted_against_the_fault_they_followed():
+    ledger = Ledger()
+    for qid, at in (("a", 0.5), ("b", 2.5), ("c", 2.9), ("d", 7.0), ("e", 3.0)):
+        ledger.send(qid)
+        ledger.answer(qid, "OK" if qid == "e" else "UNAVAILABLE", at_s=at)
+    events = [
+        FaultEvent(Fault(1.0, "kill_encoder", 0, 0.2), 1.0, 1.2, 1.5),
+        FaultEvent(Fault(5.0, "stall_triton", 0, 0.1), 5.0, 5.1, None),
+    ]
+    result = ChaosResult(ledger, events, HealthWatch("", 0.1, 0.0), [], 8.0)
+    report = result.report()
+    assert report["errors_before_any_fault"] == 1
+    assert [f["errors_after"] for f in report["faults"]] == [2, 1]  # b, c after the first; d after the second
