@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import filecmp
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -316,6 +317,14 @@ class TritonServer:
             return 0
         counts = re.findall(r"^nv_inference_count\{[^}]*\} (\S+)$", text, re.M)
         return sum(int(float(v)) for v in counts)
+
+    def inference_counts(self) -> dict[str, int]:
+        """Rows each loaded model has inferred, from Triton's statistics (``/v2/models/stats``): current as
+        soon as a call's answer is sent, where the metrics behind :meth:`successful_inferences` lag by
+        their interval."""
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://{self.http_url}/v2/models/stats", timeout=5) as reply:
+            return {m["name"]: int(m["inference_count"]) for m in json.load(reply)["model_stats"]}
 
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of the server log, for error messages."""

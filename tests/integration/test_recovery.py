@@ -7,12 +7,10 @@ of being ready, not after gRPC's reconnect backoff (1 s growing x1.6 to 120 s by
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import threading
 import time
-import urllib.request
 
 import grpc
 import numpy as np
@@ -73,24 +71,18 @@ def _wait(predicate, seconds: float, what: str) -> None:  # type: ignore[no-unty
         time.sleep(0.02)
 
 
-def _deployed_rows(triton: TritonServer) -> int:
-    """Rows of the deployed model this Triton has inferred (its statistics, current once a call has
-    been answered; its metrics lag by their interval)."""
-    with urllib.request.urlopen(f"http://{triton.http_url}/v2/models/{MODEL}/stats", timeout=5) as reply:
-        return sum(int(m["inference_count"]) for m in json.load(reply)["model_stats"])
-
-
 async def _until_placed_on(triton: TritonServer, address: str) -> None:
     """Until the frontend places the deployed model's calls on ``triton`` again: its health probe stops
     new calls to an instance it found down (an earlier test's), until its next probe finds it ready.
-    (The parity model, whose only instance it is, goes there all along.)"""
+    (The parity model, whose only instance it is, goes there all along.) Triton's statistics, not its
+    lagging metrics."""
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.FrontendStub(channel)
         deadline = time.monotonic() + 10
         while True:
-            before = _deployed_rows(triton)
+            before = triton.inference_counts()[MODEL]
             await asyncio.gather(*(stub.Classify(_request(i), timeout=5) for i in range(2)))
-            if _deployed_rows(triton) > before:
+            if triton.inference_counts()[MODEL] > before:
                 return
             assert time.monotonic() < deadline, f"no call placed on Triton at {triton.grpc_url} within 10 s"
             await asyncio.sleep(0.1)

@@ -12,10 +12,8 @@ channel is closed once that call is done.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
-import urllib.request
 
 import dns.message
 import dns.rcode
@@ -88,9 +86,7 @@ def tritons(tmp_path_factory):
 def _executions(server: TritonServer) -> int:
     """Rows this Triton has inferred, over every model (its own statistics: where calls really went;
     the frontend batches the rows of calls sent together into one request)."""
-    with urllib.request.urlopen(f"http://{server.http_url}/v2/models/stats", timeout=5) as reply:
-        stats = json.load(reply)["model_stats"]
-    return sum(int(m["inference_count"]) for m in stats)
+    return sum(server.inference_counts().values())
 
 
 async def _settled(servers: dict[str, TritonServer], before: dict[str, int], expected: int) -> dict[str, int]:

@@ -4,25 +4,16 @@ warm-up that made each route's first group a straggler (its first query was reco
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 
 import pytest
 
 from bench.stack import FrontendSpec, Stack
 from tests.integration import linear_models
-from triton_local.server import TritonServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 PARM = f"{linear_models.DEPLOYED}=parm:k=2,encoder=add,parity_model={linear_models.parity_name(2)}"
-
-
-def _rows(triton: TritonServer) -> dict[str, int]:
-    """Rows each model has inferred, from Triton's statistics (its metrics lag by their interval)."""
-    with urllib.request.urlopen(f"http://{triton.http_url}/v2/models/stats", timeout=5) as reply:
-        return {m["name"]: int(m["inference_count"]) for m in json.load(reply)["model_stats"]}
 
 
 @pytest.mark.parametrize(("flags", "warmed"), [((), True), (("--no-warm-up",), False)])
@@ -33,7 +24,7 @@ def test_a_serving_frontend_has_run_every_model_once_on_every_instance(tmp_path,
     with Stack(models, {"f": frontend}, model_repository=repo, log_dir=tmp_path / "logs", triton_count=2) as stack:
         # SERVING, and no query sent yet. Triton counts a call once it has sent the answer: allow it a moment.
         time.sleep(0.5)
-        rows = [_rows(t) for t in stack.tritons]
+        rows = [t.inference_counts() for t in stack.tritons]
     deployed, parity = linear_models.DEPLOYED, linear_models.parity_name(2)
     if warmed:  # the deployed model on both instances, the parity model on Triton 1, once each
         assert rows == [{deployed: 1, parity: 0}, {deployed: 1, parity: 1}]
