@@ -1,12 +1,15 @@
-"""python -m bench.overload: what the frontend does with more queries than Triton can serve.
+"""python -m bench.overload: what the frontend does with more queries than it can serve.
 
 Starts the real local stack (one tritonserver on CPU, the encoder and decoder) with two frontends over
 the same Triton: ``old`` with the admission of before issue 14 (``--max-inflight 4096``, no per-client
-bound, no refusal by wait) and ``new`` with the defaults. Each gets the same closed-loop load in turn:
-``--concurrency`` workers, each sending one query at a time with a ``--deadline-s`` gRPC deadline (each
-worker is a client of its own, ``x-codedserve-client``); a worker that is refused waits ``--backoff-ms``
-before its next query, as a client told to retry with backoff would. Prints, per frontend, the queries
-accepted and refused, how fast a refusal comes back (p50/p99) and the accepted queries' latency.
+bound, no refusal by wait) and ``new`` with the defaults. Each gets the same load in turn, every query
+with a ``--deadline-s`` gRPC deadline and from a client of its own (``x-codedserve-client``): either a
+closed loop of ``--concurrency`` workers, one query at a time each, a refused worker waiting
+``--backoff-ms`` before its next as a client told to retry with backoff would; or, with ``--rate``, an
+open loop of Poisson arrivals whatever the answers. Prints, per frontend, the queries accepted and
+refused, how fast a refusal comes back (p50/p99), the accepted queries' latency, the load generator's
+own event-loop lag, and the frontend's handler time from its own metrics (what it measures of a call:
+the rest of a latency was spent before the handler ran, or in the client).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import asyncio
 import json
 import logging
 import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +32,9 @@ from bench.stack import REPO_ROOT, Stack
 from coding import spec
 from export.datasets import load
 from frontend.servicer import CLIENT_METADATA_KEY
+from service_common.loop_lag import LoopLag
 from service_common.tensors import from_numpy
+from triton_local.server import HOST, free_ports
 
 log = logging.getLogger("bench.overload")
 
@@ -55,6 +61,9 @@ class OverloadSummary:
     ok_p50_ms: float
     ok_p99_ms: float
     ok_per_s: float
+    client_lag_p50_ms: float  # the load generator's own event-loop lag: part of every latency above
+    client_lag_p99_ms: float
+    handler_mean_ms: float  # the frontend's own view: a successful Classify from its handler's start to its answer
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m bench.overload", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     p.add_argument("--concurrency", type=int, default=500, help="queries offered at once (closed loop)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="offer this many queries/s instead, open loop (Poisson arrivals, each from a client of its own, "
+        "no retries): a closed loop's latency is its concurrency over the throughput whatever admission does",
+    )
     p.add_argument("--seconds", type=float, default=15.0, help="how long each frontend is loaded")
     p.add_argument("--deadline-s", type=float, default=1.0, help="each query's gRPC deadline")
     p.add_argument("--backoff-ms", type=float, default=50.0, help="a refused worker waits this long before retrying")
@@ -72,9 +88,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _load(address: str, model: str, images: np.ndarray, args: argparse.Namespace) -> list[Outcome]:
+class _LagSamples(LoopLag):
+    """The load generator's own event-loop lag, every sample kept: how much of a latency is the client's."""
+
+    def __init__(self) -> None:
+        super().__init__(interval_s=0.01)
+        self.samples: list[float] = []
+
+    def record(self, late_s: float) -> None:
+        super().record(late_s)
+        self.samples.append(late_s)
+
+
+async def _load(
+    address: str, model: str, images: np.ndarray, args: argparse.Namespace
+) -> tuple[list[Outcome], list[float]]:
     requests = [pb.ClassifyRequest(model=model, input=from_numpy(x)) for x in images]
     outcomes: list[Outcome] = []
+    lag = _LagSamples()
+    lag.start()
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.FrontendStub(channel)
         end = time.perf_counter() + args.seconds
@@ -94,15 +126,61 @@ async def _load(address: str, model: str, images: np.ndarray, args: argparse.Nam
                 if code == "RESOURCE_EXHAUSTED":
                     await asyncio.sleep(args.backoff_ms / 1e3)
 
-        await asyncio.gather(*(worker(w) for w in range(args.concurrency)))
-    return outcomes
+        if args.rate:
+            await _open_loop(stub, requests, outcomes, end, args)
+        else:
+            await asyncio.gather(*(worker(w) for w in range(args.concurrency)))
+    await lag.stop()
+    return outcomes, lag.samples
+
+
+async def _open_loop(
+    stub: pb_grpc.FrontendStub,
+    requests: list[pb.ClassifyRequest],
+    outcomes: list[Outcome],
+    end: float,
+    args: argparse.Namespace,
+) -> None:
+    """Poisson arrivals at ``args.rate``, whatever the answers: each query is sent when it is due."""
+    rng = np.random.default_rng(0)
+
+    async def one(i: int) -> None:
+        start = time.perf_counter()
+        try:
+            metadata = ((CLIENT_METADATA_KEY, f"client-{i}"),)
+            await stub.Classify(requests[i % len(requests)], timeout=args.deadline_s, metadata=metadata)
+            code = "OK"
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code().name
+        outcomes.append(Outcome(time.perf_counter() - start, code))
+
+    calls: list[asyncio.Task[None]] = []
+    due = time.perf_counter()
+    while due < end:
+        due += rng.exponential(1 / args.rate)
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        calls.append(asyncio.create_task(one(len(calls))))
+    await asyncio.gather(*calls)
+
+
+def _handler_seconds(metrics_port: int) -> tuple[float, float]:
+    """(sum, count) of the frontend's ``codedserve_rpc_seconds`` for Classify: its handlers' own time."""
+    text = urllib.request.urlopen(f"http://{HOST}:{metrics_port}/metrics", timeout=10).read().decode()
+    values = {}
+    for line in text.splitlines():
+        for part in ("sum", "count"):
+            if line.startswith(f'codedserve_rpc_seconds_{part}{{method="Classify"}}'):
+                values[part] = float(line.split()[-1])
+    return values.get("sum", 0.0), values.get("count", 0.0)
 
 
 def _ms(values: list[float], q: float) -> float:
     return float(np.percentile(values, q) * 1e3) if values else float("nan")
 
 
-def summarize(frontend: str, outcomes: list[Outcome], args: argparse.Namespace) -> OverloadSummary:
+def summarize(
+    frontend: str, outcomes: list[Outcome], client_lag_s: list[float], handler_mean_s: float, args: argparse.Namespace
+) -> OverloadSummary:
     ok = [o.latency_s for o in outcomes if o.code == "OK"]
     refused = [o.latency_s for o in outcomes if o.code == "RESOURCE_EXHAUSTED"]
     others: dict[str, int] = {}
@@ -112,19 +190,21 @@ def summarize(frontend: str, outcomes: list[Outcome], args: argparse.Namespace) 
     return OverloadSummary(
         frontend, args.concurrency, args.seconds, len(outcomes), len(ok), len(refused), others,
         _ms(refused, 50), _ms(refused, 99), _ms(ok, 50), _ms(ok, 99), len(ok) / args.seconds,
+        _ms(client_lag_s, 50), _ms(client_lag_s, 99), handler_mean_s * 1e3,
     )  # fmt: skip
 
 
 def _table(summaries: list[OverloadSummary]) -> str:
     rows = [
-        "| frontend | sent | OK | refused | other errors | refusal p50 / p99 ms | OK p50 / p99 ms | OK/s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| frontend | sent | OK | refused | other errors | refusal p50 / p99 ms | OK p50 / p99 ms | OK/s "
+        "| client loop lag p50 / p99 ms | handler mean ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         rows.append(
             f"| {s.frontend} | {s.sent} | {s.ok} | {s.refused} | {s.other_errors or '-'} | "
             f"{s.refusal_p50_ms:.1f} / {s.refusal_p99_ms:.1f} | {s.ok_p50_ms:.0f} / {s.ok_p99_ms:.0f} | "
-            f"{s.ok_per_s:.0f} |"
+            f"{s.ok_per_s:.0f} | {s.client_lag_p50_ms:.1f} / {s.client_lag_p99_ms:.1f} | {s.handler_mean_ms:.1f} |"
         )
     return "\n".join(rows)
 
@@ -134,15 +214,26 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     images = load("mnist", "test")[0][:1000, None].astype("float32") / 255.0
     model = args.route.partition("=")[0]
-    frontends = {"old": ["--route", args.route, *OLD_ADMISSION], "new": ["--route", args.route]}
+    admissions = {"old": OLD_ADMISSION, "new": []}
+    metrics = dict(zip(admissions, free_ports(len(admissions)), strict=True))
+    frontends = {n: ["--route", args.route, "--metrics-port", str(metrics[n]), *a] for n, a in admissions.items()}
     with Stack([model], frontends) as stack:
         summaries = []
         for name in frontends:
             log.info("%s: %d queries at once for %.0f s", name, args.concurrency, args.seconds)
-            summaries.append(summarize(name, asyncio.run(_load(stack.address(name), model, images, args)), args))
+            before = _handler_seconds(metrics[name])
+            outcomes, client_lag_s = asyncio.run(_load(stack.address(name), model, images, args))
+            after = _handler_seconds(metrics[name])
+            handler_mean_s = (after[0] - before[0]) / max(after[1] - before[1], 1)
+            summaries.append(summarize(name, outcomes, client_lag_s, handler_mean_s, args))
+    offered = (
+        f"{args.rate:g} queries/s offered, open loop"
+        if args.rate
+        else f"{args.concurrency} workers, closed loop, {args.backoff_ms:g} ms backoff after a refusal"
+    )
     print(
-        f"\n{args.concurrency} workers, closed loop, {args.deadline_s:g} s deadline, {args.backoff_ms:g} ms "
-        f"backoff after a refusal, {args.seconds:g} s per frontend; route {args.route}; old = {' '.join(OLD_ADMISSION)}"
+        f"\n{offered}, {args.deadline_s:g} s deadline, {args.seconds:g} s per frontend; route {args.route}; "
+        f"old = {' '.join(OLD_ADMISSION)}"
     )
     print(_table(summaries))
     args.out.parent.mkdir(parents=True, exist_ok=True)

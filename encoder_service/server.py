@@ -13,11 +13,13 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Encoder"].full_name
 
 
 async def create_server(config: ServiceConfig) -> Running:
-    """Start serving on config.address (TLS when config.tls is set); returns the running server and its bound port."""
+    """Start serving on config.address (TLS when config.tls is set), and health alone on
+    config.health_address when set; returns the running server and its bound port."""
     return await start_server(
         [lambda server: pb_grpc.add_EncoderServicer_to_server(EncoderServicer(), server)],
         [SERVICE_NAME],
         config.address,
         config.max_message_bytes,
         tls=config.tls,
+        health_address=config.health_address,
     )

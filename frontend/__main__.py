@@ -319,6 +319,7 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
             dns_refresh_s=args.dns_refresh_s,
             dns_server=args.dns_server or "",
             tls=common.tls,
+            health_address=common.health_address,
             triton_tls=triton_tls,
             coding_tls=coding_tls,
             reconnect_backoff_ms=args.reconnect_backoff_ms,

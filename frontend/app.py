@@ -21,6 +21,7 @@ from frontend.injection import InjectingPool
 from frontend.placement import Placer
 from frontend.workers import CallInfo, Pool, TritonPool, WorkerError
 from service_common.errors import NotFound, Unavailable
+from service_common.loop_lag import LoopLag
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class FrontendApp:
         )
         self.servers = {r.model: self._server(r) for r in config.routes}
         self.admission = Admission(config.max_inflight, config.max_inflight_per_client)
+        self.loop_lag = LoopLag()  # a gauge only: see service_common.loop_lag
         self._warm_ups: set[asyncio.Task[None]] = set()
 
     def _server(self, route: Route) -> ModelServer:
@@ -75,6 +77,7 @@ class FrontendApp:
         return Discovery(sources, self.triton, self.placer, resolver, self.config.dns_refresh_s)
 
     async def start(self) -> None:
+        self.loop_lag.start()
         await self.pool.start()
         await self.coders.start()
         if self.discovery is not None:
@@ -86,6 +89,7 @@ class FrontendApp:
             await self.discovery.close()
         await self.pool.close()
         await self.coders.close()
+        await self.loop_lag.stop()
 
     def _check_instances(self) -> None:
         """Raises WorkerError while a model has no instance yet (its DNS name has not resolved to a ready pod)."""

@@ -189,6 +189,7 @@ class FrontendConfig:
     dns_refresh_s: float = 5.0
     dns_server: str = ""  # HOST[:PORT] of the DNS server asked for those names; "" = the system resolver
     tls: ServerTLS | None = None  # both of the frontend's ports (None: plaintext)
+    health_address: str | None = None  # the Frontend port's grpc.health.v1 alone, in plaintext (None: off)
     triton_tls: ClientTLS | None = None  # the channels to Triton (every instance, and the KServe control channel)
     coding_tls: ClientTLS | None = None  # the channels to the encoder and decoder services
     reconnect_backoff_ms: int = DEFAULT_RECONNECT_BACKOFF_MS  # longest wait between a channel's reconnect attempts

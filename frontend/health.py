@@ -2,7 +2,9 @@
 
 Every ``interval_s`` the monitor asks each Triton instance ``ModelReady`` for every model placed on it,
 and the encoder and decoder their grpc.health.v1 status, over the channels the queries use (a probe
-unanswered within ``timeout_s`` counts as down: a stalled Triton). The placer is told which instances
+unanswered within ``timeout_s`` counts as down: a stalled Triton). Where the queries' own ModelInfers
+keep failing, ready means a real inference answered (:meth:`TritonPool.model_ready`): a Triton that
+says ready and fails every inference is down. The placer is told which instances
 did not answer, so new slots go elsewhere (frontend.placement). :func:`judge` turns what answered into
 each route's state:
 
@@ -229,9 +231,9 @@ def monitor_for(app: FrontendApp, publish: Callable[[Health], Awaitable[None]]) 
 
     async def probe(timeout_s: float) -> Probes:
         pairs = [(i, m) for m, instances in placed().items() for i in instances]
-        answers, coders = await asyncio.gather(
-            asyncio.gather(*(app.triton.model_ready(i, m, timeout_s) for i, m in pairs)), app.coders.ready(timeout_s)
-        )
+        signatures = {m: sig for s in app.servers.values() for m, sig in s.signatures.items()}
+        checks = (app.triton.model_ready(i, m, timeout_s, signatures.get(m)) for i, m in pairs)
+        answers, coders = await asyncio.gather(asyncio.gather(*checks), app.coders.ready(timeout_s))
         ready = frozenset(p for p, up in zip(pairs, answers, strict=True) if up)
         app.placer.set_unready(set(pairs) - ready)  # new slots avoid what did not answer
         return Probes(ready, coders)

@@ -39,6 +39,7 @@ from frontend.health import HealthMonitor
 from frontend.injection import Fault
 from frontend.servicer import (
     answer_concurrently,
+    check_message_size,
     client_of,
     finite_answer,
     message_status,
@@ -207,6 +208,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             yield response
 
     async def _infer(self, request: kpb.ModelInferRequest, context: grpc.aio.ServicerContext) -> kpb.ModelInferResponse:
+        check_message_size(request, self._app.config.max_message_bytes, "ModelInfer request")
         server = self._app.model_server(request.model_name)  # NOT_FOUND / UNAVAILABLE
         info = await self._info(request.model_name, context)
         if request.model_version and request.model_version not in info.metadata.versions:

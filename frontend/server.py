@@ -18,7 +18,7 @@ from frontend.config import FrontendConfig
 from frontend.health import Health, HealthMonitor, monitor_for
 from frontend.kserve_servicer import SERVICE_NAME as KSERVE_SERVICE_NAME
 from frontend.kserve_servicer import KServeServicer
-from frontend.servicer import FrontendServicer
+from frontend.servicer import READ_SLACK, FrontendServicer
 from service_common.server import NOT_SERVING, SERVING, Running, start_server
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ async def create_server(config: FrontendConfig) -> FrontendServer:
             config.max_message_bytes,
             serving=False,
             tls=config.tls,
+            read_slack=READ_SLACK,
+            health_address=config.health_address,  # follows this port's health (the same servicer)
         )
         undo.push_async_callback(running.stop, 0)
         kserve, kservicer = None, None
@@ -82,6 +84,7 @@ async def create_server(config: FrontendConfig) -> FrontendServer:
                 config.max_message_bytes,
                 serving=False,
                 tls=config.tls,
+                read_slack=READ_SLACK,
             )
         undo.pop_all()
     ports += [p for p in (running, kserve) if p is not None]

@@ -4,9 +4,10 @@ Bad input is INVALID_ARGUMENT naming the problem (:mod:`service_common.tensors` 
 rules: a missing input, an overflowing shape, NaN/infinity or ``|x| > 1e6`` in a float input), and an
 answer is never OK with a non-finite logit (:func:`finite_answer`). In a stream every message is
 answered on its own — a bad one with the status a unary call would end with, counted the same — and
-the stream goes on; a query whose id is still in flight in the same stream is refused. (A message
-over the gRPC size limit cannot be answered alone: gRPC refuses it unread and fails the whole call
-with RESOURCE_EXHAUSTED.)
+the stream goes on; a query whose id is still in flight in the same stream is refused. A message over
+``--max-message-bytes`` is RESOURCE_EXHAUSTED on its own too (:func:`check_message_size`): the ports
+read up to :data:`READ_SLACK` times the limit so that it can be. (Past that, gRPC refuses the message
+unread and fails the whole call with RESOURCE_EXHAUSTED.)
 
 The module-level helpers (deadline, fault metadata, per-message status, finite answers, concurrent
 streaming) are shared with the KServe v2 servicer (:mod:`frontend.kserve_servicer`), so both protocols
@@ -24,17 +25,21 @@ import grpc
 import numpy as np
 from codedserve.v1 import codedserve_pb2 as pb
 from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from frontend.app import FrontendApp
 from frontend.coordinator import ModelOutput, QueryAnswer
 from frontend.injection import Fault, parse_fault_metadata
 from service_common import interceptor
-from service_common.errors import InvalidArgument, Unavailable
+from service_common.errors import InvalidArgument, ResourceExhausted, Unavailable
 from service_common.tensors import check_input_values, to_numpy
 
 FAULT_METADATA_KEY = "codedserve-fault"
 CLIENT_METADATA_KEY = "x-codedserve-client"
+
+# The frontend's ports read messages up to this many times --max-message-bytes, so that one over the
+# limit is refused alone (a stream goes on) instead of gRPC ending the call: see check_message_size.
+READ_SLACK = 4
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -87,6 +92,7 @@ class FrontendServicer(pb_grpc.FrontendServicer):
         )
 
     async def _classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> QueryAnswer:
+        check_message_size(request, self._app.config.max_message_bytes, "Classify request")
         server = self._app.model_server(request.model)  # NOT_FOUND / UNAVAILABLE
         x = to_numpy(request.input, "input")  # "missing input" when unset
         sig = server.signature
@@ -100,6 +106,16 @@ class FrontendServicer(pb_grpc.FrontendServicer):
         fault = request_fault(context, self._app.config.faults.allow_metadata)
         with self._app.admit(server, client_of(context), timeout_s):  # RESOURCE_EXHAUSTED at once beyond a bound
             return await server.classify(x, timeout_s, fault)
+
+
+def check_message_size(request: Message, max_bytes: int, what: str) -> None:
+    """RESOURCE_EXHAUSTED, as gRPC's own limit says it, for a request over ``--max-message-bytes``."""
+    size = request.ByteSize()
+    if size > max_bytes:
+        raise ResourceExhausted(
+            f"{what} of {size} bytes is over the frontend's limit of {max_bytes} bytes (--max-message-bytes); "
+            "send fewer rows per request"
+        )
 
 
 def client_of(context: grpc.aio.ServicerContext) -> str:

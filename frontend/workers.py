@@ -26,6 +26,10 @@ from frontend.batching import Batcher, Expired, row_batcher
 from service_common.channels import DEFAULT_RECONNECT_BACKOFF_MS, client_options
 from service_common.tls import ClientTLS, aio_channel
 
+# After this many ModelInfer calls in a row fail on an instance, its health probe stops trusting
+# ModelReady for that model and sends one real inference instead (TritonPool.model_ready).
+FAILING_CALLS = 3
+
 
 class WorkerError(Exception):
     """A Triton call failed (server down, model missing, error, or an injected failure). ``transport``:
@@ -120,6 +124,8 @@ class TritonPool:
         self._inflight: Counter[int] = Counter()
         self._idle: dict[int, asyncio.Event] = {}  # instances being drained -> set once none of their calls is out
         self._removed: set[int] = set()  # drained instances: no new call is accepted for them
+        # (instance, model) -> its ModelInfers failed since its last success (model_ready)
+        self._failed_in_a_row: Counter[tuple[int, str]] = Counter()
 
     async def start(self) -> None:
         """Open the channels inside the running loop (grpc.aio channels bind to it)."""
@@ -144,15 +150,30 @@ class TritonPool:
         except grpc.aio.AioRpcError:
             return False
 
-    async def model_ready(self, instance: int, model: str, timeout_s: float) -> bool:
-        """Whether the instance answers ModelReady true for ``model`` within ``timeout_s`` (the health probe)."""
+    async def model_ready(
+        self, instance: int, model: str, timeout_s: float, signature: ModelSignature | None = None
+    ) -> bool:
+        """Whether the instance answers ModelReady true for ``model`` within ``timeout_s`` (the health probe).
+
+        A Triton can say ready and still fail every inference. Once :data:`FAILING_CALLS` ModelInfers of
+        ``model`` in a row have failed there, ready means one real inference (a row of zeros, given the
+        ``signature``) answered within ``timeout_s``; its success resets the count."""
         if self._channels[instance] is None:  # drained
             return False
         try:
             request = kpb.ModelReadyRequest(name=model)
-            return bool((await self._stubs[instance].ModelReady(request, timeout=timeout_s)).ready)
+            if not (await self._stubs[instance].ModelReady(request, timeout=timeout_s)).ready:
+                return False
         except (grpc.aio.AioRpcError, grpc.aio.UsageError):
             return False
+        if signature is None or self._failed_in_a_row[instance, model] < FAILING_CALLS:
+            return True
+        zeros = np.zeros((1, *signature.shape), signature.dtype)
+        try:
+            await self._model_infer(instance, model, zeros, signature, timeout_s)
+        except (WorkerError, grpc.aio.UsageError):
+            return False
+        return True
 
     async def drain(self, instance: int) -> int:
         """Close the instance once every call it has been given has finished (each within its own safety
@@ -228,18 +249,25 @@ class TritonPool:
             if not self._inflight[call.instance] and call.instance in self._idle:
                 self._idle[call.instance].set()
 
-    async def _model_infer(self, instance: int, model: str, rows: np.ndarray, signature: ModelSignature) -> np.ndarray:
+    async def _model_infer(
+        self, instance: int, model: str, rows: np.ndarray, signature: ModelSignature, timeout_s: float | None = None
+    ) -> np.ndarray:
+        """One ModelInfer; every failure counts towards :data:`FAILING_CALLS`, a success resets it."""
+        key = (instance, model)
         try:
             response = await self._stubs[instance].ModelInfer(
-                infer_request(model, rows, signature), timeout=self.timeout_s
+                infer_request(model, rows, signature), timeout=timeout_s or self.timeout_s
             )
         except grpc.aio.AioRpcError as exc:
+            self._failed_in_a_row[key] += 1
             raise WorkerError(
                 f"{model} at {self.urls[instance]}: {exc.code().name}: {exc.details()}",
                 transport=exc.code() == grpc.StatusCode.UNAVAILABLE,
             ) from exc
         if not response.raw_output_contents:
+            self._failed_in_a_row[key] += 1
             raise WorkerError(f"{model}: Triton returned no {signature.output_name!r} output")
+        del self._failed_in_a_row[key]  # a Counter: no KeyError when it was 0
         return output_rows(response, signature)
 
 

@@ -15,10 +15,11 @@ DEFAULT_RECONNECT_BACKOFF_MS = 500
 MIN_CONNECT_TIMEOUT_MS = 2000
 
 
-def message_limits(max_message_bytes: int) -> list[tuple[str, int]]:
-    """The largest message received and sent; bigger ones fail with RESOURCE_EXHAUSTED."""
+def message_limits(max_message_bytes: int, read_slack: int = 1) -> list[tuple[str, int]]:
+    """The largest message sent, and received (``read_slack`` times that: see
+    :func:`service_common.server.start_server`); gRPC fails a call with a bigger one with RESOURCE_EXHAUSTED."""
     return [
-        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes * read_slack),
         ("grpc.max_send_message_length", max_message_bytes),
     ]
 

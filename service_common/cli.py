@@ -175,15 +175,23 @@ class ServiceConfig:
     scheme_modules: tuple[str, ...] = ()  # plug-in modules that register more coding schemes
     metrics_address: str = "127.0.0.1"
     tls: ServerTLS | None = None  # the server's own TLS (None: plaintext)
+    health_address: str | None = None  # also serve grpc.health.v1 alone here, in plaintext (None: off)
 
 
 def add_common_flags(flags: Flags, default_port: int, legacy: bool = False) -> None:
-    """The flags every service has: listen address, metrics, message limit, log level, scheme modules, TLS.
+    """The flags every service has: listen address, health port, metrics, message limit, log level, scheme
+    modules, TLS.
     ``legacy``: also read the old service-less name of the log level (the frontend's was CODEDSERVE_LOG_LEVEL)."""
     flags.add(
         "--address",
         default=f"127.0.0.1:{default_port}",
         help="host:port to listen on (0.0.0.0:PORT in a pod); port 0 picks a free one",
+    )
+    flags.add(
+        "--health-address",
+        metavar="HOST:PORT",
+        help="also serve grpc.health.v1 (the same statuses), and nothing else, here in plaintext: for kubelet's "
+        "grpc probe, which speaks no TLS, when --tls-cert is set",
     )
     flags.add("--metrics-port", type=int, help="serve Prometheus /metrics on this port (off when unset)")
     flags.add("--metrics-address", default="127.0.0.1", help="the host /metrics binds (0.0.0.0 in a pod)")
@@ -220,7 +228,14 @@ def common_config(args: argparse.Namespace) -> ServiceConfig:
     except TLSConfigError as exc:
         raise SystemExit(f"bad TLS setting: {exc}") from None
     return ServiceConfig(
-        args.address, args.metrics_port, args.max_message_bytes, args.log_level, modules, args.metrics_address, tls
+        args.address,
+        args.metrics_port,
+        args.max_message_bytes,
+        args.log_level,
+        modules,
+        args.metrics_address,
+        tls,
+        args.health_address or None,
     )
 
 

@@ -4,6 +4,10 @@ Every server refuses to share its port: grpcio turns SO_REUSEPORT on by default,
 started on a port in use would bind it silently and take part of its traffic. With it off, the
 second one fails at once with :class:`BindError` naming the address. Given :class:`ServerTLS`, the port
 speaks only TLS (and, with a client CA, only to clients presenting a certificate it signed).
+
+Given a health address, a second, always-plaintext port serves only ``grpc.health.v1``, from the same
+health servicer as the main port: kubelet's native ``grpc:`` probe speaks neither TLS nor mTLS, so a pod
+whose main port does TLS is probed there. It carries no data service: a plaintext port never answers a query.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ NO_PORT_SHARING = ("grpc.so_reuseport", 0)
 # A health name that is SERVING from start to graceful shutdown whatever the dependencies: what a liveness
 # probe asks (``grpc: {port, service}``), while readiness asks "" (NOT_SERVING until e.g. Triton is ready).
 LIVENESS_SERVICE = "codedserve.liveness"
+# A health request is a service name: nothing bigger is read on the plaintext health port.
+HEALTH_PORT_OPTIONS = [("grpc.max_receive_message_length", 4096), NO_PORT_SHARING]
 
 
 class BindError(OSError):
@@ -46,6 +52,8 @@ class Running:
     port: int
     health: HealthServicer
     service_names: tuple[str, ...]
+    health_server: grpc.aio.Server | None = None  # the plaintext health-only port, when asked for
+    health_port: int | None = None
 
     async def set_serving(self, serving: bool) -> None:
         status = SERVING if serving else NOT_SERVING
@@ -54,7 +62,8 @@ class Running:
 
     async def stop(self, grace_s: float = 2.0) -> None:
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace_s)
+        servers = [s for s in (self.server, self.health_server) if s is not None]
+        await asyncio.gather(*(s.stop(grace_s) for s in servers))
 
 
 async def start_server(
@@ -64,10 +73,17 @@ async def start_server(
     max_message_bytes: int,
     serving: bool = True,
     tls: ServerTLS | None = None,
+    read_slack: int = 1,
+    health_address: str | None = None,
 ) -> Running:
     """Bind ``address`` (``host:0`` picks a free port; TLS when ``tls`` is given), register services +
-    health + reflection, start."""
-    options = [*message_limits(max_message_bytes), NO_PORT_SHARING]
+    health + reflection, start; with ``health_address``, also the plaintext health-only port there.
+
+    gRPC refuses a message over its receive limit unread and ends the whole call. A server whose
+    servicer checks ``max_message_bytes`` per message itself (so that a stream answers an oversized
+    message alone and goes on) reads up to ``read_slack`` times that limit; past it, gRPC still ends the
+    call, since reading further would hold memory no limit bounds."""
+    options = [*message_limits(max_message_bytes, read_slack), NO_PORT_SHARING]
     server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()], options=options)
     for add in register:
         add(server)
@@ -77,10 +93,27 @@ async def start_server(
     port = _bind(server, address, tls)
     await server.start()
     running = Running(server, port, health_servicer, tuple(service_names))
+    if health_address is not None:
+        try:
+            running.health_server, running.health_port = await _start_health_port(health_servicer, health_address)
+        except BindError:
+            await server.stop(None)  # a started server releases its port when stopped (a bound, unstarted one not)
+            raise
     await running.set_serving(serving)
     await health_servicer.set(LIVENESS_SERVICE, SERVING)
     freeze_startup_heap()  # no full-heap GC pauses in the serving path (see gc_tuning)
     return running
+
+
+async def _start_health_port(health_servicer: HealthServicer, address: str) -> tuple[grpc.aio.Server, int]:
+    """Only ``grpc.health.v1`` from the main port's servicer (so every status is the main port's), no
+    reflection, in plaintext."""
+    server = grpc.aio.server(options=HEALTH_PORT_OPTIONS)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = _bind(server, address, None)
+    await server.start()
+    log.info("plaintext grpc.health.v1 only on port %d", port)
+    return server, port
 
 
 def _bind(server: grpc.aio.Server, address: str, tls: ServerTLS | None) -> int:

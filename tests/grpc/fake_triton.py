@@ -3,7 +3,8 @@ serving one model ``m`` (FP32 [4] in, FP32 [3] out, batches of up to 8 rows), so
 Triton pool, batchers and KServe control calls run unchanged, without a tritonserver.
 
 ``gate`` holds every ModelInfer while it is clear (a slow Triton); ``delay_s`` adds a fixed service
-time to each. Each row answers [s, -s, 0] for s = the row's sum.
+time to each; while ``failing`` is set, every ModelInfer fails INTERNAL while ModelReady still says
+ready (a Triton whose model is broken). Each row answers [s, -s, 0] for s = the row's sum.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class FakeTriton(kpb_grpc.GRPCInferenceServiceServicer):
         self.gate = asyncio.Event()
         self.gate.set()
         self.delay_s = 0.0
+        self.failing = False
+        self.failed = 0  # ModelInfer calls failed while failing
         self.rows = 0  # rows answered
         self.calls_waiting = 0  # ModelInfer calls held at the gate now
         self.rows_waiting = 0  # and their rows
@@ -80,6 +83,9 @@ class FakeTriton(kpb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request, context):  # type: ignore[no-untyped-def]
         await self._known(request.model_name, context)
+        if self.failing:
+            self.failed += 1
+            await context.abort(grpc.StatusCode.INTERNAL, "onnx runtime error 6: the model cannot run")
         rows = np.frombuffer(request.raw_input_contents[0], np.float32).reshape(-1, ROW)
         self.calls_waiting += 1
         self.rows_waiting += len(rows)

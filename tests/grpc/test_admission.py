@@ -18,7 +18,7 @@ from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
 from frontend.config import FrontendConfig, parse_route
 from frontend.server import SERVICE_NAME, FrontendServer, create_server
-from frontend.servicer import CLIENT_METADATA_KEY
+from frontend.servicer import CLIENT_METADATA_KEY, READ_SLACK
 from service_common.tensors import from_numpy
 from tests.grpc.fake_triton import INPUT, MODEL, ROW, FakeTriton
 
@@ -223,3 +223,18 @@ async def test_queries_that_time_out_in_the_triton_queue_are_never_sent_to_trito
         assert (await held).id == "1"
         assert (await stub.Classify(_query(5), timeout=10)).id == "5"  # queued after them: the queue has moved
     assert stack.triton.rows == 2  # the held query's and the last one's
+
+
+async def test_a_kserve_stream_message_over_the_message_limit_is_refused_alone_and_the_stream_goes_on(start):
+    """--max-message-bytes bounds every message; in ModelStreamInfer one over it gets its own
+    RESOURCE_EXHAUSTED error_message and the messages after it are answered (failed before: the port's
+    gRPC limit ended the whole stream with RESOURCE_EXHAUSTED)."""
+    limit = 4096
+    stack = await start(max_message_bytes=limit)
+    big = _infer(2 * limit // (4 * ROW), "big")
+    assert limit < big.ByteSize() <= limit * READ_SLACK
+    stream = stack.kserve().ModelStreamInfer(iter([_infer(2, "a"), big, _infer(2, "b")]), timeout=BOUND_S)
+    responses = {r.infer_response.id: r async for r in stream}
+    assert sorted(responses) == ["a", "b", "big"]
+    assert not responses["a"].error_message and not responses["b"].error_message
+    assert f"of {big.ByteSize()} bytes is over the frontend's limit of {limit} bytes" in responses["big"].error_message

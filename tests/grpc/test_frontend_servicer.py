@@ -19,7 +19,7 @@ from frontend.app import FrontendApp
 from frontend.config import FrontendConfig, parse_route
 from frontend.deadlines import DeadlinePolicy
 from frontend.server import SERVICE_NAME
-from frontend.servicer import FrontendServicer
+from frontend.servicer import READ_SLACK, FrontendServicer
 from frontend.workers import CallInfo, ModelSignature
 from service_common.server import start_server
 from service_common.tensors import MAX_ABS_INPUT, from_numpy
@@ -79,7 +79,15 @@ async def frontend():
     routes = (parse_route("m=none"), parse_route("c=parm:k=2,encoder=add,parity_model=p"))
     deadlines = DeadlinePolicy(straggler_ms=30, fill_ms=1000)
     config = FrontendConfig(
-        "127.0.0.1:0", triton.urls, "e", "d", routes, deadlines, default_deadline_s=2.0, coding="local"
+        "127.0.0.1:0",
+        triton.urls,
+        "e",
+        "d",
+        routes,
+        deadlines,
+        default_deadline_s=2.0,
+        coding="local",
+        max_message_bytes=LIMIT,
     )
     app = App(config)
     await app.start()
@@ -89,6 +97,7 @@ async def frontend():
         [SERVICE_NAME],
         "127.0.0.1:0",
         LIMIT,
+        read_slack=READ_SLACK,
     )
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     yield Frontend(pb_grpc.FrontendStub(channel), channel, triton)
@@ -221,15 +230,35 @@ async def test_a_truncated_unary_request_is_invalid_argument_not_unknown(fronten
     assert (await frontend.stub.Classify(_request(query_id="next"), timeout=5)).id == "next"
 
 
-async def test_a_message_over_the_grpc_limit_ends_the_stream_as_grpc_does_and_the_server_stays_up(frontend):
+async def test_a_message_over_the_limit_is_refused_alone_and_the_stream_goes_on(frontend):
+    """160 kB > the 64 kB --max-message-bytes, within what the port reads: refused by the servicer, in
+    its own answer, and the queries after it are answered (failed before: gRPC ended the stream)."""
+    big = _request(np.zeros((1, 200, 200), np.float32), "too-big")
+    assert LIMIT < big.ByteSize() <= LIMIT * READ_SLACK
+    call = frontend.stub.ClassifyStream(
+        iter([_request(query_id="before"), big, _request(query_id="after")]), timeout=10
+    )
+    replies = {r.id: r async for r in call}
+    assert sorted(replies) == ["after", "before", "too-big"]
+    assert replies["before"].status_code == replies["after"].status_code == 0
+    assert replies["too-big"].status_code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert f"of {big.ByteSize()} bytes is over the frontend's limit of {LIMIT} bytes" in replies["too-big"].error
+    with pytest.raises(grpc.aio.AioRpcError) as err:  # a unary call says the same
+        await frontend.stub.Classify(big, timeout=5)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-message-bytes" in err.value.details()
+
+
+async def test_a_message_past_what_the_port_reads_ends_the_stream_as_grpc_does_and_the_server_stays_up(frontend):
     """Not answerable per message: gRPC refuses the message before the servicer sees it (its id
     unread), fails the call with RESOURCE_EXHAUSTED and ends the servicer's request iterator. What
     was answered before it is delivered; the server stays healthy and answers the next call."""
+    huge = _request(np.zeros((1, 300, 300), np.float32), "too-big")
+    assert huge.ByteSize() > LIMIT * READ_SLACK
     call = frontend.stub.ClassifyStream(timeout=10)
     await call.write(_request(query_id="before"))
     assert (await call.read()).id == "before"
-    try:  # 160 kB > 64 kB: the write itself may or may not see the call fail
-        await call.write(_request(np.zeros((1, 200, 200), np.float32), "too-big"))
+    try:  # the write itself may or may not see the call fail
+        await call.write(huge)
     except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
         pass
     assert await call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -11,7 +11,7 @@ import pytest
 import decoder_service.__main__ as decoder_main
 import encoder_service.__main__ as encoder_main
 import frontend.__main__ as frontend_main
-from service_common.cli import SHARED_SCHEME_MODULES, env_name
+from service_common.cli import SHARED_SCHEME_MODULES, common_config, env_name
 
 PARSERS = {"frontend": frontend_main.parser, "encoder": encoder_main.parser, "decoder": decoder_main.parser}
 ENV_IN_HELP = re.compile(r"\[env (CODEDSERVE_[A-Z0-9_]+);")
@@ -111,3 +111,16 @@ def test_a_frontend_configured_by_variables_alone():
         2.0,
     )
     assert config.routes[0].k == 2 and config.deadlines.straggler_ms == 40.0
+
+
+@pytest.mark.parametrize("service", sorted(PARSERS))
+def test_the_health_address_flag_and_variable_reach_each_services_config(service):
+    """Off by default; the variable sets it, the flag wins over the variable."""
+    parse = PARSERS[service]
+    build = frontend_main.config_from_args if service == "frontend" else common_config
+    var = f"CODEDSERVE_{service.upper()}_HEALTH_ADDRESS"
+    assert build(parse({}).parse_args([])).health_address is None
+    assert build(parse({var: "0.0.0.0:8110"}).parse_args([])).health_address == "0.0.0.0:8110"
+    flagged = parse({var: "0.0.0.0:8110"}).parse_args(["--health-address", "127.0.0.1:9"])
+    assert build(flagged).health_address == "127.0.0.1:9"
+    assert f"env {var}; default: unset" in " ".join(parse({}).format_help().split())

@@ -17,13 +17,17 @@ import yaml
 import decoder_service.__main__ as decoder_main
 import encoder_service.__main__ as encoder_main
 import frontend.__main__ as frontend_main
+from service_common.cli import common_config
 from service_common.server import LIVENESS_SERVICE
+from tests.tls_certs import make_pki
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
-OVERLAYS = ("gpu", "cpu")
+OVERLAYS = ("gpu", "cpu", "gpu-tls")
 K8S_VERSION = "1.31.0"  # as the Makefile's k8s-check
 OURS = {"frontend": 8100, "encoder": 8101, "decoder": 8102}
+HEALTH_PORT = 8110  # the plaintext health-only port of the TLS component (k8s/components/tls)
+TLS_MOUNT = "/etc/codedserve/tls/"
 PARSERS = {"frontend": frontend_main.parser, "encoder": encoder_main.parser, "decoder": decoder_main.parser}
 
 
@@ -119,7 +123,7 @@ def test_triton_probes_health_endpoints_with_a_startup_probe_sized_for_model_loa
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_frontend_discovers_triton_through_its_headless_service(overlay):
+def test_the_frontend_discovers_triton_through_its_headless_service(overlay, secret):
     triton = _objects(overlay, "Service")["triton"]
     assert triton["spec"]["clusterIP"] == "None"
     grpc_port = next(p["port"] for p in triton["spec"]["ports"] if p["name"] == "grpc")
@@ -128,15 +132,21 @@ def test_the_frontend_discovers_triton_through_its_headless_service(overlay):
     (source,) = [e["configMapRef"]["name"] for e in frontend["envFrom"]]
     settings = _objects(overlay, "ConfigMap")[source]["data"]
     assert settings["CODEDSERVE_FRONTEND_TRITON_DNS"] == f"triton.{namespace}.svc:{grpc_port}"
-    config = frontend_main.config_from_args(frontend_main.parser(settings).parse_args([]))
+    parsed = frontend_main.parser(_with_secret_at(settings, secret)).parse_args([])  # gpu-tls: files to read
+    config = frontend_main.config_from_args(parsed)
     assert config.triton_dns == settings["CODEDSERVE_FRONTEND_TRITON_DNS"] and config.routes
 
 
+def _settings(overlay: str, name: str) -> dict[str, str]:
+    """The CODEDSERVE_* variables of a service's ConfigMap (its only envFrom)."""
+    (source,) = [e["configMapRef"]["name"] for e in _container(overlay, name)["envFrom"]]
+    return _objects(overlay, "ConfigMap")[source]["data"]
+
+
+@pytest.mark.parametrize("overlay", ["gpu", "gpu-tls"])
 @pytest.mark.parametrize("name", sorted(OURS))
-def test_each_config_map_sets_only_variables_its_service_reads(name):
-    container = _container("gpu", name)
-    (source,) = [e["configMapRef"]["name"] for e in container["envFrom"]]
-    settings = _objects("gpu", "ConfigMap")[source]["data"]
+def test_each_config_map_sets_only_variables_its_service_reads(name, overlay):
+    settings = _settings(overlay, name)
     known = PARSERS[name]({}).format_help().replace("\n", " ")
     assert settings and all(f"env {key};" in " ".join(known.split()) for key in settings), settings
     PARSERS[name](settings).parse_args([])  # every value parses (a bad one exits naming it)
@@ -174,3 +184,91 @@ def test_every_workload_has_a_disruption_budget_and_an_autoscaler():
     assert rule["name"]["as"] == metric
     assert "nv_inference_queue_duration_us" in rule["metricsQuery"]
     assert "nv_inference_compute_infer_duration_us" in rule["metricsQuery"]
+
+
+@pytest.mark.parametrize("name", sorted(OURS))
+def test_the_tls_overlay_probes_our_pods_on_the_plaintext_health_port_with_the_base_names(name):
+    """kubelet's grpc probe speaks no TLS: with TLS on, the probes ask the health-only port, the same names."""
+    container, base = _container("gpu-tls", name), _container("gpu", name)
+    assert {"name": "health", "containerPort": HEALTH_PORT} in container["ports"]
+    assert {"name": "grpc", "containerPort": OURS[name]} in container["ports"]
+    assert container["readinessProbe"]["grpc"] == {"port": HEALTH_PORT}
+    assert container["livenessProbe"]["grpc"] == {"port": HEALTH_PORT, "service": LIVENESS_SERVICE}
+    for probe in ("readinessProbe", "livenessProbe"):  # only the port moved
+        assert {**container[probe], "grpc": base[probe]["grpc"]} == base[probe]
+    settings = _settings("gpu-tls", name)
+    assert settings[f"CODEDSERVE_{name.upper()}_HEALTH_ADDRESS"] == f"0.0.0.0:{HEALTH_PORT}"
+    assert f"CODEDSERVE_{name.upper()}_HEALTH_ADDRESS" not in _settings("gpu", name)
+
+
+@pytest.mark.parametrize("name", [*sorted(OURS), "triton"])
+def test_the_tls_overlay_mounts_the_secret_by_name_read_only(name):
+    pod, container = _pod("gpu-tls", name), _container("gpu-tls", name)
+    (volume,) = [v for v in pod["volumes"] if "secret" in v]
+    assert volume["secret"]["secretName"] == "codedserve-tls"
+    assert volume["secret"]["defaultMode"] == 0o440 and pod["securityContext"]["fsGroup"]  # the pod's group reads it
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount == {"name": volume["name"], "mountPath": TLS_MOUNT.rstrip("/"), "readOnly": True}
+    assert not [v for v in _pod("gpu", name)["volumes"] if "secret" in v]
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    """What the Secret codedserve-tls would hold, made at test time (tests/tls_certs.py)."""
+    pki = make_pki(tmp_path / "pki")
+    for key, source in (("tls.crt", pki.server_cert), ("tls.key", pki.server_key), ("ca.crt", pki.ca)):
+        (tmp_path / key).write_bytes(source.read_bytes())
+    return tmp_path
+
+
+def _with_secret_at(settings: dict[str, str], secret: Path) -> dict[str, str]:
+    return {k: v.replace(TLS_MOUNT, f"{secret}/") for k, v in settings.items()}
+
+
+@pytest.mark.parametrize("name", ["encoder", "decoder"])
+def test_the_tls_overlay_gives_the_coding_services_mtls_from_the_secrets_files(name, secret):
+    settings = _with_secret_at(_settings("gpu-tls", name), secret)
+    config = common_config(PARSERS[name](settings).parse_args([]))
+    assert config.tls is not None and config.tls.mutual
+    assert (config.tls.cert, config.tls.key, config.tls.client_ca) == (
+        secret / "tls.crt",
+        secret / "tls.key",
+        secret / "ca.crt",
+    )
+    assert config.health_address == f"0.0.0.0:{HEALTH_PORT}"
+
+
+def test_the_tls_overlay_has_the_frontend_serve_tls_and_call_everything_over_mtls(secret):
+    settings = _with_secret_at(_settings("gpu-tls", "frontend"), secret)
+    config = frontend_main.config_from_args(frontend_main.parser(settings).parse_args([]))
+    assert config.tls is not None and config.tls.cert == secret / "tls.crt"
+    client = (secret / "ca.crt", secret / "tls.crt", secret / "tls.key")
+    assert config.coding_tls is not None and config.triton_tls is not None
+    assert (config.coding_tls.ca, config.coding_tls.cert, config.coding_tls.key) == client
+    assert (config.triton_tls.ca, config.triton_tls.cert, config.triton_tls.key) == client
+    triton = _objects("gpu-tls", "Service")["triton"]  # pods are dialed by IP: checked for the Service's name
+    assert config.triton_tls.server_name == f"triton.{triton['metadata']['namespace']}.svc"
+    assert config.health_address == f"0.0.0.0:{HEALTH_PORT}"
+
+
+def test_the_tls_overlay_runs_tritons_grpc_port_with_mutual_tls_and_keeps_its_http_probes():
+    triton, base = _container("gpu-tls", "triton"), _container("gpu", "triton")
+    assert triton["args"] == [
+        *base["args"],
+        "--grpc-use-ssl=true",
+        "--grpc-use-ssl-mutual=true",
+        f"--grpc-server-cert={TLS_MOUNT}tls.crt",
+        f"--grpc-server-key={TLS_MOUNT}tls.key",
+        f"--grpc-root-cert={TLS_MOUNT}ca.crt",
+    ]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert triton[probe] == base[probe] and triton[probe]["httpGet"]["port"] == "http"
+
+
+def test_the_tls_overlays_network_policies_open_only_the_health_port_besides_the_frontend():
+    policies, base = _objects("gpu-tls", "NetworkPolicy"), _objects("gpu", "NetworkPolicy")
+    assert {n: p for n, p in policies.items() if n != "health-probes"} == base
+    probes = policies["health-probes"]
+    assert probes["metadata"]["namespace"] == base["default-deny"]["metadata"]["namespace"]
+    assert probes["spec"]["podSelector"]["matchExpressions"][0]["values"] == ["frontend", "encoder", "decoder"]
+    assert probes["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": "health"}]}]

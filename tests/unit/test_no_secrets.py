@@ -16,6 +16,7 @@ PEM_PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|TOKEN|SECRET|API_?KEY|PRIVATE_?KEY|CREDENTIAL)", re.IGNORECASE)
 # Settings that say how a secret is reached, not what it is (kubelet's own switch, a path, a reference).
 NOT_A_VALUE = re.compile(r"^(true|false|/\S*|)$")
+REFERENCES = ("secretName",)  # a volume's Secret, by name: the material stays in the cluster
 
 
 def secrets_in_text(text: str) -> list[str]:
@@ -24,6 +25,8 @@ def secrets_in_text(text: str) -> list[str]:
     for line in text.splitlines():
         line = line.split("#", 1)[0]
         match = re.match(r"\s*(?:ENV\s+|ARG\s+|-\s+)?([A-Za-z_][\w.-]*)\s*[=:]\s*(\S.*)?$", line)
+        if match and match.group(1) in REFERENCES:
+            continue
         if match and SECRET_NAME.search(match.group(1)) and not NOT_A_VALUE.match((match.group(2) or "").strip()):
             found.append(line.strip())
     return found
@@ -61,6 +64,7 @@ def test_the_checks_catch_a_planted_key_a_secret_object_and_a_literal_password()
         "ENV DB_PASSWORD=hunter2"
     ]
     assert secrets_in_text("automountServiceAccountToken: false") == []
+    assert secrets_in_text("secretName: codedserve-tls\nsecretKey: hunter2") == ["secretKey: hunter2"]
     secret = {"kind": "Secret", "metadata": {"name": "tls"}, "data": {"tls.key": "LS0t"}}
     deployment = {
         "spec": {"template": {"spec": {"containers": [{"name": "f", "env": [{"name": "API_KEY", "value": "x"}]}]}}}
