@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from service_common.channels import message_limits
 from service_common.gc_tuning import freeze_startup_heap
+from service_common.health import Health
 from service_common.interceptor import ErrorMappingInterceptor
 from service_common.tls import ServerTLS
 
@@ -50,7 +50,7 @@ class Running:
 
     server: grpc.aio.Server
     port: int
-    health: HealthServicer
+    health: Health
     service_names: tuple[str, ...]
     health_server: grpc.aio.Server | None = None  # the plaintext health-only port, when asked for
     health_port: int | None = None
@@ -87,7 +87,7 @@ async def start_server(
     server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()], options=options)
     for add in register:
         add(server)
-    health_servicer = HealthServicer()
+    health_servicer = Health()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = _bind(server, address, tls)
@@ -105,7 +105,7 @@ async def start_server(
     return running
 
 
-async def _start_health_port(health_servicer: HealthServicer, address: str) -> tuple[grpc.aio.Server, int]:
+async def _start_health_port(health_servicer: Health, address: str) -> tuple[grpc.aio.Server, int]:
     """Only ``grpc.health.v1`` from the main port's servicer (so every status is the main port's), no
     reflection, in plaintext."""
     server = grpc.aio.server(options=HEALTH_PORT_OPTIONS)
