@@ -9,11 +9,15 @@ the locator's found-rate (share of planted workers among those it drops) next to
 the locator, without it, and with the attackers known (oracle).
 
     python -m export.eval_approxifer --out docs/approxifer_results
+
+``--models fashion_resnet fashion_cnn_mixup ...`` evaluates other deployed models (issue 15's variants; the dataset
+is the name's prefix) on the same trials as their dataset's ``*_cnn`` (the draws depend on the dataset alone).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -56,9 +60,29 @@ class Config:
     sigma: float
     wait_s: float
     threads: int
+    models: tuple[str, ...] = ()  # deployed model names; () = every dataset's spec name
+    byzantine: bool = True
+    merge: tuple[Path, ...] = ()  # earlier --out JSON files to write one table from, instead of evaluating
 
-    def model_path(self, dataset: str) -> Path:
-        return self.model_repository / spec.deployed_model_name(dataset) / "1" / "model.onnx"
+    def model_names(self) -> tuple[str, ...]:
+        return self.models or tuple(spec.deployed_model_name(ds) for ds in self.datasets)
+
+    def model_path(self, name: str) -> Path:
+        return self.model_repository / name / "1" / "model.onnx"
+
+
+def dataset_of(name: str) -> str:
+    """``fashion_resnet`` -> ``fashion``: a deployed model's dataset is its name's first part."""
+    dataset = name.split("_", 1)[0]
+    if dataset not in spec.DATASETS:
+        raise ValueError(f"model {name!r} does not start with a dataset ({', '.join(spec.DATASETS)})")
+    return dataset
+
+
+def result_key(name: str) -> str:
+    """Results are keyed by dataset for spec's models (as committed) and by model name for the others."""
+    dataset = dataset_of(name)
+    return dataset if name == spec.deployed_model_name(dataset) else name
 
 
 class Model:
@@ -204,9 +228,10 @@ def _byzantine_row(k: int, a: int, n: int, attack: str, cfg: Config, tr: Trials,
     }  # fmt: skip
 
 
-def evaluate(dataset: str, cfg: Config) -> dict:
+def evaluate(name: str, cfg: Config) -> dict:
+    dataset = dataset_of(name)
     images, labels = datasets.load(dataset, "test", cfg.data_root)
-    model = Model(cfg.model_path(dataset), cfg.threads)
+    model = Model(cfg.model_path(name), cfg.threads)
     rng = np.random.default_rng([cfg.seed, spec.DATASETS.index(dataset)])
     result: dict = {
         "model": model.facts,
@@ -218,13 +243,13 @@ def evaluate(dataset: str, cfg: Config) -> dict:
         row = straggler_row(model, (images, labels), k, s, cfg.trials, rng)
         row["published"] = PUBLISHED_STRAGGLER[dataset].get((k, s))
         result["straggler"].append(row)
-        log.info("%s K=%d S=%d: %.4f (%.1f s)", dataset, k, s, row["approxifer"], time.monotonic() - started)
-    for k, a in BYZANTINE_SETTINGS:
+        log.info("%s K=%d S=%d: %.4f (%.1f s)", name, k, s, row["approxifer"], time.monotonic() - started)
+    for k, a in BYZANTINE_SETTINGS if cfg.byzantine else ():
         started = time.monotonic()
         for row in byzantine_rows(model, (images, labels), k, a, cfg, rng):
             row["published"] = PUBLISHED_BYZANTINE[dataset].get(a) if row["attack"] != "none" else None
             result["byzantine"].append(row)
-        log.info("%s K=%d A=%d done (%.1f s)", dataset, k, a, time.monotonic() - started)
+        log.info("%s K=%d A=%d done (%.1f s)", name, k, a, time.monotonic() - started)
     return result
 
 
@@ -239,7 +264,10 @@ def to_markdown(results: dict, cfg: Config, command: str) -> str:
         f"Command: `{command}`",
         "",
         f"{cfg.trials} trials per row, seed {cfg.seed}; each trial draws K random test images. Published: the "
-        "authors' values (methods.md 3.5, ResNet-18 base models); ours: the deployed `*_cnn` models.",
+        "authors' values (methods.md 3.5, ResNet-18 base models); ours: "
+        + (
+            "the deployed `*_cnn` models." if not cfg.models else "the deployed models below (same trials per dataset)."
+        ),
         "",
         *(f"- {ds}: `{r['model']['path']}` sha256 `{r['model']['sha256']}`" for ds, r in results.items()),
         "",
@@ -264,6 +292,10 @@ def to_markdown(results: dict, cfg: Config, command: str) -> str:
         "so a missing original elsewhere is interpolated from other images' answers: near chance. Serving the K+S",
         "coded queries beside the originals (N = 2K+S) decodes the missing ones better than ApproxIFER alone.",
         "",
+    ]
+    if not cfg.byzantine:
+        return "\n".join([*lines, "Byzantine rows: not run (`--no-byzantine`).", ""])
+    lines += [
         "## Byzantine workers (K = 12, S = 1, N = 2K + 2A + S - 1; the A attackers are among the N - S arrived)",
         "",
         "| dataset | A | N | attack | centralized | **with locator** | locator, always A | no locator"
@@ -306,12 +338,27 @@ def parse_args(argv: list[str]) -> Config:
     p.add_argument("--sigma", type=float, default=10.0, help="std of the Gaussian attack (default 10)")
     p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the model files to appear")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="onnxruntime intra-op threads")
+    p.add_argument("--models", nargs="+", default=[], help="deployed model names (default: each dataset's *_cnn)")
+    p.add_argument(
+        "--byzantine", action=argparse.BooleanOptionalAction, default=True, help="the Byzantine rows (default: on)"
+    )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=[],
+        help="write one table from earlier --out JSON files (no evaluation)",
+    )
     a = p.parse_args(argv)
     if a.trials < 1:
         p.error("--trials must be >= 1")
+    try:
+        model_datasets = [dataset_of(m) for m in a.models]
+    except ValueError as exc:
+        p.error(str(exc))
     return Config(
-        tuple(a.datasets), a.trials, a.seed, a.model_repository, a.data_root, a.out, tuple(a.attacks), a.sigma,
-        a.wait, a.threads,
+        tuple(a.datasets if not a.models else dict.fromkeys(model_datasets)), a.trials, a.seed, a.model_repository,
+        a.data_root, a.out, tuple(a.attacks), a.sigma, a.wait, a.threads, tuple(a.models), a.byzantine, tuple(a.merge),
     )  # fmt: skip
 
 
@@ -322,7 +369,7 @@ def wait_for_models(cfg: Config) -> None:
     """
     deadline = time.monotonic() + cfg.wait_s
     ready = lambda p: p.is_file() and (p.parent.parent / "config.pbtxt").is_file()  # noqa: E731
-    missing = [p for p in map(cfg.model_path, cfg.datasets) if not ready(p)]
+    missing = [p for p in map(cfg.model_path, cfg.model_names()) if not ready(p)]
     while missing and time.monotonic() < deadline:
         log.info("waiting for %s", ", ".join(map(str, missing)))
         time.sleep(min(10.0, max(0.0, deadline - time.monotonic())))
@@ -331,15 +378,34 @@ def wait_for_models(cfg: Config) -> None:
         raise SystemExit(f"model(s) not ready: {', '.join(map(str, missing))} (train and export them first)")
 
 
+def merged(cfg: Config) -> tuple[dict, Config, str]:
+    """The results of several earlier runs (same trials and seed), their config and their commands, as one."""
+    docs = [json.loads(path.read_text()) for path in cfg.merge]
+    if len({(d["trials"], d["seed"]) for d in docs}) != 1:
+        raise SystemExit(f"--merge: the runs differ in trials or seed: {[(d['trials'], d['seed']) for d in docs]}")
+    name = lambda r: Path(r["model"]["path"]).parent.parent.name  # noqa: E731  # <repo>/<name>/1/model.onnx
+    results = {key: r for d in docs for key, r in d["results"].items()}
+    results = dict(
+        sorted(results.items(), key=lambda kv: (dataset_of(name(kv[1])), kv[0] != dataset_of(name(kv[1])), kv[0]))
+    )
+    byzantine = any(r["byzantine"] for r in results.values())
+    models = tuple(name(r) for r in results.values())
+    cfg = dataclasses.replace(cfg, trials=docs[0]["trials"], seed=docs[0]["seed"], models=models, byzantine=byzantine)
+    return results, cfg, "; ".join(d["command"] for d in docs)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = parse_args(argv)
-    wait_for_models(cfg)
-    started = time.monotonic()
-    results = {ds: evaluate(ds, cfg) for ds in cfg.datasets}
-    log.info("evaluated in %.1f s", time.monotonic() - started)
     command = shlex.join(["python", "-m", "export.eval_approxifer", *argv])
+    if cfg.merge:
+        results, cfg, command = merged(cfg)
+    else:
+        wait_for_models(cfg)
+        started = time.monotonic()
+        results = {result_key(name): evaluate(name, cfg) for name in cfg.model_names()}
+        log.info("evaluated in %.1f s", time.monotonic() - started)
     markdown = to_markdown(results, cfg, command)
     print(markdown)
     if cfg.out is not None:

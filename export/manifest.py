@@ -71,14 +71,17 @@ def model_entry(
     onnx_facts: dict,
     training: dict,
     metrics: dict,
+    deployed_model: str | None = None,
 ) -> dict:
-    """One manifest row; ``training`` holds config, epochs, best_epoch and seconds; ``metrics`` the test results."""
+    """One manifest row; ``training`` holds config, epochs, best_epoch and seconds; ``metrics`` the test results;
+    ``deployed_model`` names a parity model's deployed model where it is not spec's (absent: spec's CNN)."""
     return {
         "name": name,
         "dataset": dataset,
         "role": role,
         "encoder": encoder,
         "k": k,
+        **({"deployed_model": deployed_model} if deployed_model else {}),
         **asdict(run),
         "onnx": onnx_facts,
         "training": training,

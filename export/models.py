@@ -1,4 +1,5 @@
-"""The small CNN used both as the deployed model and as the ParM parity model (ParM keeps the architecture).
+"""The small CNN used both as the deployed model and as the ParM parity model (ParM keeps the architecture), and
+a small ResNet (issue 15: a stronger deployed model, and parity models with more capacity than the CNN's).
 
 Input: float32 pixels in [0, 1] (a parity model gets the encoder's output instead), shape ``(B, 1, 28, 28)``;
 the model normalizes inside with constants fitted on its training inputs. Output: raw logits ``(B, 10)``.
@@ -26,11 +27,30 @@ class Arch:
         return asdict(self)
 
 
-ARCHS = {
-    # conv32-pool-conv64-pool-fc128: 0.42 M parameters, 1.7 MB of ONNX
+@dataclass(frozen=True)
+class ResArch:
+    """A CIFAR-style ResNet: a 3x3 stem, stages of basic blocks (the first of each later stage strided by 2), global
+    average pooling, one linear layer. ``widths`` are the stages' channels, ``blocks`` the blocks per stage."""
+
+    widths: tuple[int, ...] = (32, 64, 128)
+    blocks: int = 2
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+ARCHS: dict[str, Arch | ResArch] = {
+    # conv32-pool-conv64-pool-fc128: 0.42 M parameters, 1.7 MB of ONNX, 4.2 M multiply-accumulates per image
     "cnn": Arch(),
     # conv32-conv32-pool-conv64-conv64-pool-conv128-pool-fc128: 0.29 M parameters, ~4x the compute of "cnn"
     "cnn_deep": Arch(stages=((32, 32), (64, 64), (128,)), hidden=128),
+    # conv64-pool-conv128-pool-fc256: twice the CNN's widths (a wider parity model than the deployed one);
+    # 1.68 M parameters, 16.5 M multiply-accumulates
+    "cnn_wide": Arch(stages=((64,), (128,)), hidden=256),
+    # ResNet-14 at widths 32/64/128 (28, 14, 7 px): 0.70 M parameters, 80.5 M multiply-accumulates (19x the CNN's)
+    "resnet": ResArch(),
+    # the same at half the widths: 0.17 M parameters, 20.2 M multiply-accumulates
+    "resnet_s": ResArch(widths=(16, 32, 64)),
 }
 
 
@@ -45,7 +65,7 @@ class SmallCNN(nn.Module):
     mean: torch.Tensor  # buffers: exported as constants
     std: torch.Tensor
 
-    def __init__(self, arch: Arch = ARCHS["cnn"], mean: float = 0.0, std: float = 1.0) -> None:
+    def __init__(self, arch: Arch = Arch(), mean: float = 0.0, std: float = 1.0) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(float(mean)))
         self.register_buffer("std", torch.tensor(float(std)))
@@ -66,6 +86,54 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features((x - self.mean) / self.std))
+
+
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN plus the input (through a strided 1x1 conv + BN where the shape changes), ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+        )
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """Same contract as :class:`SmallCNN`: pixels in, normalized inside by fitted constants, logits out."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, arch: ResArch = ResArch(), mean: float = 0.0, std: float = 1.0) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+        c_in = arch.widths[0]
+        layers: list[nn.Module] = [
+            nn.Conv2d(IMAGE_SHAPE[0], c_in, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_in),
+            nn.ReLU(inplace=True),
+        ]
+        for stage, c_out in enumerate(arch.widths):
+            for block in range(arch.blocks):
+                layers.append(BasicBlock(c_in, c_out, stride=2 if stage and not block else 1))
+                c_in = c_out
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(c_in, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # mean over H, W (ONNX ReduceMean) rather than AdaptiveAvgPool2d: the same op on every exporter
+        return self.classifier(self.features((x - self.mean) / self.std).mean((2, 3)))
 
 
 def multiply_accumulates(model: nn.Module, example: torch.Tensor) -> int:
@@ -94,7 +162,10 @@ def multiply_accumulates(model: nn.Module, example: torch.Tensor) -> int:
     return total
 
 
-def build_model(arch: str = "cnn", mean: float = 0.0, std: float = 1.0) -> SmallCNN:
+def build_model(arch: str = "cnn", mean: float = 0.0, std: float = 1.0) -> nn.Module:
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; known: {sorted(ARCHS)}")
-    return SmallCNN(ARCHS[arch], mean=mean, std=std)
+    spec = ARCHS[arch]
+    if isinstance(spec, ResArch):
+        return ResNet(spec, mean=mean, std=std)
+    return SmallCNN(spec, mean=mean, std=std)

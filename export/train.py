@@ -7,6 +7,9 @@ model's logits (precomputed once on the un-augmented images); loss = MSE. Option
 cross-entropy of ``coding.parm.subtraction_decode``'s output, for every erasure position, against the deployed
 model's prediction. The coding functions are the serving ones, so training and serving cannot drift apart.
 
+The deployed model's options (``TrainConfig``): +-2 px shifts, left-right flips, mixup, label smoothing; the parity
+models': the helping term's weight and (distillation) temperature, their own architecture, a warm start.
+
 The learning rate follows one cosine over ``max(epochs done, seconds spent / time budget)``, so a run is bounded
 by its epochs or by its time budget, whichever comes first, and still anneals; the epoch kept is the best one on
 the 5,000 held-out training images (accuracy for the deployed model, degraded-mode accuracy for a parity model).
@@ -48,8 +51,18 @@ class TrainConfig:
     augment: bool = True  # random +-2 px shifts (deployed model only; parity targets stay un-augmented)
     decode_ce_weight: float = 0.0  # the helping term (parity only); 0 = pure ParM MSE
     warm_start: bool = False  # parity only: start from the deployed model's weights instead of from scratch
-    arch: str = "cnn"
+    arch: str = "cnn"  # a parity model's may differ from the deployed model's (e.g. wider), then without warm_start
     seed: int = 0
+    # Deployed model only. Random left-right flips: Fashion-MNIST's garments are mirror-symmetric, digits are not.
+    hflip: bool = False
+    # Deployed model only. Mixup (Zhang et al., ICLR 2018): train on lam*x1 + (1-lam)*x2 against the same blend of
+    # the two labels' cross-entropies, lam ~ Beta(alpha, alpha), one lam per batch; 0 = off. A model made linear
+    # between inputs should suit ApproxIFER, whose coded queries are Berrut blends of the group's images.
+    mixup_alpha: float = 0.0
+    label_smoothing: float = 0.0  # deployed model only: softened one-hot targets (F.cross_entropy's)
+    # Parity only. 0: the helping term's target is the deployed model's label (hard); T > 0: its softmax at
+    # temperature T (distillation, Hinton et al. 2015, scaled by T^2), which also carries how sure it was.
+    distill_temperature: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -110,6 +123,12 @@ def random_shift(x: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
     rows = (torch.arange(h, device=x.device) + dy)[:, :, None]
     cols = (torch.arange(w, device=x.device) + dx)[:, None, :]
     return padded[torch.arange(b, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+
+
+def random_hflip(x: torch.Tensor) -> torch.Tensor:
+    """Mirror each image of ``(B, C, H, W)`` left-right with probability 1/2."""
+    flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
+    return torch.where(flip, x.flip(-1), x)
 
 
 @torch.no_grad()
@@ -208,14 +227,24 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def train_deployed(data: Data, cfg: TrainConfig, desc: str = "deployed") -> Trained:
-    """The deployed model: cross-entropy on (optionally shifted) training images; best epoch by val accuracy."""
+    """The deployed model: cross-entropy on (optionally shifted, flipped, mixed) training images; best epoch by
+    val accuracy on the clean held-out images."""
     train, device = data.train, data.train.images.device
     model = _new_model(cfg, pixels(train.images), device)
+    mix = torch.distributions.Beta(cfg.mixup_alpha, cfg.mixup_alpha) if cfg.mixup_alpha else None
+
+    def ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
 
     def loss_fn(idx: torch.Tensor) -> torch.Tensor:
-        x = pixels(train.images[idx])
+        x, y = pixels(train.images[idx]), train.labels[idx]
         x = random_shift(x) if cfg.augment else x
-        return F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), train.labels[idx])
+        x = random_hflip(x) if cfg.hflip else x
+        if mix is None:
+            return ce(model(x.contiguous(memory_format=torch.channels_last)), y)
+        lam, partner = mix.sample().item(), torch.randperm(len(idx), device=device)
+        out = model((lam * x + (1.0 - lam) * x[partner]).contiguous(memory_format=torch.channels_last))
+        return lam * ce(out, y) + (1.0 - lam) * ce(out, y[partner])
 
     def validate() -> float:
         return accuracy(predict(model, image_batches(data.val.images)), data.val.labels)
@@ -226,12 +255,21 @@ def train_deployed(data: Data, cfg: TrainConfig, desc: str = "deployed") -> Trai
     return _fit(model, cfg, batches, loss_fn, validate, desc)
 
 
-def parity_loss(parity_out: torch.Tensor, slot_logits: torch.Tensor, decode_ce_weight: float = 0.0) -> torch.Tensor:
-    """ParM's MSE to the summed deployed logits, plus (optional) CE of every decoded slot vs the deployed argmax."""
+def parity_loss(
+    parity_out: torch.Tensor, slot_logits: torch.Tensor, decode_ce_weight: float = 0.0, temperature: float = 0.0
+) -> torch.Tensor:
+    """ParM's MSE to the summed deployed logits, plus (optional) CE of every decoded slot vs the deployed argmax,
+    or with ``temperature`` > 0 vs the deployed softmax at that temperature (times T^2, so its gradients keep
+    their scale as T changes)."""
     loss = F.mse_loss(parity_out, parm.parity_target(slot_logits))
     if decode_ce_weight:
-        decoded = decode_every_erasure(parity_out, slot_logits)
-        loss = loss + decode_ce_weight * F.cross_entropy(decoded.flatten(0, 1), slot_logits.argmax(-1).flatten())
+        decoded = decode_every_erasure(parity_out, slot_logits).flatten(0, 1)
+        if temperature:
+            soft = F.softmax(slot_logits.flatten(0, 1) / temperature, dim=-1)
+            helping = F.cross_entropy(decoded / temperature, soft) * temperature**2
+        else:
+            helping = F.cross_entropy(decoded, slot_logits.argmax(-1).flatten())
+        loss = loss + decode_ce_weight * helping
     return loss
 
 
@@ -268,11 +306,14 @@ def train_parity(
     if cfg.warm_start:
         if deployed is None:
             raise ValueError("warm_start needs the deployed model")
-        model.load_state_dict({**deployed.state_dict(), "mean": model.mean, "std": model.std})  # same arch only
+        shapes = lambda m: {k: v.shape for k, v in m.state_dict().items()}  # noqa: E731
+        if shapes(deployed) != shapes(model):
+            raise ValueError(f"warm_start needs the deployed model's architecture; the parity's is {cfg.arch!r}")
+        model.load_state_dict({**deployed.state_dict(), "mean": model.mean, "std": model.std})
 
     def loss_fn(groups: torch.Tensor) -> torch.Tensor:
         x = parity_inputs(train.images, groups, encoder).contiguous(memory_format=torch.channels_last)
-        return parity_loss(model(x), teacher.train[groups], cfg.decode_ce_weight)
+        return parity_loss(model(x), teacher.train[groups], cfg.decode_ce_weight, cfg.distill_temperature)
 
     def validate() -> float:
         return degraded_metrics(model, encoder, data.val, teacher.val, [val_groups])["degraded_accuracy"]

@@ -3,7 +3,10 @@
 
 Profiles: ``tiny`` (a smoke test, seconds), ``cpu`` (what is committed without a GPU: both datasets in about
 25 minutes on a 2-core CPU), ``full`` (the GPU recipe: long schedules bounded by ``--time-budget-s``, which is
-shared out evenly over the models in turn; also runs on CPU with a small budget).
+shared out evenly over the models in turn; also runs on CPU with a small budget), ``gpu15`` (issue 15's GPU
+recipe, run by export/gpu_issue15.sh: a ResNet deployed model, mixup variants, ResNet parity models for the
+committed CNNs and for the ResNet; every model under its own name, none replaces a committed deployed model),
+``tiny15`` (gpu15's variants at the tiny profile's size, a smoke test).
 
     python -m export.train_all --profile cpu --datasets mnist,fashion --device auto --out model_repository
 """
@@ -14,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,15 +38,81 @@ CODES = tuple((encoder, k) for encoder, ks in PARM_K.items() for k in ks)
 
 
 @dataclass(frozen=True)
+class Variant:
+    """One deployed model of a profile and the parity models made for it.
+
+    ``name`` "cnn" keeps spec's model names (``fashion_cnn``, ``fashion_parm_add_k2``); any other name makes its own
+    (``fashion_resnet``, ``fashion_resnet_parm_add_k2``), so a variant never replaces a committed model.
+    """
+
+    name: str = "cnn"
+    deployed: TrainConfig | None = None  # None: the profile's
+    parity: TrainConfig | None = None  # None: the profile's
+    codes: tuple[tuple[str, int], ...] | None = None  # None: the run's --codes; () = the deployed model alone
+    datasets: tuple[str, ...] | None = None  # None: every dataset of the run
+    # Train no deployed model: read the committed one (spec's name, arch "cnn") from --base-repository, so the
+    # parity models pair with the model the stack serves.
+    committed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.committed and self.name != "cnn":
+            raise ValueError("a committed deployed model is spec's CNN: name it 'cnn'")
+
+    def deployed_name(self, dataset: str) -> str:
+        return deployed_model_name(dataset) if self.name == "cnn" else f"{dataset}_{self.name}"
+
+    def parity_name(self, dataset: str, encoder: str, k: int) -> str:
+        return (
+            parity_model_name(dataset, encoder, k)
+            if self.name == "cnn"
+            else f"{dataset}_{self.name}_parm_{encoder}_k{k}"
+        )
+
+
+@dataclass(frozen=True)
 class Profile:
     deployed: TrainConfig
     parity: TrainConfig  # epochs as for k=2; scaled by k/2 so every parity model gets the same number of steps
     time_budget_s: float | None = None  # training seconds for all models of the run, shared out evenly
     test_rounds: int = 4  # random partitions of the test split into coding groups
     limit: int | None = None  # use only the first `limit` images of each split (smoke tests)
+    variants: tuple[Variant, ...] = (Variant(),)
 
-    def parity_for(self, k: int) -> TrainConfig:
-        return dataclasses.replace(self.parity, epochs=max(1, self.parity.epochs * k // 2))
+    def parity_for(self, k: int, variant: Variant | None = None) -> TrainConfig:
+        cfg = (variant.parity if variant else None) or self.parity
+        return dataclasses.replace(cfg, epochs=max(1, cfg.epochs * k // 2))
+
+
+def _gpu15(deployed: TrainConfig, parity: TrainConfig, **profile) -> Profile:
+    """Issue 15's variants around a deployed and a parity recipe (the GPU's or, for the smoke test, the tiny's).
+
+    Fashion-MNIST: the mixup models beside the standard ones (ApproxIFER rows), a ResNet deployed model with ResNet
+    parity models warm-started from it (k = 3, 4 and the ApproxIFER K = 8, 10, 12), and ResNet parity models for
+    the committed fashion_cnn (k = 3, 4); MNIST: ResNet parity models for the committed mnist_cnn (K = 8, 10, 12).
+    Parity models get the helping term at weight 2.0 (a CPU run: 82.7% against the committed 77.9%, concat k=4).
+    """
+    resnet = dataclasses.replace(deployed, arch="resnet", hflip=True)
+    gap, large = (("add", 3), ("add", 4), ("concat", 4)), (("add", 8), ("add", 10), ("add", 12))
+    fashion = ("fashion",)
+    return Profile(
+        deployed=deployed,
+        parity=dataclasses.replace(parity, arch="resnet", warm_start=False, decode_ce_weight=2.0),
+        variants=(
+            # mixup weight Beta(1, 1): uniform blends, the kind a Berrut query is (mostly its two nearest images)
+            Variant("cnn_mixup", dataclasses.replace(deployed, mixup_alpha=1.0), codes=(), datasets=fashion),
+            Variant("resnet_mixup", dataclasses.replace(resnet, mixup_alpha=1.0), codes=(), datasets=fashion),
+            Variant(
+                "resnet",
+                resnet,
+                dataclasses.replace(parity, arch="resnet", warm_start=True, decode_ce_weight=2.0),
+                codes=gap + large,
+                datasets=fashion,
+            ),
+            Variant(committed=True, codes=gap, datasets=fashion),
+            Variant(committed=True, codes=large, datasets=("mnist",)),
+        ),
+        **profile,
+    )
 
 
 PROFILES = {
@@ -62,6 +132,20 @@ PROFILES = {
         deployed=TrainConfig(epochs=60, batch_size=256),
         parity=TrainConfig(epochs=400, batch_size=256, decode_ce_weight=0.5, warm_start=True),
         time_budget_s=360.0,
+    ),
+    # 15 models in 400 s of training on an H200, 27 s each (the `full` run: 33 s per model, 7 s of other work for
+    # 12); with start-up, exports and the ApproxIFER evaluation beside it (CPU), export/gpu_issue15.sh ends inside
+    # one 560 s device command.
+    "gpu15": _gpu15(
+        TrainConfig(epochs=60, batch_size=256),
+        TrainConfig(epochs=400, batch_size=256),
+        time_budget_s=400.0,
+    ),
+    "tiny15": _gpu15(
+        TrainConfig(epochs=1, batch_size=64),
+        TrainConfig(epochs=1, batch_size=32),
+        test_rounds=1,
+        limit=1000,
     ),
 }
 
@@ -99,11 +183,23 @@ class _Run:
 
     def __init__(self, args: argparse.Namespace, profile: Profile, device: torch.device, run: RunInfo) -> None:
         self.args, self.profile, self.device, self.run = args, profile, device, run
+        self.variants = [v for v in profile.variants if args.variants is None or v.name in args.variants]
         budget = args.time_budget_s if args.time_budget_s is not None else profile.time_budget_s
         self.budget_left = budget or None
-        self.models_left = len(args.datasets) * (1 + len(args.codes))
-        self.min_share = 0.1 * (budget or 0.0) / self.models_left  # what a model gets once others overspent
+        self.models_left = sum(
+            (not v.committed) + len(self.codes(v)) for d in args.datasets for v in self.variants if self.has(v, d)
+        )
+        self.min_share = 0.1 * (budget or 0.0) / max(self.models_left, 1)  # what a model gets once others overspent
         self.entries: list[dict] = []
+        self.results = args.results or Path("export/results") / f"{args.profile}.json"
+        self.start = time.monotonic()
+
+    def codes(self, variant: Variant) -> list[tuple[str, int]]:
+        return list(self.args.codes if variant.codes is None else variant.codes)
+
+    @staticmethod
+    def has(variant: Variant, dataset: str) -> bool:
+        return variant.datasets is None or dataset in variant.datasets
 
     def _cfg(self, cfg: TrainConfig, parity: bool) -> TrainConfig:
         """``cfg`` with the CLI overrides and an even share of the training time left (unused time goes on)."""
@@ -113,7 +209,7 @@ class _Run:
             cfg = dataclasses.replace(cfg, decode_ce_weight=self.args.decode_ce_weight)
         if self.budget_left is None:
             return cfg
-        share = max(self.budget_left / self.models_left, self.min_share)
+        share = max(self.budget_left / max(self.models_left, 1), self.min_share)
         return dataclasses.replace(cfg, time_budget_s=share)
 
     def _record(self, result: train.Trained, cfg: TrainConfig, facts: dict, metrics: dict, **ids) -> None:
@@ -126,28 +222,62 @@ class _Run:
             self.budget_left -= result.seconds
         self.entries.append({**entry, "history": result.history})
         log.info("%s: %s (%.0f s, %d epochs)", ids["name"], metrics, result.seconds, result.epochs)
+        # after every model, so that a run stopped part-way still leaves what it finished
+        _write_results(self.results, self.run, self.entries, time.monotonic() - self.start)
 
     def dataset(self, dataset: str) -> None:
+        variants = [v for v in self.variants if self.has(v, dataset)]
+        if not variants:
+            return
         data = train.load_data(dataset, self.args.data, self.device, limit=self.profile.limit)
-        cfg = self._cfg(self.profile.deployed, parity=False)
-        deployed = train.train_deployed(data, cfg, desc=f"{dataset} deployed")
-        name = deployed_model_name(dataset)
+        for variant in variants:
+            deployed = self.committed(data, dataset) if variant.committed else self.deployed(data, dataset, variant)
+            teacher = train.Teacher.of(deployed, data)
+            for encoder, k in self.codes(variant):
+                self.parity(data, teacher, deployed, dataset, variant, encoder, k)
+
+    def deployed(self, data: train.Data, dataset: str, variant: Variant) -> torch.nn.Module:
+        cfg = self._cfg(variant.deployed or self.profile.deployed, parity=False)
+        name = variant.deployed_name(dataset)
+        deployed = train.train_deployed(data, cfg, desc=name)
         facts = write_model(deployed.model, name, self.args.out, _check_batch(data.test))
         metrics = train.evaluate_deployed(deployed.model, data.test)
         self._record(deployed, cfg, facts, metrics, name=name, dataset=dataset, role="deployed", encoder=None, k=None)
-        teacher = train.Teacher.of(deployed.model, data)
-        for encoder, k in self.args.codes:
-            self.parity(data, teacher, deployed.model, dataset, encoder, k)
+        return deployed.model
+
+    def committed(self, data: train.Data, dataset: str) -> torch.nn.Module:
+        """The committed deployed model (its weights read back from its ONNX file, checked against onnxruntime),
+        copied into the output repository so that it serves beside its new parity models."""
+        from export.coin import load_base  # reads a SmallCNN "cnn" back from ONNX
+
+        name = deployed_model_name(dataset)
+        model = load_base(self.args.base_repository, dataset, train.pixels(data.test.images[:16]))
+        model = model.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+        if (self.args.base_repository / name).resolve() != (self.args.out / name).resolve():
+            shutil.copytree(self.args.base_repository / name, self.args.out / name, dirs_exist_ok=True)
+        log.info(
+            "%s: committed, from %s: %s", name, self.args.base_repository, train.evaluate_deployed(model, data.test)
+        )
+        return model
 
     def parity(
-        self, data: train.Data, teacher: train.Teacher, deployed: torch.nn.Module, dataset: str, encoder: str, k: int
+        self,
+        data: train.Data,
+        teacher: train.Teacher,
+        deployed: torch.nn.Module,
+        dataset: str,
+        variant: Variant,
+        encoder: str,
+        k: int,
     ) -> None:
-        cfg = self._cfg(self.profile.parity_for(k), parity=True)
-        result = train.train_parity(data, teacher, encoder, k, cfg, deployed, f"{dataset} parity {encoder} k={k}")
-        name = parity_model_name(dataset, encoder, k)
+        cfg = self._cfg(self.profile.parity_for(k, variant), parity=True)
+        name = variant.parity_name(dataset, encoder, k)
+        result = train.train_parity(data, teacher, encoder, k, cfg, deployed, name)
         facts = write_model(result.model, name, self.args.out, _check_batch(data.test, encoder, k))
         metrics = train.evaluate_parity(result.model, teacher, encoder, k, data.test, self.profile.test_rounds)
-        self._record(result, cfg, facts, metrics, name=name, dataset=dataset, role="parity", encoder=encoder, k=k)
+        ids = {"name": name, "dataset": dataset, "role": "parity", "encoder": encoder, "k": k}
+        deployed_name = variant.deployed_name(dataset) if variant.name != "cnn" else None
+        self._record(result, cfg, facts, metrics, **ids, deployed_model=deployed_name)
 
 
 def _write_results(path: Path, run: RunInfo, entries: list[dict], seconds: float) -> None:
@@ -209,7 +339,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="override the parity models' helping term (cross-entropy of the decoded outputs; 0 = pure ParM MSE)",
     )
     p.add_argument("--results", type=Path, help="results JSON (default: export/results/<profile>.json)")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--variants",
+        type=lambda text: [n for n in text.split(",") if n],
+        help="comma-separated names of the profile's variants to train (default: all; gpu15: cnn_mixup,"
+        "resnet_mixup,resnet,cnn; the others have one, cnn)",
+    )
+    p.add_argument(
+        "--base-repository",
+        type=Path,
+        default=Path("model_repository"),
+        help="where a variant built on the committed deployed model reads it (default: %(default)s)",
+    )
+    args = p.parse_args(argv)
+    known = {v.name for v in PROFILES[args.profile].variants}
+    if args.variants is not None and not set(args.variants) <= known:
+        p.error(f"--variants: profile {args.profile} has {','.join(sorted(known))}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -226,16 +372,9 @@ def main(argv: list[str] | None = None) -> None:
         runner.budget_left,
         runner.models_left,
     )
-    start = time.monotonic()
     for dataset in args.datasets:
         runner.dataset(dataset)
-        _write_results(
-            args.results or Path("export/results") / f"{args.profile}.json",
-            run,
-            runner.entries,
-            time.monotonic() - start,
-        )
-    log.info("done in %.0f s; manifest %s", time.monotonic() - start, args.out / "manifest.json")
+    log.info("done in %.0f s; manifest %s", time.monotonic() - runner.start, args.out / "manifest.json")
 
 
 if __name__ == "__main__":

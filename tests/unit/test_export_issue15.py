@@ -1,0 +1,199 @@
+"""Issue 15's training options, the gpu15 profile's names, the dataset parts for the GPU machine, and the tables.
+
+Synthetic data (seconds, no dataset); the whole recipe end to end is ``export/gpu_issue15.sh`` with the tiny15
+profile (its header says how).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from coding import parm, spec
+from export import accuracy_table, eval_approxifer, gpu_data, train, train_all
+from export.models import build_model
+from export.onnx_export import write_model
+
+
+def _split(n: int, seed: int) -> train.Split:
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, *spec.IMAGE_SHAPE), dtype=torch.uint8, generator=gen)
+    return train.Split(images, torch.randint(0, spec.NUM_CLASSES, (n,), generator=gen))
+
+
+def _data() -> train.Data:
+    return train.Data(_split(64, 0), _split(24, 1), _split(24, 2))
+
+
+def test_the_resnet_exports_with_a_dynamic_batch_and_matches_onnxruntime(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model("resnet_s", mean=0.3, std=0.35).eval()
+    batch = np.random.default_rng(0).random((3, *spec.IMAGE_SHAPE), dtype=np.float32)
+    facts = write_model(model, "fashion_resnet_s", tmp_path, batch)
+    assert facts["ort_max_abs_diff"] < 1e-4
+    with torch.no_grad():
+        assert model(torch.from_numpy(batch)).shape == (3, spec.NUM_CLASSES)
+
+
+def test_random_hflip_mirrors_some_images_and_leaves_the_others() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(64, 1, 28, 28)
+    y = train.random_hflip(x)
+    mirrored = (y == x.flip(-1)).flatten(1).all(1)
+    kept = (y == x).flatten(1).all(1)
+    assert (mirrored | kept).all()
+    assert mirrored.any() and kept.any()
+
+
+def test_a_mixup_resnet_deployed_model_trains_and_keeps_its_best_epoch() -> None:
+    cfg = train.TrainConfig(epochs=2, batch_size=16, arch="resnet_s", hflip=True, mixup_alpha=1.0, label_smoothing=0.1)
+    result = train.train_deployed(_data(), cfg)
+    assert result.epochs == 2 and all(np.isfinite(h["train_loss"]) for h in result.history)
+    assert result.val_metric == max(h["val"] for h in result.history)
+
+
+def test_distillation_at_an_exact_parity_output_leaves_the_soft_targets_entropy() -> None:
+    """Exact parity output: every decoded slot equals the deployed logits, so the MSE is 0 and the helping term is
+    the cross-entropy of softmax(logits / T) with itself (its entropy), times T^2 and the weight."""
+    slots = torch.randn(5, 3, spec.NUM_CLASSES, generator=torch.Generator().manual_seed(0))
+    exact = parm.parity_target(slots)
+    soft = F.softmax(slots.flatten(0, 1) / 2.0, dim=-1)
+    entropy = -(soft * soft.log()).sum(-1).mean()
+    loss = train.parity_loss(exact, slots, decode_ce_weight=0.5, temperature=2.0)
+    torch.testing.assert_close(loss, 0.5 * 4.0 * entropy)
+    hard = F.cross_entropy(slots.flatten(0, 1), slots.argmax(-1).flatten())
+    torch.testing.assert_close(train.parity_loss(exact, slots, decode_ce_weight=0.5), 0.5 * hard)
+
+
+def test_a_wider_parity_model_trains_from_scratch_and_refuses_a_warm_start() -> None:
+    data = _data()
+    deployed = train.train_deployed(data, train.TrainConfig(epochs=1, batch_size=32)).model
+    teacher = train.Teacher.of(deployed, data)
+    wide = train.TrainConfig(epochs=1, batch_size=8, arch="cnn_wide", decode_ce_weight=2.0, distill_temperature=2.0)
+    parity = train.train_parity(data, teacher, "add", 3, wide, deployed).model
+    assert 0.0 <= train.evaluate_parity(parity, teacher, "add", 3, data.test, rounds=1)["degraded_accuracy"] <= 1.0
+    with pytest.raises(ValueError, match="warm_start needs the deployed model's architecture"):
+        train.train_parity(data, teacher, "add", 3, train.TrainConfig(1, 8, arch="cnn_wide", warm_start=True), deployed)
+
+
+def _names(profile: train_all.Profile) -> list[tuple[str, str]]:
+    """(role, name) of every model a profile exports, over both datasets and all the default codes."""
+    out = []
+    for dataset in spec.DATASETS:
+        for v in profile.variants:
+            if v.datasets is not None and dataset not in v.datasets:
+                continue
+            if not v.committed:
+                out.append(("deployed", v.deployed_name(dataset)))
+            codes = train_all.CODES if v.codes is None else v.codes
+            out += [("parity", v.parity_name(dataset, e, k)) for e, k in codes]
+    return out
+
+
+def test_the_gpu15_profile_exports_15_models_under_their_own_names() -> None:
+    names = _names(train_all.PROFILES["gpu15"])
+    assert len(names) == len({n for _, n in names}) == 15
+    deployed = {n for role, n in names if role == "deployed"}
+    assert deployed == {"fashion_cnn_mixup", "fashion_resnet_mixup", "fashion_resnet"}
+    assert not deployed & {spec.deployed_model_name(d) for d in spec.DATASETS}  # the committed CNNs stay
+    assert "fashion_resnet_parm_add_k8" in {n for _, n in names}
+    assert "mnist_parm_add_k12" in {n for _, n in names}  # for the committed mnist_cnn
+    assert _names(train_all.PROFILES["tiny15"]) == names
+    assert _names(train_all.PROFILES["full"]) == _names(train_all.PROFILES["cpu"])  # the old profiles: as before
+    assert len(_names(train_all.PROFILES["full"])) == 12
+
+
+def test_the_budget_is_shared_over_the_models_the_run_makes() -> None:
+    args = train_all.parse_args(["--profile", "gpu15", "--datasets", "fashion", "--variants", "resnet,cnn"])
+    run = train_all._Run(args, train_all.PROFILES["gpu15"], torch.device("cpu"), None)  # type: ignore[arg-type]
+    assert run.models_left == 1 + 6 + 3  # the ResNet and its 6 parity models; 3 for the committed CNN
+    with pytest.raises(SystemExit):
+        train_all.parse_args(["--profile", "full", "--variants", "resnet"])
+
+
+def _fake_files(root: Path, sizes: dict[str, int]) -> dict[str, str]:
+    rng = np.random.default_rng(0)
+    pinned = {}
+    for name, size in sizes.items():
+        data = rng.integers(0, 4, size, dtype=np.uint8).tobytes()  # compressible, as images are
+        (root / "fake").mkdir(parents=True, exist_ok=True)
+        (root / "fake" / name).write_bytes(data)
+        pinned[name] = hashlib.sha256(data).hexdigest()
+    return pinned
+
+
+def test_the_dataset_parts_fit_the_room_and_rebuild_every_file_once_all_have_arrived(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pinned = _fake_files(tmp_path / "src", {"images": 50_000, "labels": 3_000})
+    monkeypatch.setattr(gpu_data.datasets, "SHA256", {"fake": pinned})
+    monkeypatch.setattr(gpu_data, "PIECE_RAW", 10_000)
+    parts = gpu_data.pack(tmp_path / "src", tmp_path / "parts", room=8_000)
+    assert len(parts) >= 2
+    for n in range(1, len(parts) + 1):
+        assert sum(f.stat().st_size for f in (tmp_path / "parts" / f"part{n}").glob("*.xz")) <= 8_000
+
+    # The device machine: a copy of one part at a time, into a fresh dataset root.
+    there, dest = tmp_path / "there", tmp_path / "data"
+    for n in range(1, len(parts) + 1):
+        (there / f"part{n}").mkdir(parents=True)
+        for f in (tmp_path / "parts" / f"part{n}").iterdir():
+            (there / f"part{n}" / f.name).write_bytes(f.read_bytes())
+        missing = gpu_data.stage(there, dest)
+        if n < len(parts):
+            assert missing == {"fake": ["images"]} or missing == {"fake": ["images", "labels"]}
+            assert gpu_data.complete(dest) == []
+    assert missing == {}
+    assert gpu_data.complete(dest) == ["fake"]
+    for name in pinned:
+        assert (dest / "fake" / name).read_bytes() == (tmp_path / "src" / "fake" / name).read_bytes()
+
+
+def test_eval_approxifer_takes_model_names_and_merges_runs(tmp_path: Path) -> None:
+    cfg = eval_approxifer.parse_args(["--models", "fashion_resnet", "fashion_cnn", "--no-byzantine"])
+    assert cfg.datasets == ("fashion",) and not cfg.byzantine
+    assert eval_approxifer.result_key("fashion_cnn") == "fashion"
+    assert eval_approxifer.result_key("fashion_resnet") == "fashion_resnet"
+    with pytest.raises(SystemExit):
+        eval_approxifer.parse_args(["--models", "cifar_resnet"])
+
+    row = {"k": 8, "s": 1, "n": 9, "centralized": 0.9, "approxifer": 0.7, "published": 0.74}
+    row |= {"systematic_missing": 0.2, "beside_originals_missing": 0.7}
+    for name, key in (("fashion_resnet", "fashion_resnet"), ("fashion_cnn", "fashion")):
+        result = {"model": {"path": f"repo/{name}/1/model.onnx", "sha256": "0"}, "base_accuracy": 0.9}
+        result |= {"straggler": [row], "byzantine": []}
+        doc = {"command": f"eval {name}", "trials": 20, "seed": 0, "sigma": 10.0, "results": {key: result}}
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+    merge = ["--merge", str(tmp_path / "fashion_resnet.json"), str(tmp_path / "fashion_cnn.json")]
+    results, merged, command = eval_approxifer.merged(eval_approxifer.parse_args(merge))
+    assert list(results) == ["fashion", "fashion_resnet"]  # the committed model first, then the variants
+    assert merged.trials == 20 and not merged.byzantine and command == "eval fashion_resnet; eval fashion_cnn"
+    markdown = eval_approxifer.to_markdown(results, merged, command)
+    assert "| fashion_resnet | 0.9000 | 8 | 1 | 9 |" in markdown and "not run" in markdown
+
+
+def test_the_accuracy_table_names_each_rows_models_when_asked() -> None:
+    config = {"arch": "resnet", "hflip": True, "mixup_alpha": 1.0}
+    training = {"config": config, "epochs": 3, "best_epoch": 2, "seconds": 9.5}
+    metrics = {"deployed_accuracy": 0.95, "degraded_accuracy": 0.9, "reconstruction_top1": 0.91}
+    parity = {"dataset": "fashion", "role": "parity", "encoder": "add", "k": 3, "training": training}
+    models = {
+        "fashion_resnet_parm_add_k3": parity
+        | {"name": "fashion_resnet_parm_add_k3", "deployed_model": "fashion_resnet"},
+        "fashion_parm_add_k3": parity | {"name": "fashion_parm_add_k3", "metrics": metrics},
+        "fashion_resnet": {"name": "fashion_resnet", "role": "deployed", "training": training, "device": "cuda"},
+    }
+    models["fashion_resnet_parm_add_k3"]["metrics"] = metrics
+    models["fashion_resnet"]["metrics"] = {"test_accuracy": 0.95}
+    plain = accuracy_table.table({"models": models})
+    assert "fashion_resnet" not in plain and plain.count("| fashion | add | 3 |") == 2
+    named = accuracy_table.table({"models": models}, with_models=True)
+    assert "| fashion | fashion_cnn | fashion_parm_add_k3 (resnet) | add | 3 |" in named
+    assert "| fashion | fashion_resnet | fashion_resnet_parm_add_k3 (resnet) | add | 3 |" in named
+    assert "| fashion_resnet | resnet | 95.00% | hflip=True, mixup_alpha=1.0 | 3 (2) | 9.5 | cuda |" in named
