@@ -108,8 +108,8 @@ def _health_flags(flags: Flags) -> None:
         "--health-interval-s",
         type=float,
         default=0.5,
-        help="how often Triton's ModelReady and the coding services' health are probed; grpc.health.v1 and the "
-        "KServe ServerReady/ModelReady follow the probes (frontend.health)",
+        help="how often Triton's ModelReady (a real inference once a model's calls keep failing) and the coding "
+        "services' health are probed; grpc.health.v1 and the KServe ServerReady/ModelReady follow (frontend.health)",
     )
     add("--health-timeout-s", type=float, default=1.0, help="a probe unanswered this long counts as down")
     add(
