@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from coding.errors import CodingError
 from coding.scheme import Scheme, Uncoded, group_size
@@ -60,9 +61,9 @@ class Route:
         """Role -> model name on Triton, for every model the route's slots run on."""
         return self.code.models(self.model)
 
-    @property
-    def data_models(self) -> set[str]:
-        return {self.models[s.role] for s in self.code.data_slots}
+    @cached_property
+    def data_models(self) -> frozenset[str]:  # once: admission asks it for every query
+        return frozenset(self.models[s.role] for s in self.code.data_slots)
 
     @property
     def parity_model(self) -> str:

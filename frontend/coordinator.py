@@ -132,18 +132,17 @@ class ModelServer:
             resend_s = self.deadlines.resend_s()
             if resend_s is not None:
                 loop.call_later(resend_s, self._on_resend_deadline, group, query)
+        # A timer on the waiter, not asyncio.timeout (which costs a context manager and a task
+        # cancellation per query): the deadline fails the waiter itself, and the group then
+        # answers nothing more to it (its Answer and Fail actions skip a waiter that is done).
+        timer = loop.call_at(query.deadline, _expire, waiter, self.route.model, timeout_s)
         try:
-            async with asyncio.timeout(timeout_s):
-                answer = await waiter
-        except TimeoutError:
-            self._failures["DEADLINE_EXCEEDED"].inc()
-            raise DeadlineExceeded(
-                f"no answer for {self.route.model} within the deadline of {timeout_s * 1e3:.0f} ms"
-            ) from None
+            answer = await waiter
         except Exception as exc:
             self._failures[code_name(exc)].inc()
             raise
         finally:
+            timer.cancel()
             group.close(query)  # a deadline or a cancelled client also ends the query: never answer twice
         return self._reply(answer, group, time.perf_counter() - start)
 
@@ -203,10 +202,10 @@ class ModelServer:
             elif isinstance(action, Decode):
                 self._spawn(self._decode(group, action))
             elif isinstance(action, Answer):
-                if not action.ticket.cancelled():  # cancelled: its client left; the group answers once
+                if not action.ticket.done():  # cancelled (its client left) or past its deadline: answered once
                     action.ticket.set_result(action)
             elif isinstance(action, Fail):
-                if not action.ticket.cancelled():
+                if not action.ticket.done():
                     action.ticket.set_exception(Unavailable(f"{self.route.model}: {action.reason}"))
             elif isinstance(action, Discarded):
                 metrics.LATE_DISCARDED.labels(self.route.model).inc()
@@ -273,3 +272,8 @@ class ModelServer:
         """Let in-flight Triton calls finish (never cancel them: see module doc)."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout_s)
+
+
+def _expire(waiter: asyncio.Future[Answer], model: str, timeout_s: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(DeadlineExceeded(f"no answer for {model} within the deadline of {timeout_s * 1e3:.0f} ms"))

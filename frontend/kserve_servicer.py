@@ -26,6 +26,7 @@ import logging
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import cached_property
 
 import grpc
 import numpy as np
@@ -73,9 +74,22 @@ class ModelInfo:
     metadata: kpb.ModelMetadataResponse
     config: kpb.ModelConfigResponse
 
-    @property
+    # Read once each (the responses do not change): every query's checks and answer use them.
+    @cached_property
     def version(self) -> str:
         return max(self.metadata.versions, key=lambda v: int(v) if v.isdigit() else -1, default="")
+
+    @cached_property
+    def input_dims(self) -> list[int]:
+        return [int(d) for d in self.input.shape]
+
+    @cached_property
+    def input_dtype(self) -> np.dtype:
+        return np.dtype(triton_to_np_dtype(self.input.datatype)).newbyteorder("<")
+
+    @cached_property
+    def output_dtypes(self) -> list[np.dtype]:
+        return [np.dtype(triton_to_np_dtype(o.datatype)).newbyteorder("<") for o in self.metadata.outputs]
 
     @property
     def input(self) -> kpb.ModelMetadataResponse.TensorMetadata:
@@ -85,7 +99,7 @@ class ModelInfo:
     def output(self) -> kpb.ModelMetadataResponse.TensorMetadata:
         return self.metadata.outputs[0]
 
-    @property
+    @cached_property
     def output_names(self) -> list[str]:
         return [o.name for o in self.metadata.outputs]
 
@@ -316,8 +330,8 @@ def _read_input(request: kpb.ModelInferRequest, info: ModelInfo) -> np.ndarray:
             f"'{model}' expects '{expected.datatype}'"
         )
     _check_params(tensor.parameters, f"input '{tensor.name}'")
-    shape = [int(d) for d in tensor.shape]
-    dims = list(expected.shape)
+    shape = list(tensor.shape)
+    dims = info.input_dims
     if len(shape) != len(dims) or shape[1:] != dims[1:] or shape[0] < 1:
         raise InvalidArgument(
             f"unexpected shape for input '{tensor.name}' for model '{model}'. "
@@ -326,7 +340,7 @@ def _read_input(request: kpb.ModelInferRequest, info: ModelInfo) -> np.ndarray:
     max_batch = info.config.config.max_batch_size
     if max_batch and shape[0] > max_batch:
         raise InvalidArgument(f"inference request batch-size must be <= {max_batch} for '{model}'")
-    dtype = np.dtype(triton_to_np_dtype(expected.datatype)).newbyteorder("<")
+    dtype = info.input_dtype
     data = _input_bytes(request, tensor, dtype)
     needed = math.prod(shape) * dtype.itemsize
     if len(data) != needed:
@@ -400,12 +414,14 @@ def _infer_response(
     for i, meta in enumerate(info.metadata.outputs):
         if wanted and meta.name not in wanted:
             continue
-        dtype = np.dtype(triton_to_np_dtype(meta.datatype)).newbyteorder("<")
-        logits = np.stack([a.outputs[i].logits for a in answers]).astype(dtype)
+        per_row = [a.outputs[i].logits for a in answers]
+        logits = (per_row[0][None] if len(per_row) == 1 else np.stack(per_row)).astype(
+            info.output_dtypes[i], copy=False
+        )
         tensor = response.outputs.add(name=meta.name, datatype=meta.datatype, shape=list(logits.shape))
         if len(info.metadata.outputs) > 1:
-            rows = ",".join("1" if a.outputs[i].reconstructed else "0" for a in answers)
-            tensor.parameters[RECONSTRUCTED_ROWS_PARAM].string_param = rows
+            member_flags = ",".join("1" if a.outputs[i].reconstructed else "0" for a in answers)
+            tensor.parameters[RECONSTRUCTED_ROWS_PARAM].string_param = member_flags
         response.raw_output_contents.append(logits.tobytes())
     flags = [a.reconstructed for a in answers]
     response.parameters[RECONSTRUCTED_PARAM].bool_param = any(flags)

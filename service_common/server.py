@@ -1,4 +1,4 @@
-"""Assemble a grpc.aio server: our interceptor, health, reflection, message limits, graceful stop.
+"""Assemble a grpc.aio server: error mapping, health, reflection, message limits, graceful stop.
 
 Every server refuses to share its port: grpcio turns SO_REUSEPORT on by default, and a second server
 started on a port in use would bind it silently and take part of its traffic. With it off, the
@@ -20,12 +20,12 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from service_common.channels import message_limits
 from service_common.gc_tuning import freeze_startup_heap
 from service_common.health import Health
-from service_common.interceptor import ErrorMappingInterceptor
+from service_common.interceptor import ErrorMappingServer
 from service_common.tls import ServerTLS
 
 log = logging.getLogger(__name__)
@@ -84,12 +84,16 @@ async def start_server(
     message alone and goes on) reads up to ``read_slack`` times that limit; past it, gRPC still ends the
     call, since reading further would hold memory no limit bounds."""
     options = [*message_limits(max_message_bytes, read_slack), NO_PORT_SHARING]
-    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()], options=options)
+    server = grpc.aio.server(options=options)
+    mapped = ErrorMappingServer(server)  # every status and count comes from service_common.interceptor
     for add in register:
-        add(server)
+        add(mapped)  # type: ignore[arg-type]  # it has the two methods registration calls
     health_servicer = Health()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, mapped)  # type: ignore[arg-type]
+    reflection_names = (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(reflection_names), mapped
+    )  # type: ignore[arg-type]
     port = _bind(server, address, tls)
     await server.start()
     running = Running(server, port, health_servicer, tuple(service_names))

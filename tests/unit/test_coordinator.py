@@ -8,6 +8,8 @@ import asyncio
 
 import numpy as np
 
+from frontend import coordinator
+from frontend.actions import Answer, Fail
 from frontend.app import FrontendApp
 from frontend.config import Dispatch, FaultPlan, FrontendConfig, parse_route
 from frontend.coordinator import ModelServer
@@ -16,6 +18,7 @@ from frontend.dispatch import Dispatcher
 from frontend.injection import Fault, InjectingPool
 from frontend.placement import Placer
 from frontend.workers import CallInfo, ModelSignature, TritonPool
+from service_common.errors import DeadlineExceeded
 from tests import toy_schemes  # registers the toy schemes
 
 SIG = ModelSignature("input", "logits", (1, 4, 4), np.dtype("float32"), (3,))
@@ -106,3 +109,24 @@ def test_injected_faults_hit_only_the_calls_they_name():
     assert pool.fault_for(CallInfo("p", 0, "coded", 2)) == Fault(corrupt=True)  # pinned to worker 2
     assert pool.fault_for(CallInfo("p", 0, "coded", 3)) is None  # the parity model is not a deployed one
     assert pool.fault_for(CallInfo("m", 0, "coded", 3)) == Fault(fail=True)  # a coded call on the deployed model
+
+
+async def test_an_answer_after_the_deadline_failed_the_query_is_not_given_twice():
+    """The deadline fails the query's waiter itself (a timer, not asyncio.timeout); an answer that lands
+    in the same turn of the loop, before the query is closed, must leave it as it is (failed once)."""
+    server = await _server("m=none", FakePool(), FakeCoders())
+    waiter = asyncio.get_running_loop().create_future()
+    coordinator._expire(waiter, "m", 0.01)
+    server._execute(None, [Answer(waiter, ()), Fail(waiter, "late")])  # type: ignore[arg-type]
+    assert isinstance(waiter.exception(), DeadlineExceeded)
+    assert "within the deadline of 10 ms" in str(waiter.exception())
+
+
+async def test_a_query_past_its_deadline_is_deadline_exceeded():
+    server = await _server("m=none", FakePool(hang={5.0}), FakeCoders())
+    try:
+        await server.classify(np.full((1, 4, 4), 5.0, np.float32), 0.05)
+    except DeadlineExceeded as exc:
+        assert "no answer for m within the deadline of 50 ms" in str(exc)
+    else:
+        raise AssertionError("a query that never gets an answer was answered")
