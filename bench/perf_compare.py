@@ -287,15 +287,18 @@ def _measure(args: argparse.Namespace, model: str, urls: dict[str, str], data: P
 
 
 @contextlib.contextmanager
-def _floor_proxy(triton_url: str, log_path: Path) -> Iterator[str]:
-    """Run bench.floor_proxy in front of ``triton_url``; yields its address once it forwards."""
+def floor_proxy(triton_url: str, log_path: Path, canned: bool = False) -> Iterator[tuple[str, int]]:
+    """Run bench.floor_proxy in front of ``triton_url`` (``canned``: its --canned mode); yields its
+    address and pid once it forwards."""
     address = f"127.0.0.1:{free_ports(1)[0]}"
     argv = [sys.executable, "-m", "bench.floor_proxy", "--address", address, "--triton-url", triton_url]
     with open(log_path, "ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        proc = subprocess.Popen(
+            [*argv, *(["--canned"] if canned else [])], stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+        )
     try:
         _wait_live(address, proc)
-        yield address
+        yield address, proc.pid
     finally:
         proc.terminate()
         proc.wait(10)
@@ -342,7 +345,7 @@ def main() -> None:
         }
         with Stack(models, frontends, model_repository=repository, log_dir=scratch / "logs") as stack:
             assert stack.triton is not None
-            with _floor_proxy(stack.triton.grpc_url, scratch / "logs" / "floor.log") as floor:
+            with floor_proxy(stack.triton.grpc_url, scratch / "logs" / "floor.log") as (floor, _):
                 urls = {
                     "triton": stack.triton.grpc_url,
                     "floor": floor,

@@ -1,0 +1,143 @@
+"""python -m bench.call_cost: the CPU each KServe call costs the process that serves it, hop by hop.
+
+Starts one Triton (mnist_cnn), the uncoded frontend's KServe port, ``bench.floor_proxy`` (one server
+call and one Triton call per call, raw bytes) and ``bench.floor_proxy --canned`` (the server half alone:
+every ModelInfer answered with Triton's first answer, no Triton call). A grpc.aio client sends the same
+MNIST-shaped ModelInfer to each in turn, ``--concurrency`` at a time, ``--rounds`` times interleaved.
+Prints, per target and round: the serving process's CPU per call (all threads, and its main thread,
+where the event loop and every Python handler run), Triton's CPU per call, and the rows per Triton
+request (the frontend's batching). Read with /proc, so the figures hold on a shared machine better
+than throughput does; the load generator's own CPU is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2 as kpb
+from tritonclient.grpc import service_pb2_grpc as kpb_grpc
+
+from bench.perf_compare import floor_proxy
+from bench.stack import FrontendSpec, Stack
+from coding import spec
+
+log = logging.getLogger("bench.call_cost")
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def thread_cpu_s(pid: int) -> tuple[float, float]:
+    """(all threads, main thread) user + system CPU seconds of ``pid``."""
+    total = main = 0.0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            seconds = (int(fields[11]) + int(fields[12])) * _TICK_S
+            total += seconds
+            main += seconds if int(tid) == pid else 0.0
+    return total, main
+
+
+def _tree(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *(p for c in children for p in _tree(int(c)))]
+
+
+def _request(model: str) -> bytes:
+    x = np.random.default_rng(0).random((1, *spec.IMAGE_SHAPE), dtype=np.float32)
+    return kpb.ModelInferRequest(
+        model_name=model,
+        inputs=[kpb.ModelInferRequest.InferInputTensor(name=spec.INPUT_NAME, datatype="FP32", shape=x.shape)],
+        raw_input_contents=[x.tobytes()],
+    ).SerializeToString()
+
+
+async def _drive(address: str, request: bytes, calls: int, concurrency: int) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        infer = channel.unary_unary(INFER)
+
+        async def client(n: int) -> None:
+            for _ in range(n):
+                await infer(request, timeout=10.0)
+
+        await asyncio.gather(*(client(20) for _ in range(concurrency)))  # warm: connections, first batches
+        await asyncio.gather(*(client(calls // concurrency) for _ in range(concurrency)))
+
+
+def _triton_counts(url: str, model: str) -> tuple[int, int]:
+    """(rows, requests) Triton has run of ``model``."""
+    with grpc.insecure_channel(url) as channel:
+        stats = kpb_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(kpb.ModelStatisticsRequest(name=model))
+    model_stats = stats.model_stats[0]
+    return model_stats.inference_count, model_stats.inference_stats.success.count
+
+
+@contextlib.contextmanager
+def _targets(stack: Stack, scratch: Path) -> Iterator[dict[str, tuple[str, int]]]:
+    assert stack.triton is not None
+    url = stack.triton.grpc_url
+    with (
+        floor_proxy(url, scratch / "floor.log") as (floor, floor_pid),
+        floor_proxy(url, scratch / "canned.log", canned=True) as (canned, canned_pid),
+    ):
+        uncoded = stack.services["uncoded"]
+        assert uncoded.proc is not None
+        yield {
+            "canned": (canned, canned_pid),
+            "floor": (floor, floor_pid),
+            "uncoded": (stack.kserve_address("uncoded"), uncoded.proc.pid),
+        }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.call_cost", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--concurrency", type=int, default=4, help="calls in flight from the load generator")
+    p.add_argument("--calls", type=int, default=6000, help="calls per target and round")
+    p.add_argument("--rounds", type=int, default=2, help="rounds, the targets interleaved within each")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model = spec.deployed_model_name("mnist")
+    request = _request(model)
+    print(f"{time.strftime('%Y-%m-%d %H:%M %Z')}, load average {os.getloadavg()[0]:.2f}")
+    print(
+        "| round | target | process CPU / call (us) | main thread (us) | Triton CPU / call (us) | rows / Triton call |"
+    )
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory(prefix="call_cost.") as tmp:
+        scratch = Path(tmp)
+        frontends = {"uncoded": FrontendSpec(flags=["--route", f"{model}=none"], kserve=True)}
+        with Stack([model], frontends, log_dir=scratch / "logs") as stack, _targets(stack, scratch) as targets:
+            assert stack.triton is not None and stack.triton.pid is not None
+            triton_pids = _tree(stack.triton.pid)
+            for round_ in range(1, args.rounds + 1):
+                for name, (address, pid) in targets.items():
+                    before, triton_before = thread_cpu_s(pid), sum(thread_cpu_s(t)[0] for t in triton_pids)
+                    rows_before, requests_before = _triton_counts(stack.triton.grpc_url, model)
+                    asyncio.run(_drive(address, request, args.calls, args.concurrency))
+                    after, triton_after = thread_cpu_s(pid), sum(thread_cpu_s(t)[0] for t in triton_pids)
+                    rows, requests = _triton_counts(stack.triton.grpc_url, model)
+                    calls = args.calls // args.concurrency * args.concurrency + 20 * args.concurrency
+                    per_call = [1e6 * (a - b) / calls for a, b in zip(after, before, strict=True)]
+                    triton_us = 1e6 * (triton_after - triton_before) / calls
+                    batch = (rows - rows_before) / (requests - requests_before) if requests > requests_before else 0
+                    print(
+                        f"| {round_} | {name} | {per_call[0]:.0f} | {per_call[1]:.0f} | {triton_us:.0f} | "
+                        f"{batch:.2f} |",
+                        flush=True,
+                    )
+
+
+if __name__ == "__main__":
+    main()
