@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Iterator
 
 import numpy as np
 
 from coding.scheme import group_size
-from frontend.admission import Admission
+from frontend.admission import Admission, Admitted
 from frontend.coding_clients import Coder, CodingClients, LocalCoding
 from frontend.config import FrontendConfig, Route
 from frontend.coordinator import ModelServer
@@ -155,15 +153,13 @@ class FrontendApp:
             )
         return server
 
-    @contextlib.contextmanager
-    def admit(self, server: ModelServer, client: str, time_left_s: float, queries: int = 1) -> Iterator[None]:
-        """Count ``queries`` of ``client`` for ``server``'s route in flight while the block runs, or refuse
-        them at once with RESOURCE_EXHAUSTED (:mod:`frontend.admission`): over a bound, or when the Triton
-        queue of the route's deployed model is longer than their deadline."""
+    def admit(self, server: ModelServer, client: str, time_left_s: float, queries: int = 1) -> Admitted:
+        """Count ``queries`` of ``client`` for ``server``'s route in flight while the ``with`` block runs, or
+        refuse them at once with RESOURCE_EXHAUSTED (:mod:`frontend.admission`): over a bound, or when the
+        Triton queue of the route's deployed model is longer than their deadline."""
         model = min(server.route.data_models)
         wait_s = self.pool.wait_s(model, self.placer.ready(model), queries) if self.config.refuse_by_wait else 0.0
-        with self.admission.admit(client, queries, time_left_s, wait_s):
-            yield
+        return self.admission.admit(client, queries, time_left_s, wait_s)
 
 
 def _fixed_urls(config: FrontendConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
