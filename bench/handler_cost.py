@@ -1,0 +1,130 @@
+"""python -m bench.handler_cost: the frontend's own CPU per KServe query, in-process, without gRPC.
+
+Builds the real frontend (app, coordinator, groups, placement, dispatcher, Triton pool batchers, KServe
+servicer) for one route and calls its ModelInfer handler directly, ``--concurrency`` queries at a time,
+with every Triton ModelInfer answered at once by a canned answer of the right shape (zeros). What it
+measures is the Python a query costs between the two gRPC hops: parsing and checks, admission, the
+coding group, the batcher, building the Triton request, reading its answer, the KServe answer — and
+the encoding and decoding for a coded route with ``--coding local``. The hops themselves are
+``bench.call_cost``'s. Prints microseconds of process CPU per query.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import numpy as np
+from tritonclient.grpc import service_pb2 as kpb
+
+from coding import spec
+from frontend.app import FrontendApp
+from frontend.config import FrontendConfig, parse_route
+from frontend.kserve_servicer import KServeServicer, ModelInfo
+from frontend.workers import ModelSignature
+
+MODEL = "m"
+CLASSES = 10
+
+
+class _Context:
+    """What the handler asks of a grpc.aio context."""
+
+    def time_remaining(self) -> float:
+        return 10.0
+
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
+
+
+async def _canned(request: kpb.ModelInferRequest, timeout: float | None = None) -> kpb.ModelInferResponse:
+    await asyncio.sleep(0)  # one turn of the loop, as a real answer arrives
+    rows = int(request.inputs[0].shape[0])
+    response = kpb.ModelInferResponse(model_name=request.model_name, model_version="1")
+    response.outputs.add(name=spec.OUTPUT_NAME, datatype="FP32", shape=[rows, CLASSES])
+    response.raw_output_contents.append(np.zeros((rows, CLASSES), "<f4").tobytes())
+    return response
+
+
+async def _servicer(route: str, coding: str) -> KServeServicer:
+    config = FrontendConfig(
+        "127.0.0.1:0", ("127.0.0.1:1",), "127.0.0.1:2", "127.0.0.1:3", (parse_route(route),), coding=coding
+    )
+    app = FrontendApp(config)
+    await app.triton.start()
+    for stub in app.triton._stubs:  # the wire to Triton, and only it, replaced
+        stub.ModelInfer = _canned  # type: ignore[method-assign]
+    shape = spec.IMAGE_SHAPE
+    for server in app.servers.values():  # what load() would read from Triton
+        server.signatures = {
+            m: ModelSignature(spec.INPUT_NAME, spec.OUTPUT_NAME, shape, np.dtype("float32"), (CLASSES,), 64)
+            for m in server.models.values()
+        }
+        server.signature = server.signatures[server.models[server.scheme.data_slots[0].role]]
+    servicer = KServeServicer(app)
+    tensor = kpb.ModelMetadataResponse.TensorMetadata
+    metadata = kpb.ModelMetadataResponse(
+        name=MODEL,
+        versions=["1"],
+        inputs=[tensor(name=spec.INPUT_NAME, datatype="FP32", shape=[-1, *shape])],
+        outputs=[tensor(name=spec.OUTPUT_NAME, datatype="FP32", shape=[-1, CLASSES])],
+    )
+    config_response = kpb.ModelConfigResponse()
+    config_response.config.max_batch_size = 64
+    servicer._infos[MODEL] = ModelInfo(metadata, config_response)
+    return servicer
+
+
+async def measure(route: str, concurrency: int, queries: int, coding: str) -> float:
+    """Process CPU microseconds per query."""
+    servicer = await _servicer(route, coding)
+    x = np.random.default_rng(0).random((1, *spec.IMAGE_SHAPE), dtype=np.float32)
+    request = kpb.ModelInferRequest(
+        model_name=MODEL,
+        inputs=[kpb.ModelInferRequest.InferInputTensor(name=spec.INPUT_NAME, datatype="FP32", shape=x.shape)],
+        raw_input_contents=[x.tobytes()],
+    ).SerializeToString()
+    context = _Context()
+
+    async def one() -> bytes:  # parsing and serializing as gRPC would, around the handler
+        reply = await servicer.ModelInfer(kpb.ModelInferRequest.FromString(request), context)  # type: ignore[arg-type]
+        return reply.SerializeToString()
+
+    for _ in range(200 // concurrency + 1):  # warm: batchers, caches
+        await asyncio.gather(*(one() for _ in range(concurrency)))
+    rounds = max(1, queries // concurrency)
+    start = time.process_time()
+    for _ in range(rounds):
+        await asyncio.gather(*(one() for _ in range(concurrency)))
+    return (time.process_time() - start) / (rounds * concurrency) * 1e6
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.handler_cost", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--routes",
+        default=f"{MODEL}=none;{MODEL}=parm:k=2,encoder=concat",
+        help="semicolon-separated routes of the model 'm' (the frontend's --route syntax)",
+    )
+    p.add_argument("--concurrency", default="1,4", help="comma-separated queries in flight")
+    p.add_argument("--queries", type=int, default=20000, help="queries measured per route and concurrency")
+    p.add_argument("--coding", choices=("local", "services"), default="local", help="the frontend's --coding")
+    p.add_argument("--repeat", type=int, default=2, help="measurements of each, interleaved")
+    args = p.parse_args()
+    print("| route | concurrency | CPU per query (us) |")
+    print("|---|---|---|")
+    for _ in range(args.repeat):
+        for route in (r for r in args.routes.split(";") if r):
+            for concurrency in (int(c) for c in args.concurrency.split(",") if c):
+                us = asyncio.run(measure(route, concurrency, args.queries, args.coding))
+                print(f"| `{route}` | {concurrency} | {us:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
