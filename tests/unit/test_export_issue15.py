@@ -1,4 +1,5 @@
-"""Issue 15's training options, the gpu15 profile's names, the dataset parts for the GPU machine, and the tables.
+"""Issue 15's training options, the gpu15 and cpu15 profiles' names, the dataset parts for the GPU machine, and
+the tables.
 
 Synthetic data (seconds, no dataset); the whole recipe end to end is ``export/gpu_issue15.sh`` with the tiny15
 profile (its header says how).
@@ -6,6 +7,7 @@ profile (its header says how).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -115,6 +117,31 @@ def test_the_budget_is_shared_over_the_models_the_run_makes() -> None:
     assert run.models_left == 1 + 6 + 3  # the ResNet and its 6 parity models; 3 for the committed CNN
     with pytest.raises(SystemExit):
         train_all.parse_args(["--profile", "full", "--variants", "resnet"])
+
+
+def test_cpu15_trains_the_mixup_cnn_beside_its_twin_and_parity_models_for_the_committed_cnn() -> None:
+    profile = train_all.PROFILES["cpu15"]
+    names = _names(profile)
+    assert {n for role, n in names if role == "deployed"} == {"fashion_cnn_mixup", "fashion_cnn_std"}
+    assert {n for role, n in names if role == "parity"} == {
+        "fashion_parm_add_k3",
+        "fashion_parm_add_k4",
+        "fashion_parm_concat_k4",
+    }
+    mixup, twin, committed = profile.variants
+    assert mixup.deployed == dataclasses.replace(profile.deployed, mixup_alpha=1.0)  # the only difference
+    assert twin.deployed is None and committed.committed
+    assert committed.parity is None and profile.parity.warm_start and profile.parity.decode_ce_weight == 2.0
+
+
+@pytest.mark.parametrize(("variants", "models", "share"), [("cnn_mixup,cnn_std", 2, 1650.0), ("cnn", 3, 1100.0)])
+def test_cpu15_side_by_side_runs_share_the_budget_over_their_own_models(
+    variants: str, models: int, share: float
+) -> None:
+    args = train_all.parse_args(["--profile", "cpu15", "--datasets", "fashion", "--variants", variants])
+    run = train_all._Run(args, train_all.PROFILES["cpu15"], torch.device("cpu"), None)  # type: ignore[arg-type]
+    assert run.models_left == models
+    assert run._cfg(train_all.PROFILES["cpu15"].parity, parity=True).time_budget_s == share
 
 
 def _fake_files(root: Path, sizes: dict[str, int]) -> dict[str, str]:
