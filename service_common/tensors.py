@@ -72,7 +72,7 @@ def check_input_values(x: np.ndarray, what: str) -> None:
     """A float query must be finite and within ``|x| <= MAX_ABS_INPUT``; integer queries pass."""
     if x.size == 0 or x.dtype.kind != "f":
         return
-    peak = float(np.abs(x).max())  # NaN if any value is NaN
+    peak = float(np.maximum.reduce(np.abs(x), axis=None))  # NaN if any value is NaN (the ufunc: no Python wrapper)
     if not math.isfinite(peak):
         raise InvalidArgument(f"{what}: contains NaN or infinity")
     if peak > MAX_ABS_INPUT:
