@@ -119,14 +119,17 @@ class _WrappedGeneric(grpc.GenericRpcHandler):
 
     def __init__(self, inner: grpc.GenericRpcHandler) -> None:
         self._inner = inner
-        self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         full = handler_call_details.method
-        if full not in self._wrapped:
+        wrapped = self._wrapped.get(full)
+        if wrapped is None:
             handler = self._inner.service(handler_call_details)
-            self._wrapped[full] = None if handler is None else wrap_handler(handler, full.rsplit("/", 1)[-1])
-        return self._wrapped[full]
+            if handler is None:  # not this handler's method; not remembered (any name can be asked for)
+                return None
+            wrapped = self._wrapped[full] = wrap_handler(handler, full.rsplit("/", 1)[-1])
+        return wrapped
 
 
 def wrap_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
