@@ -1,5 +1,5 @@
-"""Issue 15's training options, the gpu15 and cpu15 profiles' names, the dataset parts for the GPU machine, and
-the tables.
+"""Issue 15's training options, the gpu15, cpu15 and cpu15b profiles' names, the dataset parts for the GPU
+machine, and the tables.
 
 Synthetic data (seconds, no dataset); the whole recipe end to end is ``export/gpu_issue15.sh`` with the tiny15
 profile (its header says how).
@@ -142,6 +142,26 @@ def test_cpu15_side_by_side_runs_share_the_budget_over_their_own_models(
     run = train_all._Run(args, train_all.PROFILES["cpu15"], torch.device("cpu"), None)  # type: ignore[arg-type]
     assert run.models_left == models
     assert run._cfg(train_all.PROFILES["cpu15"].parity, parity=True).time_budget_s == share
+
+
+def test_cpu15b_trains_a_label_smoothed_and_a_short_cnn_and_no_parity_models() -> None:
+    profile = train_all.PROFILES["cpu15b"]
+    names = _names(profile)
+    assert names == [("deployed", "fashion_cnn_ls"), ("deployed", "fashion_cnn_short")]
+    smoothed, short = profile.variants
+    assert smoothed.deployed == dataclasses.replace(profile.deployed, label_smoothing=0.1)  # the only difference
+    assert short.deployed == dataclasses.replace(profile.deployed, epochs=10)
+    assert profile.deployed == train_all.PROFILES["cpu15"].deployed  # cpu15's recipe, as fashion_cnn_std's
+
+
+@pytest.mark.parametrize(
+    ("variants", "share"), [("cnn_ls", 1300.0), ("cnn_short", 1300.0), ("cnn_ls,cnn_short", 650.0)]
+)
+def test_cpu15b_side_by_side_runs_give_each_model_the_whole_budget(variants: str, share: float) -> None:
+    args = train_all.parse_args(["--profile", "cpu15b", "--datasets", "fashion", "--variants", variants])
+    run = train_all._Run(args, train_all.PROFILES["cpu15b"], torch.device("cpu"), None)  # type: ignore[arg-type]
+    assert run.models_left == len(variants.split(","))
+    assert run._cfg(train_all.PROFILES["cpu15b"].deployed, parity=False).time_budget_s == share
 
 
 def _fake_files(root: Path, sizes: dict[str, int]) -> dict[str, str]:
