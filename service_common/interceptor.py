@@ -97,9 +97,10 @@ def _wrap_stream(method: str, behavior: Callable[..., AsyncIterator[Any]]) -> Ca
 class ErrorMappingServer:
     """The server as the generated ``add_*Servicer_to_server`` functions see it: every handler registered
     through it is wrapped once, at registration. Not a grpc.aio ``ServerInterceptor``: a server with one
-    runs the interceptor chain in Python for every call (measured: about 70 us of CPU a call), while a
-    registered method is found by gRPC itself. A unary request that does not parse is INVALID_ARGUMENT; a
-    stream's is the servicer's to answer (it arrives as a DecodeError from the request iterator)."""
+    runs the interceptor chain in Python for every call (about 70 us of CPU a call in an ad-hoc null-server
+    comparison, 2026-12-02), while a registered method is found by gRPC itself. A unary request that does
+    not parse is INVALID_ARGUMENT; a stream's is the servicer's to answer (it arrives as a DecodeError from
+    the request iterator)."""
 
     def __init__(self, server: grpc.aio.Server) -> None:
         self._server = server
