@@ -27,6 +27,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
+from bench.cpu_breakdown import cpu_s
 from bench.perf_compare import floor_proxy
 from bench.stack import FrontendSpec, Stack
 from coding import spec
@@ -53,7 +54,8 @@ def _tree(pid: int) -> list[int]:
     return [pid, *(p for c in children for p in _tree(int(c)))]
 
 
-def _request(model: str) -> bytes:
+def infer_request(model: str) -> bytes:
+    """One serialized MNIST-shaped ModelInfer of ``model`` (random pixels, raw contents)."""
     x = np.random.default_rng(0).random((1, *spec.IMAGE_SHAPE), dtype=np.float32)
     return kpb.ModelInferRequest(
         model_name=model,
@@ -109,7 +111,7 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model = spec.deployed_model_name("mnist")
-    request = _request(model)
+    request = infer_request(model)
     print(f"{time.strftime('%Y-%m-%d %H:%M %Z')}, load average {os.getloadavg()[0]:.2f}")
     print(
         "| round | target | process CPU / call (us) | main thread (us) | Triton CPU / call (us) | rows / Triton call |"
@@ -123,10 +125,10 @@ def main() -> None:
             triton_pids = _tree(stack.triton.pid)
             for round_ in range(1, args.rounds + 1):
                 for name, (address, pid) in targets.items():
-                    before, triton_before = thread_cpu_s(pid), sum(thread_cpu_s(t)[0] for t in triton_pids)
+                    before, triton_before = thread_cpu_s(pid), sum(cpu_s(t) for t in triton_pids)
                     rows_before, requests_before = _triton_counts(stack.triton.grpc_url, model)
                     asyncio.run(_drive(address, request, args.calls, args.concurrency))
-                    after, triton_after = thread_cpu_s(pid), sum(thread_cpu_s(t)[0] for t in triton_pids)
+                    after, triton_after = thread_cpu_s(pid), sum(cpu_s(t) for t in triton_pids)
                     rows, requests = _triton_counts(stack.triton.grpc_url, model)
                     calls = args.calls // args.concurrency * args.concurrency + 20 * args.concurrency
                     per_call = [1e6 * (a - b) / calls for a, b in zip(after, before, strict=True)]

@@ -18,6 +18,7 @@ import time
 import numpy as np
 from tritonclient.grpc import service_pb2 as kpb
 
+from bench.call_cost import infer_request
 from coding import spec
 from frontend.app import FrontendApp
 from frontend.config import FrontendConfig, parse_route
@@ -82,12 +83,7 @@ async def _servicer(route: str, coding: str) -> KServeServicer:
 async def measure(route: str, concurrency: int, queries: int, coding: str) -> float:
     """Process CPU microseconds per query."""
     servicer = await _servicer(route, coding)
-    x = np.random.default_rng(0).random((1, *spec.IMAGE_SHAPE), dtype=np.float32)
-    request = kpb.ModelInferRequest(
-        model_name=MODEL,
-        inputs=[kpb.ModelInferRequest.InferInputTensor(name=spec.INPUT_NAME, datatype="FP32", shape=x.shape)],
-        raw_input_contents=[x.tobytes()],
-    ).SerializeToString()
+    request = infer_request(MODEL)
     context = _Context()
 
     async def one() -> bytes:  # parsing and serializing as gRPC would, around the handler
