@@ -8,6 +8,12 @@ Prints, per target and round: the serving process's CPU per call (all threads, a
 where the event loop and every Python handler run), Triton's CPU per call, and the rows per Triton
 request (the frontend's batching). Read with /proc, so the figures hold on a shared machine better
 than throughput does; the load generator's own CPU is not counted.
+
+``--coded`` adds three ParM k = 2 frontends (concat encoder, the parity model on the same Triton):
+``coded`` (the encoder and decoder services, batches as messages on one stream per service),
+``coded_unary`` (the same services, one unary call per batch: ``--coding-transport unary``) and
+``coded_local`` (``--coding local``), with the coding services' CPU per call in a column of its own.
+Its calls per second come from one run on a shared machine: compare them within a round only.
 """
 
 from __future__ import annotations
@@ -84,6 +90,16 @@ def _triton_counts(url: str, model: str) -> tuple[int, int]:
     return model_stats.inference_count, model_stats.inference_stats.success.count
 
 
+def _frontends(model: str, coded: bool) -> dict[str, FrontendSpec]:
+    frontends = {"uncoded": FrontendSpec(flags=["--route", f"{model}=none"], kserve=True)}
+    if coded:
+        route = ["--route", f"{model}=parm:k=2,encoder=concat"]
+        frontends["coded"] = FrontendSpec(flags=route, kserve=True)
+        frontends["coded_unary"] = FrontendSpec(flags=[*route, "--coding-transport", "unary"], kserve=True)
+        frontends["coded_local"] = FrontendSpec(flags=[*route, "--coding", "local"], kserve=True)
+    return frontends
+
+
 @contextlib.contextmanager
 def _targets(stack: Stack, scratch: Path) -> Iterator[dict[str, tuple[str, int]]]:
     assert stack.triton is not None
@@ -92,13 +108,13 @@ def _targets(stack: Stack, scratch: Path) -> Iterator[dict[str, tuple[str, int]]
         floor_proxy(url, scratch / "floor.log") as (floor, floor_pid),
         floor_proxy(url, scratch / "canned.log", canned=True) as (canned, canned_pid),
     ):
-        uncoded = stack.services["uncoded"]
-        assert uncoded.proc is not None
-        yield {
-            "canned": (canned, canned_pid),
-            "floor": (floor, floor_pid),
-            "uncoded": (stack.kserve_address("uncoded"), uncoded.proc.pid),
-        }
+        targets = {"canned": (canned, canned_pid), "floor": (floor, floor_pid)}
+        for name in ("uncoded", "coded", "coded_unary", "coded_local"):
+            if name in stack.frontends:
+                process = stack.services[name].proc
+                assert process is not None
+                targets[name] = (stack.kserve_address(name), process.pid)
+        yield targets
 
 
 def main() -> None:
@@ -107,38 +123,56 @@ def main() -> None:
     )
     p.add_argument("--concurrency", type=int, default=4, help="calls in flight from the load generator")
     p.add_argument("--calls", type=int, default=6000, help="calls per target and round")
-    p.add_argument("--rounds", type=int, default=2, help="rounds, the targets interleaved within each")
+    p.add_argument(
+        "--rounds", type=int, default=2, help="rounds, the targets interleaved within each (odd rounds in reverse)"
+    )
+    p.add_argument("--targets", default="", help="comma-separated subset of the targets to run (default: all)")
+    p.add_argument(
+        "--coded", action="store_true", help="also the coded frontends (services by stream, by unary, local)"
+    )
     args = p.parse_args()
+    known = ["canned", "floor", "uncoded", *(["coded", "coded_unary", "coded_local"] if args.coded else [])]
+    unknown = [t for t in args.targets.split(",") if t and t not in known]
+    if unknown:
+        p.error(f"unknown --targets {unknown}; with these flags the targets are {known}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model = spec.deployed_model_name("mnist")
     request = infer_request(model)
     print(f"{time.strftime('%Y-%m-%d %H:%M %Z')}, load average {os.getloadavg()[0]:.2f}")
-    print(
-        "| round | target | process CPU / call (us) | main thread (us) | Triton CPU / call (us) | rows / Triton call |"
-    )
-    print("|---|---|---|---|---|---|")
+    columns = ["process CPU / call (us)", "main thread (us)", "Triton CPU / call (us)", "rows / Triton call"]
+    if args.coded:
+        columns += ["coding services CPU / call (us)", "calls/s"]
+    print("| round | target | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 2) + "|")
+    models = [model, *(["mnist_parm_concat_k2"] if args.coded else [])]
     with tempfile.TemporaryDirectory(prefix="call_cost.") as tmp:
         scratch = Path(tmp)
-        frontends = {"uncoded": FrontendSpec(flags=["--route", f"{model}=none"], kserve=True)}
-        with Stack([model], frontends, log_dir=scratch / "logs") as stack, _targets(stack, scratch) as targets:
+        frontends = _frontends(model, args.coded)
+        with Stack(models, frontends, log_dir=scratch / "logs") as stack, _targets(stack, scratch) as targets:
             assert stack.triton is not None and stack.triton.pid is not None
             triton_pids = _tree(stack.triton.pid)
+            coders = [s.proc.pid for n in ("encoder", "decoder") if (s := stack.services[n]).proc is not None]
             for round_ in range(1, args.rounds + 1):
-                for name, (address, pid) in targets.items():
+                chosen = [n for n in targets if not args.targets or n in args.targets.split(",")]
+                for name in chosen if round_ % 2 else chosen[::-1]:  # alternate: no target always goes first
+                    address, pid = targets[name]
                     before, triton_before = thread_cpu_s(pid), sum(cpu_s(t) for t in triton_pids)
+                    coders_before = sum(cpu_s(c) for c in coders)
                     rows_before, requests_before = _triton_counts(stack.triton.grpc_url, model)
+                    start = time.perf_counter()
                     asyncio.run(_drive(address, request, args.calls, args.concurrency))
+                    wall = time.perf_counter() - start
                     after, triton_after = thread_cpu_s(pid), sum(cpu_s(t) for t in triton_pids)
+                    coders_us = sum(cpu_s(c) for c in coders) - coders_before
                     rows, requests = _triton_counts(stack.triton.grpc_url, model)
                     calls = args.calls // args.concurrency * args.concurrency + 20 * args.concurrency
                     per_call = [1e6 * (a - b) / calls for a, b in zip(after, before, strict=True)]
                     triton_us = 1e6 * (triton_after - triton_before) / calls
                     batch = (rows - rows_before) / (requests - requests_before) if requests > requests_before else 0
-                    print(
-                        f"| {round_} | {name} | {per_call[0]:.0f} | {per_call[1]:.0f} | {triton_us:.0f} | "
-                        f"{batch:.2f} |",
-                        flush=True,
-                    )
+                    cells = [f"{per_call[0]:.0f}", f"{per_call[1]:.0f}", f"{triton_us:.0f}", f"{batch:.2f}"]
+                    if args.coded:
+                        cells += [f"{1e6 * coders_us / calls:.0f}", f"{calls / wall:.0f}"]
+                    print(f"| {round_} | {name} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

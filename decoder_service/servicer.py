@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 import numpy as np
@@ -23,6 +23,12 @@ class DecoderServicer(pb_grpc.DecoderServicer):
         self, request: pb.DecodeBatchRequest, context: grpc.aio.ServicerContext
     ) -> pb.DecodeBatchResponse:
         return pb.DecodeBatchResponse(responses=answer_each(request.requests, _decode, _failed))
+
+    async def DecodeStream(
+        self, requests: AsyncIterator[pb.DecodeBatchRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.DecodeBatchResponse]:
+        async for batch in requests:  # one at a time: answers leave in request order
+            yield pb.DecodeBatchResponse(id=batch.id, responses=answer_each(batch.requests, _decode, _failed))
 
 
 def _decode(request: pb.DecodeRequest) -> pb.DecodeResponse:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import grpc
 from codedserve.v1 import codedserve_pb2 as pb
 from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
@@ -19,6 +21,12 @@ class EncoderServicer(pb_grpc.EncoderServicer):
         self, request: pb.EncodeBatchRequest, context: grpc.aio.ServicerContext
     ) -> pb.EncodeBatchResponse:
         return pb.EncodeBatchResponse(responses=answer_each(request.requests, _encode, _failed))
+
+    async def EncodeStream(
+        self, requests: AsyncIterator[pb.EncodeBatchRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.EncodeBatchResponse]:
+        async for batch in requests:  # one at a time: answers leave in request order
+            yield pb.EncodeBatchResponse(id=batch.id, responses=answer_each(batch.requests, _encode, _failed))
 
 
 def _encode(request: pb.EncodeRequest) -> pb.EncodeResponse:

@@ -51,6 +51,13 @@ def _flags(environ: Mapping[str, str] | None = None) -> Flags:
         "inside the frontend (no hop; for cheap encoders)",
     )
     add(
+        "--coding-transport",
+        choices=("stream", "unary"),
+        default="stream",
+        help="how encodes and decodes reach the coding services: messages on one long-lived stream per service "
+        "(a fraction of a call's CPU), or one unary call per batch (what services older than EncodeStream serve)",
+    )
+    add(
         "--encoder-url",
         "--encoder",
         default="127.0.0.1:8101",
@@ -314,6 +321,7 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
             cancel_losers=args.cancel_losers,
             scheme_modules=common.scheme_modules,
             coding=args.coding,
+            coding_transport=args.coding_transport,
             triton_dns=args.triton_dns or "",
             parity_triton_dns=args.parity_triton_dns or "",
             dns_refresh_s=args.dns_refresh_s,

@@ -47,6 +47,7 @@ class FrontendApp:
                 config.max_message_bytes,
                 tls=config.coding_tls,
                 reconnect_backoff_ms=config.reconnect_backoff_ms,
+                transport=config.coding_transport,
             )
         )
         self.servers = {r.model: self._server(r) for r in config.routes}

@@ -19,6 +19,7 @@ from coding.errors import CodingError
 from coding.scheme import Outputs
 from frontend.batching import Batcher
 from frontend.config import Route
+from frontend.streams import StreamCalls, rpc_error
 from service_common.channels import DEFAULT_RECONNECT_BACKOFF_MS, client_options
 from service_common.errors import ServiceError
 from service_common.logs import RateLimitedLog
@@ -27,6 +28,7 @@ from service_common.tls import ClientTLS, aio_channel
 
 log = logging.getLogger(__name__)
 
+TRANSPORTS = ("stream", "unary")  # how batches reach the coding services (see CodingClients)
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
@@ -37,8 +39,10 @@ class CodingServiceError(Exception):
 
 class CodingClients:
     """Channels to the encoder and decoder. Calls go one at a time per service; groups that seal or
-    need decoding while one is out travel together in one EncodeBatch / DecodeBatch call (no added
-    delay, :mod:`frontend.batching`). A call's timeout is the longest time left of the groups it carries.
+    need decoding while one is out travel together in one batch (no added delay, :mod:`frontend.batching`).
+    With ``transport="stream"`` (the default) every batch is one message on a long-lived EncodeStream /
+    DecodeStream (:mod:`frontend.streams`); with ``"unary"`` one Encode / Decode or EncodeBatch / DecodeBatch
+    call. A batch's timeout is the longest time left of the groups it carries.
     Failures are warned rate-limited, per service and cause (while a service is down every group fails
     alike), and a service answering again after a warning is logged once."""
 
@@ -52,7 +56,11 @@ class CodingClients:
         max_message_bytes: int,
         tls: ClientTLS | None = None,
         reconnect_backoff_ms: int = DEFAULT_RECONNECT_BACKOFF_MS,
+        transport: str = "stream",
     ) -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+        self._transport = transport
         self._addresses = (encoder_address, decoder_address)
         self._tls = tls  # both channels: TLS when given, plaintext otherwise
         self._options = client_options(max_message_bytes, reconnect_backoff_ms)
@@ -69,8 +77,16 @@ class CodingClients:
         self._channels = [aio_channel(a, self._options, self._tls) for a in self._addresses]
         self._encoder = pb_grpc.EncoderStub(self._channels[0])
         self._decoder = pb_grpc.DecoderStub(self._channels[1])
+        self._encode_stream: StreamCalls[pb.EncodeBatchRequest, pb.EncodeBatchResponse] = StreamCalls(
+            self._encoder.EncodeStream, f"encoder at {self._addresses[0]}"
+        )
+        self._decode_stream: StreamCalls[pb.DecodeBatchRequest, pb.DecodeBatchResponse] = StreamCalls(
+            self._decoder.DecodeStream, f"decoder at {self._addresses[1]}"
+        )
 
     async def close(self) -> None:
+        if self._channels:
+            await asyncio.gather(self._encode_stream.close(), self._decode_stream.close())
         for channel in self._channels:
             await channel.close()
 
@@ -129,9 +145,13 @@ class CodingClients:
         return CodingServiceError(message)
 
     async def _encode_batch(self, items: list[_Timed[pb.EncodeRequest]]) -> list[pb.EncodeResponse]:
+        if self._transport == "stream":
+            return await _send_on(self._encode_stream, items, pb.EncodeBatchRequest)
         return await _send(items, self._encoder.Encode, self._encoder.EncodeBatch, pb.EncodeBatchRequest)
 
     async def _decode_batch(self, items: list[_Timed[pb.DecodeRequest]]) -> list[pb.DecodeResponse]:
+        if self._transport == "stream":
+            return await _send_on(self._decode_stream, items, pb.DecodeBatchRequest)
         return await _send(items, self._decoder.Decode, self._decoder.DecodeBatch, pb.DecodeBatchRequest)
 
 
@@ -150,6 +170,16 @@ async def _send(items: list[_Timed[Any]], unary: Any, batch: Any, batch_request:
     if len(items) == 1:
         return [await unary(items[0].request, timeout=timeout)]
     reply = await batch(batch_request(requests=[item.request for item in items]), timeout=timeout)
+    return list(reply.responses)
+
+
+async def _send_on(stream: StreamCalls[Any, Any], items: list[_Timed[Any]], batch_request: Any) -> list[Any]:
+    """One message on the stream for ``items``; its timeout is the longest time left among them."""
+    reply = await stream.call(batch_request(requests=[item.request for item in items]), max(i.timeout_s for i in items))
+    if len(reply.responses) != len(items):
+        raise rpc_error(
+            grpc.StatusCode.INTERNAL, f"answered {len(reply.responses)} results for a batch of {len(items)}"
+        )
     return list(reply.responses)
 
 

@@ -180,6 +180,7 @@ class FrontendConfig:
     cancel_losers: bool = False
     scheme_modules: tuple[str, ...] = ()  # plug-in modules that register more coding schemes
     coding: str = "services"  # "services": the encoder/decoder services; "local": coding/ in-process
+    coding_transport: str = "stream"  # how batches reach the coding services: "stream" or "unary" calls
     batch_inflight: int = 1  # ModelInfer calls out per instance and model; what queues meanwhile is batched
     metrics_address: str = "127.0.0.1"  # the host /metrics binds (0.0.0.0 in a pod)
     # Triton pod discovery (frontend.discovery): NAME:PORT of a headless Service whose every address is one
@@ -212,6 +213,8 @@ class FrontendConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.coding not in ("services", "local"):
             raise ValueError(f"coding must be 'services' or 'local', got {self.coding!r}")
+        if self.coding_transport not in ("stream", "unary"):
+            raise ValueError(f"coding_transport must be 'stream' or 'unary', got {self.coding_transport!r}")
         if self.batch_inflight < 1:
             raise ValueError(f"batch_inflight must be >= 1, got {self.batch_inflight}")
         for name in ("max_inflight", "max_inflight_per_client"):

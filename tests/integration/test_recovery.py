@@ -201,6 +201,8 @@ def test_a_stalled_instance_gets_no_new_calls_once_the_probe_has_seen_it(stack):
             futures = [stub.Classify.future(_request(i), timeout=3) for i in range(QUERIES)]
             replies = [f.result() for f in futures]  # DEADLINE_EXCEEDED for a query placed on Triton 1
             assert sorted(int(r.id) for r in replies) == list(range(QUERIES))
+            # Triton counts a call only after it has sent the answer: wait for the count, then check it.
+            _wait(lambda: survivor.successful_inferences() - before >= QUERIES, 5, "counted by Triton 0")
             assert survivor.successful_inferences() - before == QUERIES
         finally:
             os.kill(victim.pid, signal.SIGCONT)
