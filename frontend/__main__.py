@@ -167,6 +167,13 @@ def _triton_flags(flags: Flags) -> None:
         help="ModelInfer calls in flight per Triton instance and model; calls that queue meanwhile leave together "
         "as one batch",
     )
+    add(
+        "--triton-transport",
+        choices=("unary", "stream"),
+        default="unary",
+        help="how calls reach Triton: one ModelInfer call each, or messages on one long-lived ModelStreamInfer "
+        "stream per instance",
+    )
 
 
 def _deadline_flags(flags: Flags) -> None:
@@ -306,6 +313,7 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
                 resend_ms=args.resend_after_ms,
             ),
             batch_inflight=args.batch_inflight,
+            triton_transport=args.triton_transport,
             default_deadline_s=args.default_deadline_s,
             triton_timeout_s=args.triton_timeout_s,
             max_inflight=args.max_inflight,

@@ -35,6 +35,7 @@ class FrontendApp:
             config.batch_inflight,
             tls=config.triton_tls,
             reconnect_backoff_ms=config.reconnect_backoff_ms,
+            transport=config.triton_transport,
         )
         self.pool = self._pool()
         self.discovery = self._discovery()

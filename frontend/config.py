@@ -182,6 +182,7 @@ class FrontendConfig:
     coding: str = "services"  # "services": the encoder/decoder services; "local": coding/ in-process
     coding_transport: str = "stream"  # how batches reach the coding services: "stream" or "unary" calls
     batch_inflight: int = 1  # ModelInfer calls out per instance and model; what queues meanwhile is batched
+    triton_transport: str = "unary"  # "unary": a ModelInfer call each; "stream": messages on one stream per instance
     metrics_address: str = "127.0.0.1"  # the host /metrics binds (0.0.0.0 in a pod)
     # Triton pod discovery (frontend.discovery): NAME:PORT of a headless Service whose every address is one
     # instance, re-resolved every dns_refresh_s, instead of triton_urls (which then holds NAME:PORT itself,
@@ -213,6 +214,8 @@ class FrontendConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.coding not in ("services", "local"):
             raise ValueError(f"coding must be 'services' or 'local', got {self.coding!r}")
+        if self.triton_transport not in ("stream", "unary"):
+            raise ValueError(f"triton_transport must be 'stream' or 'unary', got {self.triton_transport!r}")
         if self.coding_transport not in ("stream", "unary"):
             raise ValueError(f"coding_transport must be 'stream' or 'unary', got {self.coding_transport!r}")
         if self.batch_inflight < 1:

@@ -1,12 +1,13 @@
-"""Calls over one long-lived bidi stream: each message is a call, its answer matched by the ``id`` it echoes.
+"""Calls over one long-lived bidi stream: each message is a call, its answer matched by the id it echoes.
 
-A unary gRPC call from Python costs several times a message on an open stream, on both sides (in an
-ad-hoc grpc.aio ping-pong on the 2-core development machine, 2026-12-02: about 450-550 us against 170-200 us
-of client CPU, and the same on the server). The frontend keeps one stream open per coding service and sends
-every encode and decode over it. The stream opens on first use and again after it breaks; a break fails
-only the calls that were on it, as a failed call would (``grpc.aio.AioRpcError``, so callers handle both
-transports alike). A call's timeout is the caller's: the message is not withdrawn (a stream has no
-per-message cancel), its late answer is dropped.
+A unary gRPC call from Python costs more than a message on an open stream, on both sides (in an ad-hoc
+grpc.aio ping-pong on the 2-core development machine, 2026-12-02: about 450-550 us against 170-200 us of
+client CPU, and the same on the server; measured in the stack in docs/kserve.md). The frontend keeps one
+stream open per coding service (EncodeStream, DecodeStream) and, with ``--triton-transport stream``, one
+per Triton instance (ModelStreamInfer). The stream opens on first use and again after it breaks; a break
+fails only the calls that were on it, as a failed call would (``grpc.aio.AioRpcError``, so callers handle
+both transports alike). A call's timeout is the caller's: the message is not withdrawn (a stream has no
+per-message cancel, and nothing is ever cancelled on Triton), its late answer is dropped.
 """
 
 from __future__ import annotations
@@ -21,9 +22,16 @@ import grpc
 
 log = logging.getLogger(__name__)
 
-# Messages with a ``uint64 id`` field (EncodeBatchRequest / EncodeBatchResponse, ...).
 Request = TypeVar("Request")
 Response = TypeVar("Response")
+
+
+def _set_id(request: Any, tag: int) -> None:
+    request.id = tag
+
+
+def _get_id(response: Any) -> int | None:
+    return int(response.id)
 
 
 def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
@@ -34,8 +42,9 @@ def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
 class _Stream(Generic[Response]):
     """One open stream, the calls waiting on it, and the task that reads its answers."""
 
-    def __init__(self, call: grpc.aio.StreamStreamCall) -> None:
+    def __init__(self, call: grpc.aio.StreamStreamCall, answer_id: Callable[[Response], int | None]) -> None:
         self.call = call
+        self.answer_id = answer_id
         self.pending: dict[int, asyncio.Future[Response]] = {}
         self.write_lock = asyncio.Lock()  # grpc.aio allows one write at a time on a stream
         self.broken: grpc.aio.AioRpcError | None = None
@@ -48,7 +57,7 @@ class _Stream(Generic[Response]):
                 response = await self.call.read()
                 if response is grpc.aio.EOF:
                     break
-                future = self.pending.pop(response.id, None)  # type: ignore[attr-defined]
+                future = self.pending.pop(self.answer_id(response), None)  # type: ignore[arg-type]
                 if future is not None and not future.done():  # None: its caller gave up (timeout)
                     future.set_result(response)
         except grpc.aio.AioRpcError as exc:
@@ -69,11 +78,21 @@ class _Stream(Generic[Response]):
 
 class StreamCalls(Generic[Request, Response]):
     """``await calls.call(request, timeout_s)``: the answer to ``request`` over the open stream.
+    ``tag(request, n)`` writes a call's number into its request, ``answer_id(response)`` reads it back
+    (None: not an answer to any call); by default both use the messages' ``id`` field.
     Create inside the running loop; :meth:`close` it."""
 
-    def __init__(self, open_stream: Callable[[], grpc.aio.StreamStreamCall], what: str) -> None:
+    def __init__(
+        self,
+        open_stream: Callable[[], grpc.aio.StreamStreamCall],
+        what: str,
+        tag: Callable[[Request, int], None] = _set_id,
+        answer_id: Callable[[Response], int | None] = _get_id,
+    ) -> None:
         self._open = open_stream
         self._what = what  # for logs: "encoder at host:port"
+        self._tag = tag
+        self._answer_id = answer_id
         self._stream: _Stream[Response] | None = None
         self._ids = itertools.count(1)
 
@@ -82,24 +101,30 @@ class StreamCalls(Generic[Request, Response]):
         if stream is None or stream.broken is not None:
             if stream is not None and stream.broken is not None:
                 log.info("%s: stream broke (%s); opening a new one", self._what, stream.broken.code().name)
-            stream = self._stream = _Stream(self._open())
+            stream = self._stream = _Stream(self._open(), self._answer_id)
             stream.reader = asyncio.get_running_loop().create_task(stream.read())
         return stream
 
     async def call(self, request: Request, timeout_s: float) -> Response:
+        """Never cancel a call while it writes: grpc.aio would cancel the whole stream, and with it every
+        call on it (the Triton pool and the coding clients call from batcher tasks, never cancelled)."""
         stream = self._current()
         loop = asyncio.get_running_loop()
-        request.id = tag = next(self._ids)  # type: ignore[attr-defined]
+        tag = next(self._ids)
+        self._tag(request, tag)
         future: asyncio.Future[Response] = loop.create_future()
         stream.pending[tag] = future
         timer = loop.call_later(timeout_s, _expire, future, timeout_s)
         try:
-            async with stream.write_lock:
-                if stream.broken is None:
-                    await stream.call.write(request)
+            try:
+                async with stream.write_lock:
+                    if stream.broken is None:
+                        await stream.call.write(request)
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
+                # The stream ended under the write (gRPC may call that INTERNAL): a transport failure,
+                # for this call and every other on the stream; the next call opens a new one.
+                stream.fail(rpc_error(grpc.StatusCode.UNAVAILABLE, f"the stream to {self._what} ended: {exc}"))
             return await future
-        except (grpc.aio.UsageError, asyncio.InvalidStateError) as exc:  # written after the stream ended
-            raise rpc_error(grpc.StatusCode.UNAVAILABLE, f"the stream to the {self._what} ended: {exc}") from exc
         finally:
             timer.cancel()
             stream.pending.pop(tag, None)

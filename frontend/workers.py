@@ -23,8 +23,11 @@ from tritonclient.utils import triton_to_np_dtype
 
 from frontend import metrics
 from frontend.batching import Batcher, Expired, row_batcher
+from frontend.streams import StreamCalls
 from service_common.channels import DEFAULT_RECONNECT_BACKOFF_MS, client_options
 from service_common.tls import ClientTLS, aio_channel
+
+TRANSPORTS = ("unary", "stream")  # how calls reach Triton (see TritonPool)
 
 # After this many ModelInfer calls in a row fail on an instance, its health probe stops trusting
 # ModelReady for that model and sends one real inference instead (TritonPool.model_ready).
@@ -101,7 +104,10 @@ class TritonPool:
     given to it has finished on its own: a drained instance's calls are never cancelled.
 
     Requests are built on the raw ``GRPCInferenceService`` stub (``raw_input_contents`` in, raw bytes out):
-    ``python -m bench.client_cost`` measured that cheaper per call than tritonclient's wrappers.
+    ``python -m bench.client_cost`` measured that cheaper per call than tritonclient's wrappers. With
+    ``transport="stream"`` each instance's calls are messages on one long-lived ModelStreamInfer stream
+    (:mod:`frontend.streams`; answers matched by the request ``id``, Triton's errors arrive in
+    ``error_message``), with ``"unary"`` one ModelInfer call each.
     """
 
     def __init__(
@@ -112,7 +118,11 @@ class TritonPool:
         batch_inflight: int = 1,
         tls: ClientTLS | None = None,
         reconnect_backoff_ms: int = DEFAULT_RECONNECT_BACKOFF_MS,
+        transport: str = "unary",
     ) -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+        self.transport = transport
         self.urls = urls
         self._tls = tls  # every instance's channel: TLS when given, plaintext otherwise
         self.timeout_s = timeout_s
@@ -120,6 +130,7 @@ class TritonPool:
         self._options = client_options(max_message_bytes, reconnect_backoff_ms)
         self._channels: list[grpc.aio.Channel | None] = []
         self._stubs: list[kpb_grpc.GRPCInferenceServiceStub] = []
+        self._streams: list[StreamCalls[kpb.ModelInferRequest, kpb.ModelStreamInferResponse] | None] = []
         self._batchers: dict[tuple[int, str], Batcher[np.ndarray, np.ndarray]] = {}
         self._inflight: Counter[int] = Counter()
         self._idle: dict[int, asyncio.Event] = {}  # instances being drained -> set once none of their calls is out
@@ -134,8 +145,11 @@ class TritonPool:
 
     def _open(self, url: str) -> None:
         channel = aio_channel(url, self._options, self._tls)
+        stub = kpb_grpc.GRPCInferenceServiceStub(channel)
         self._channels.append(channel)
-        self._stubs.append(kpb_grpc.GRPCInferenceServiceStub(channel))
+        self._stubs.append(stub)
+        stream = StreamCalls(stub.ModelStreamInfer, f"Triton at {url}", _tag, _answer_id)
+        self._streams.append(stream if self.transport == "stream" else None)
 
     def add(self, url: str) -> int:
         """Open one more instance (inside the running loop); returns its number."""
@@ -184,6 +198,9 @@ class TritonPool:
             idle.set()
         await idle.wait()
         self._removed.add(instance)
+        stream, self._streams[instance] = self._streams[instance], None
+        if stream is not None:
+            await stream.close()
         channel, self._channels[instance] = self._channels[instance], None
         for key in [k for k in self._batchers if k[0] == instance]:
             del self._batchers[key]
@@ -195,6 +212,7 @@ class TritonPool:
         return instance in self._removed
 
     async def close(self) -> None:
+        await asyncio.gather(*(s.close() for s in self._streams if s is not None), return_exceptions=True)
         await asyncio.gather(*(c.close() for c in self._channels if c is not None), return_exceptions=True)
 
     async def signature(self, model: str, instance: int) -> ModelSignature:
@@ -254,10 +272,17 @@ class TritonPool:
     ) -> np.ndarray:
         """One ModelInfer; every failure counts towards :data:`FAILING_CALLS`, a success resets it."""
         key = (instance, model)
+        request, timeout = infer_request(model, rows, signature), timeout_s or self.timeout_s
+        stream = self._streams[instance]
         try:
-            response = await self._stubs[instance].ModelInfer(
-                infer_request(model, rows, signature), timeout=timeout_s or self.timeout_s
-            )
+            if stream is None:
+                response = await self._stubs[instance].ModelInfer(request, timeout=timeout)
+            else:
+                reply = await stream.call(request, timeout)
+                if reply.error_message:  # what a unary call's status would have said
+                    self._failed_in_a_row[key] += 1
+                    raise WorkerError(f"{model} at {self.urls[instance]}: {reply.error_message}")
+                response = reply.infer_response
         except grpc.aio.AioRpcError as exc:
             self._failed_in_a_row[key] += 1
             raise WorkerError(
@@ -269,6 +294,15 @@ class TritonPool:
             raise WorkerError(f"{model}: Triton returned no {signature.output_name!r} output")
         del self._failed_in_a_row[key]  # a Counter: no KeyError when it was 0
         return output_rows(response, signature)
+
+
+def _tag(request: kpb.ModelInferRequest, number: int) -> None:
+    request.id = str(number)
+
+
+def _answer_id(reply: kpb.ModelStreamInferResponse) -> int | None:
+    tag = reply.infer_response.id
+    return int(tag) if tag.isdigit() else None
 
 
 def infer_request(model: str, rows: np.ndarray, signature: ModelSignature) -> kpb.ModelInferRequest:
