@@ -1,4 +1,4 @@
-"""Issue 15's training options, the gpu15, cpu15 and cpu15b profiles' names, the dataset parts for the GPU
+"""Issue 15's training options, the gpu15, cpu15, cpu15b and cpu15c profiles' names, the dataset parts for the GPU
 machine, and the tables.
 
 Synthetic data (seconds, no dataset); the whole recipe end to end is ``export/gpu_issue15.sh`` with the tiny15
@@ -162,6 +162,28 @@ def test_cpu15b_side_by_side_runs_give_each_model_the_whole_budget(variants: str
     run = train_all._Run(args, train_all.PROFILES["cpu15b"], torch.device("cpu"), None)  # type: ignore[arg-type]
     assert run.models_left == len(variants.split(","))
     assert run._cfg(train_all.PROFILES["cpu15b"].deployed, parity=False).time_budget_s == share
+
+
+def test_cpu15c_trains_wide_parity_models_at_k_8_10_12_for_both_committed_cnns() -> None:
+    profile = train_all.PROFILES["cpu15c"]
+    names = _names(profile)
+    assert names == [("parity", f"{d}_parm_add_k{k}") for d in spec.DATASETS for k in (8, 10, 12)]
+    repo = Path(__file__).resolve().parents[2] / "model_repository"
+    served = {p.name for p in repo.iterdir()} if repo.is_dir() else set()
+    assert not {n for _, n in names} & served  # no served model of these names: none is replaced
+    (variant,) = profile.variants
+    assert variant.committed and variant.parity is None and variant.datasets is None  # the committed mnist/fashion_cnn
+    cfg = profile.parity
+    assert (cfg.arch, cfg.warm_start, cfg.decode_ce_weight, cfg.batch_size) == ("cnn_wide", False, 2.0, 256)
+    assert profile.test_rounds == train_all.PROFILES["full"].test_rounds == 4  # evaluated as the GPU rows were
+    assert profile.parity_for(8).epochs == 1600  # an upper bound only: the time budget binds
+
+
+def test_cpu15c_shares_its_budget_over_its_six_models() -> None:
+    args = train_all.parse_args(["--profile", "cpu15c", "--device", "cpu", "--out", "/tmp/repo15c"])
+    run = train_all._Run(args, train_all.PROFILES["cpu15c"], torch.device("cpu"), None)  # type: ignore[arg-type]
+    assert run.models_left == 6  # parity models only: no deployed model is trained
+    assert run._cfg(train_all.PROFILES["cpu15c"].parity_for(8), parity=True).time_budget_s == 720.0
 
 
 def _fake_files(root: Path, sizes: dict[str, int]) -> dict[str, str]:
