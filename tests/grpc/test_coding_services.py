@@ -1,7 +1,5 @@
 """Encoder and decoder services through real stubs on real servers (port 0): math and status codes."""
 
-import asyncio
-
 import grpc
 import numpy as np
 import pytest
@@ -214,24 +212,3 @@ async def test_a_batch_call_answers_each_group_and_fails_only_the_bad_one(servic
     replies = (await decoder.DecodeBatch(pb.DecodeBatchRequest(requests=[decode, nothing]))).responses
     np.testing.assert_allclose(to_numpy(replies[0].reconstructions, "r")[1], [4, 3, 2])
     assert "nothing to decode" in replies[1].error
-
-
-async def test_the_frontends_coding_client_sends_groups_that_queue_as_one_batch_call():
-    """Several groups encoded at once: the client's batcher sends them together (EncodeBatch), each gets its own."""
-    from frontend.coding_clients import CodingClients
-    from frontend.config import parse_route
-
-    config = ServiceConfig("127.0.0.1:0", None, LIMIT, "INFO")
-    enc, dec = await create_encoder(config), await create_decoder(config)
-    clients = CodingClients(f"127.0.0.1:{enc.port}", f"127.0.0.1:{dec.port}", LIMIT)
-    await clients.start()
-    try:
-        route = parse_route("m=parm:k=2,encoder=add")
-        groups = [np.random.default_rng(i).random((2, 1, 28, 28), dtype=np.float32) for i in range(5)]
-        coded = await asyncio.gather(*(clients.encode(route, g, 5.0) for g in groups))
-    finally:
-        await clients.close()
-        await enc.stop(0)
-        await dec.stop(0)
-    for g, c in zip(groups, coded, strict=True):
-        np.testing.assert_allclose(c[0], parm.add_encode(g), rtol=1e-6)
