@@ -149,7 +149,7 @@ class TritonPool:
         self._channels.append(channel)
         self._stubs.append(stub)
         stream = StreamCalls(stub.ModelStreamInfer, f"Triton at {url}", _tag, _answer_id)
-        self._streams.append(stream if self.transport == "stream" else None)
+        self._streams.append(stream if self.transport == "stream" else None)  # opened on its first call
 
     def add(self, url: str) -> int:
         """Open one more instance (inside the running loop); returns its number."""
