@@ -10,7 +10,7 @@ from codedserve.v1 import codedserve_pb2 as pb
 from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 
 from coding.schemes import get_scheme
-from service_common.batches import answer_each
+from service_common.batches import answer_each, answer_stream
 from service_common.errors import InvalidArgument
 from service_common.tensors import from_numpy, to_numpy
 
@@ -27,8 +27,8 @@ class DecoderServicer(pb_grpc.DecoderServicer):
     async def DecodeStream(
         self, requests: AsyncIterator[pb.DecodeBatchRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.DecodeBatchResponse]:
-        async for batch in requests:  # one at a time: answers leave in request order
-            yield pb.DecodeBatchResponse(id=batch.id, responses=answer_each(batch.requests, _decode, _failed))
+        async for response in answer_stream(requests, _decode, _failed, _batch_reply):  # in request order
+            yield response
 
 
 def _decode(request: pb.DecodeRequest) -> pb.DecodeResponse:
@@ -39,6 +39,10 @@ def _decode(request: pb.DecodeRequest) -> pb.DecodeResponse:
     if len({o.shape for o in rebuilt}) == 1:
         response.reconstructions.CopyFrom(from_numpy(np.stack(rebuilt)))
     return response
+
+
+def _batch_reply(tag: int, responses: list[pb.DecodeResponse]) -> pb.DecodeBatchResponse:
+    return pb.DecodeBatchResponse(id=tag, responses=responses)
 
 
 def _failed(message: str) -> pb.DecodeResponse:

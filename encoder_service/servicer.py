@@ -9,7 +9,7 @@ from codedserve.v1 import codedserve_pb2 as pb
 from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 
 from coding.schemes import get_scheme
-from service_common.batches import answer_each
+from service_common.batches import answer_each, answer_stream
 from service_common.tensors import from_numpy, to_numpy
 
 
@@ -25,8 +25,8 @@ class EncoderServicer(pb_grpc.EncoderServicer):
     async def EncodeStream(
         self, requests: AsyncIterator[pb.EncodeBatchRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.EncodeBatchResponse]:
-        async for batch in requests:  # one at a time: answers leave in request order
-            yield pb.EncodeBatchResponse(id=batch.id, responses=answer_each(batch.requests, _encode, _failed))
+        async for response in answer_stream(requests, _encode, _failed, _batch_reply):  # in request order
+            yield response
 
 
 def _encode(request: pb.EncodeRequest) -> pb.EncodeResponse:
@@ -34,6 +34,10 @@ def _encode(request: pb.EncodeRequest) -> pb.EncodeResponse:
     queries = to_numpy(request.queries, "queries")
     # Encoding a group is microseconds of numpy: cheaper inline than a hop to an executor.
     return pb.EncodeResponse(parities=from_numpy(scheme.coded_inputs(queries)))
+
+
+def _batch_reply(tag: int, responses: list[pb.EncodeResponse]) -> pb.EncodeBatchResponse:
+    return pb.EncodeBatchResponse(id=tag, responses=responses)
 
 
 def _failed(message: str) -> pb.EncodeResponse:

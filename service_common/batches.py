@@ -1,12 +1,15 @@
-"""Answering the requests of a batch RPC one by one, so one bad request fails only itself."""
+"""Answering the requests of a batch RPC one by one, so one bad request fails only itself; and a stream of
+batches, message by message."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from typing import TypeVar
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from typing import Any, TypeVar
 
-from service_common.errors import status_of
+from google.protobuf.message import DecodeError
+
+from service_common.errors import InvalidArgument, status_of
 
 log = logging.getLogger(__name__)
 
@@ -29,3 +32,22 @@ def answer_each(
                 log.exception("request %d of a batch failed", i)
             responses.append(failed(known[1] if known else "internal error; see the server log"))
     return responses
+
+
+async def answer_stream(
+    batches: AsyncIterable[Any],
+    answer: Callable[[Request], Response],
+    failed: Callable[[str], Response],
+    reply: Callable[[int, list[Response]], Any],
+) -> AsyncIterator[Any]:
+    """Each batch message of a stream answered in order, ``reply(batch.id, responses)``. A message that does
+    not parse ends the stream with INVALID_ARGUMENT, once the ones before it are answered."""
+    count = 0
+    try:
+        async for batch in batches:
+            count += 1
+            yield reply(batch.id, answer_each(batch.requests, answer, failed))
+    except DecodeError as exc:
+        raise InvalidArgument(
+            f"stream message {count + 1} is not a well-formed batch (truncated, or of another type: {exc})"
+        ) from exc

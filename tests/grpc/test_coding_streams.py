@@ -152,3 +152,22 @@ async def test_a_call_past_its_timeout_fails_and_its_late_answer_goes_to_nobody_
         await calls.close()
         await channel.close()
         await server.stop(0)
+
+
+@pytest.mark.parametrize("method", ["/codedserve.v1.Encoder/EncodeStream", "/codedserve.v1.Decoder/DecodeStream"])
+async def test_a_garbled_stream_message_is_invalid_argument_after_the_ones_before_it(method):
+    server = await (create_encoder if "Encoder" in method else create_decoder)(_config())
+    batch = pb.EncodeBatchRequest(id=5, requests=[_encode_request(2, _group(0))]) if "Encoder" in method else None
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            call = channel.stream_stream(method, lambda b: b, lambda b: b)()
+            if batch is not None:
+                await call.write(batch.SerializeToString())
+                assert pb.EncodeBatchResponse.FromString(await call.read()).id == 5  # answered before the bad one
+            await call.write(b"\xff\xff\xff")
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await call.read()
+    finally:
+        await server.stop(0)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"stream message {2 if batch else 1} is not a well-formed batch" in error.value.details()
