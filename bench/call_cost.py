@@ -109,11 +109,10 @@ def _targets(stack: Stack, scratch: Path) -> Iterator[dict[str, tuple[str, int]]
         floor_proxy(url, scratch / "canned.log", canned=True) as (canned, canned_pid),
     ):
         targets = {"canned": (canned, canned_pid), "floor": (floor, floor_pid)}
-        for name in ("uncoded", "coded", "coded_unary", "coded_local"):
-            if name in stack.frontends:
-                process = stack.services[name].proc
-                assert process is not None
-                targets[name] = (stack.kserve_address(name), process.pid)
+        for name in stack.frontends:
+            process = stack.services[name].proc
+            assert process is not None
+            targets[name] = (stack.kserve_address(name), process.pid)
         yield targets
 
 
@@ -131,12 +130,12 @@ def main() -> None:
         "--coded", action="store_true", help="also the coded frontends (services by stream, by unary, local)"
     )
     args = p.parse_args()
-    known = ["canned", "floor", "uncoded", *(["coded", "coded_unary", "coded_local"] if args.coded else [])]
+    model = spec.deployed_model_name("mnist")
+    known = ["canned", "floor", *_frontends(model, args.coded)]
     unknown = [t for t in args.targets.split(",") if t and t not in known]
     if unknown:
         p.error(f"unknown --targets {unknown}; with these flags the targets are {known}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    model = spec.deployed_model_name("mnist")
     request = infer_request(model)
     print(f"{time.strftime('%Y-%m-%d %H:%M %Z')}, load average {os.getloadavg()[0]:.2f}")
     columns = ["process CPU / call (us)", "main thread (us)", "Triton CPU / call (us)", "rows / Triton call"]
