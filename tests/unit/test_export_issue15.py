@@ -1,4 +1,4 @@
-"""Issue 15's training options, the gpu15, cpu15, cpu15b and cpu15c profiles' names, the dataset parts for the GPU
+"""Issue 15's training options, the gpu15, cpu15, cpu15b, cpu15c and cpu15d profiles' names, the dataset parts for the GPU
 machine, and the tables.
 
 Synthetic data (seconds, no dataset); the whole recipe end to end is ``export/gpu_issue15.sh`` with the tiny15
@@ -162,6 +162,21 @@ def test_cpu15b_side_by_side_runs_give_each_model_the_whole_budget(variants: str
     run = train_all._Run(args, train_all.PROFILES["cpu15b"], torch.device("cpu"), None)  # type: ignore[arg-type]
     assert run.models_left == len(variants.split(","))
     assert run._cfg(train_all.PROFILES["cpu15b"].deployed, parity=False).time_budget_s == share
+
+
+def test_cpu15d_varies_only_the_short_cnns_epochs_or_its_seed() -> None:
+    profile = train_all.PROFILES["cpu15d"]
+    assert _names(profile) == [
+        ("deployed", "fashion_cnn_e8"),
+        ("deployed", "fashion_cnn_e12"),
+        ("deployed", "fashion_cnn_short_s1"),
+    ]
+    short = train_all.PROFILES["cpu15b"].variants[1].deployed  # fashion_cnn_short's recipe, committed
+    assert short is not None
+    e8, e12, seeded = (v.deployed for v in profile.variants)
+    assert e8 == dataclasses.replace(short, epochs=8)
+    assert e12 == dataclasses.replace(short, epochs=12)
+    assert seeded == dataclasses.replace(short, seed=1) and seeded != short
 
 
 def test_cpu15c_trains_wide_parity_models_at_k_8_10_12_for_both_committed_cnns() -> None:
