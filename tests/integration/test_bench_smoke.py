@@ -48,6 +48,8 @@ def test_compare_runs_every_scheme_and_its_counts_are_consistent(tmp_path):
         assert s.p50_ms <= s.p99_ms <= s.p999_ms <= s.max_ms
         assert s.reconstructed <= s.answered
         assert run.cpu_s > 0  # the machine did work while the scheme ran
+        assert len(run.rounds) == 2  # one set of figures per round, the CPU split between them
+        assert sum(f.cpu_ms_per_query * 60 for f in run.rounds) == pytest.approx(1e3 * run.cpu_s)
     for name in ("direct", "none", "equal"):
         assert by[name].triton_calls == 120  # Triton's own count: exactly one call per query
     assert by["replicate"].triton_calls == 240  # losers run to completion, never cancelled
@@ -60,6 +62,8 @@ def test_compare_runs_every_scheme_and_its_counts_are_consistent(tmp_path):
     assert all(by[n].summary.reconstructed == 0 for n in by if n not in compare.CODED)
     report = json.loads((tmp_path / "out" / "smoke.json").read_text())
     assert [r["name"] for r in report["runs"]] == list(compare.DEFAULT_SCHEMES)
+    assert all(len(r["rounds"]) == 2 for r in report["runs"])
+    assert "Per round" in (tmp_path / "out" / "smoke.md").read_text()
     for name in ("smoke.md", "smoke-tail.png", "smoke-gap.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.compare import _rotated
+from bench.compare import RoundFigures, SchemeRun, _per_round, _rotated
 from bench.load import Record
 from bench.report import markdown_table, summarize
 
@@ -54,6 +54,27 @@ def test_each_round_starts_at_another_scheme():
         ["c", "a", "b"],
         ["a", "b", "c"],
     ]
+
+
+def test_a_rounds_figures_are_its_own_queries_percentiles_and_the_cpu_shared_over_them():
+    latencies = np.arange(1, 101, dtype=float)
+    figures = RoundFigures.of(_records(latencies), cpu_s=0.5)
+    assert figures.p50_ms == pytest.approx(np.percentile(latencies, 50))
+    assert figures.p999_ms == pytest.approx(np.percentile(latencies, 99.9))
+    assert figures.cpu_ms_per_query == pytest.approx(5.0)  # 500 ms over 100 queries
+
+
+def test_the_report_prints_every_round_of_every_scheme_and_nothing_for_one_round():
+    def run(name: str, rounds: tuple[RoundFigures, ...]) -> SchemeRun:
+        summary = summarize(name, _records([1.0, 2.0]), np.zeros(2, dtype=int))
+        return SchemeRun(summary, triton_calls=2, fault_events=0, rounds=rounds)
+
+    slow, fast = RoundFigures(19.8, 140.4, 7.0), RoundFigures(4.7, 28.7, 5.1)
+    lines = _per_round([run("none", (fast, slow)), run("hedge2", (slow, fast))])
+    assert "| scheme | round 1 | round 2 |" in lines
+    assert "| none | 4.7 / 28.7, 5.10 | 19.8 / 140.4, 7.00 |" in lines
+    assert "| hedge2 | 19.8 / 140.4, 7.00 | 4.7 / 28.7, 5.10 |" in lines
+    assert _per_round([run("none", (fast,))]) == []
 
 
 def test_overview_rates_each_scheme_against_equal_resource_replication_in_the_same_run():
