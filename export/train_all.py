@@ -449,7 +449,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--variants",
         type=lambda text: [n for n in text.split(",") if n],
         help="comma-separated names of the profile's variants to train (default: all; gpu15: cnn_mixup,"
-        "resnet_mixup,resnet,cnn; cpu15: cnn_mixup,cnn_std,cnn; cpu15b: cnn_ls,cnn_short; cpu15d: cnn_e8,cnn_e12,cnn_short_s1; the others have one, cnn)",
+        "resnet_mixup,resnet,cnn; cpu15: cnn_mixup,cnn_std,cnn; cpu15b: cnn_ls,cnn_short; cpu15d: cnn_e8,cnn_e12,"
+        "cnn_short_s1; the others have one, cnn)",
     )
     p.add_argument(
         "--base-repository",
