@@ -189,9 +189,10 @@ def _cpu15d(deployed: TrainConfig, **profile) -> Profile:
     """Issue 15 on a 2-core CPU, after ``cpu15b`` (as run): is ``fashion_cnn_short``'s 10 epochs the best length, and
     how much of its ApproxIFER row is its seed? Deployed Fashion-MNIST CNNs only, the committed architecture and
     recipe with a fixed number of epochs (the cosine over them): ``fashion_cnn_e8`` (8), ``fashion_cnn_e12`` (12)
-    and ``fashion_cnn_short_s1`` (10, seed 1: another initialisation, batch order and validation split). As run:
-    two invocations side by side, one torch thread each (``--variants cnn_e12`` and ``--variants cnn_e8,cnn_short_s1``);
-    the epochs end before the budget.
+    and ``fashion_cnn_short_s1`` (10, seed 1: another initialisation, batch order and validation split), then
+    ``fashion_cnn_short_s2`` and ``_s3`` (seeds 2 and 3). As run: two invocations side by side, one torch thread
+    each (``--variants cnn_e12`` and ``--variants cnn_e8,cnn_short_s1``), then two more (``--variants cnn_short_s2``
+    and ``--variants cnn_short_s3``); the epochs end before the budget.
     """
     fashion = ("fashion",)
     return Profile(
@@ -201,6 +202,9 @@ def _cpu15d(deployed: TrainConfig, **profile) -> Profile:
             Variant("cnn_e8", dataclasses.replace(deployed, epochs=8), codes=(), datasets=fashion),
             Variant("cnn_e12", dataclasses.replace(deployed, epochs=12), codes=(), datasets=fashion),
             Variant("cnn_short_s1", dataclasses.replace(deployed, epochs=10, seed=1), codes=(), datasets=fashion),
+            # two more seeds of the same recipe, run after: is seed 1's row the recipe or the draw?
+            Variant("cnn_short_s2", dataclasses.replace(deployed, epochs=10, seed=2), codes=(), datasets=fashion),
+            Variant("cnn_short_s3", dataclasses.replace(deployed, epochs=10, seed=3), codes=(), datasets=fashion),
         ),
         **profile,
     )
@@ -450,7 +454,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=lambda text: [n for n in text.split(",") if n],
         help="comma-separated names of the profile's variants to train (default: all; gpu15: cnn_mixup,"
         "resnet_mixup,resnet,cnn; cpu15: cnn_mixup,cnn_std,cnn; cpu15b: cnn_ls,cnn_short; cpu15d: cnn_e8,cnn_e12,"
-        "cnn_short_s1; the others have one, cnn)",
+        "cnn_short_s1,cnn_short_s2,cnn_short_s3; the others have one, cnn)",
     )
     p.add_argument(
         "--base-repository",

@@ -170,13 +170,15 @@ def test_cpu15d_varies_only_the_short_cnns_epochs_or_its_seed() -> None:
         ("deployed", "fashion_cnn_e8"),
         ("deployed", "fashion_cnn_e12"),
         ("deployed", "fashion_cnn_short_s1"),
+        ("deployed", "fashion_cnn_short_s2"),
+        ("deployed", "fashion_cnn_short_s3"),
     ]
     short = train_all.PROFILES["cpu15b"].variants[1].deployed  # fashion_cnn_short's recipe, committed
     assert short is not None
-    e8, e12, seeded = (v.deployed for v in profile.variants)
+    e8, e12, *seeded = (v.deployed for v in profile.variants)
     assert e8 == dataclasses.replace(short, epochs=8)
     assert e12 == dataclasses.replace(short, epochs=12)
-    assert seeded == dataclasses.replace(short, seed=1) and seeded != short
+    assert seeded == [dataclasses.replace(short, seed=s) for s in (1, 2, 3)] and short.seed == 0
 
 
 def test_cpu15c_trains_wide_parity_models_at_k_8_10_12_for_both_committed_cnns() -> None:
