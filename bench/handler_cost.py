@@ -6,7 +6,9 @@ with every Triton ModelInfer answered at once by a canned answer of the right sh
 measures is the Python a query costs between the two gRPC hops: parsing and checks, admission, the
 coding group, the batcher, building the Triton request, reading its answer, the KServe answer — and
 the encoding and decoding for a coded route with ``--coding local``. The hops themselves are
-``bench.call_cost``'s. Prints microseconds of process CPU per query.
+``bench.call_cost``'s. Prints microseconds of process CPU per query, and how many event-loop turns
+and callbacks each query costs: counts, the same on any machine, and each callback is one more trip
+through grpc.aio's loop in a real server.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from tritonclient.grpc import service_pb2 as kpb
@@ -80,8 +83,29 @@ async def _servicer(route: str, coding: str) -> KServeServicer:
     return servicer
 
 
-async def measure(route: str, concurrency: int, queries: int, coding: str) -> float:
-    """Process CPU microseconds per query."""
+class CountingLoop(asyncio.SelectorEventLoop):
+    """Counts its turns and the callbacks (handles: task steps, future callbacks, call_soon) it runs.
+    Every handle is a trip through the loop: in a real server each one costs more than its Python, since
+    grpc.aio's machinery runs between them (docs/kserve.md)."""
+
+    turns = 0
+    handles = 0
+
+    def _run_once(self) -> None:
+        self.turns += 1
+        self.handles += len(self._ready)  # type: ignore[attr-defined]
+        super()._run_once()  # type: ignore[misc]
+
+
+@dataclass(frozen=True)
+class Cost:
+    cpu_us: float  # process CPU per query
+    turns: float  # event-loop turns per query
+    handles: float  # callbacks run per query
+
+
+async def measure(route: str, concurrency: int, queries: int, coding: str) -> Cost:
+    """CPU, loop turns and callbacks per query (the counts only when run on a :class:`CountingLoop`)."""
     servicer = await _servicer(route, coding)
     request = infer_request(MODEL)
     context = _Context()
@@ -93,10 +117,14 @@ async def measure(route: str, concurrency: int, queries: int, coding: str) -> fl
     for _ in range(200 // concurrency + 1):  # warm: batchers, caches
         await asyncio.gather(*(one() for _ in range(concurrency)))
     rounds = max(1, queries // concurrency)
+    loop = asyncio.get_running_loop()
+    turns, handles = getattr(loop, "turns", 0), getattr(loop, "handles", 0)
     start = time.process_time()
     for _ in range(rounds):
         await asyncio.gather(*(one() for _ in range(concurrency)))
-    return (time.process_time() - start) / (rounds * concurrency) * 1e6
+    n = rounds * concurrency
+    cpu_us = (time.process_time() - start) / n * 1e6
+    return Cost(cpu_us, (getattr(loop, "turns", 0) - turns) / n, (getattr(loop, "handles", 0) - handles) / n)
 
 
 def main() -> None:
@@ -113,13 +141,17 @@ def main() -> None:
     p.add_argument("--coding", choices=("local", "services"), default="local", help="the frontend's --coding")
     p.add_argument("--repeat", type=int, default=2, help="measurements of each, interleaved")
     args = p.parse_args()
-    print("| route | concurrency | CPU per query (us) |")
-    print("|---|---|---|")
+    print("| route | concurrency | CPU per query (us) | loop turns per query | callbacks per query |")
+    print("|---|---|---|---|---|")
     for _ in range(args.repeat):
         for route in (r for r in args.routes.split(";") if r):
             for concurrency in (int(c) for c in args.concurrency.split(",") if c):
-                us = asyncio.run(measure(route, concurrency, args.queries, args.coding))
-                print(f"| `{route}` | {concurrency} | {us:.0f} |", flush=True)
+                with asyncio.Runner(loop_factory=CountingLoop) as runner:
+                    cost = runner.run(measure(route, concurrency, args.queries, args.coding))
+                print(
+                    f"| `{route}` | {concurrency} | {cost.cpu_us:.0f} | {cost.turns:.2f} | {cost.handles:.2f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

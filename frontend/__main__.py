@@ -153,13 +153,6 @@ def _triton_flags(flags: Flags) -> None:
     add("--dns-refresh-s", type=float, default=5.0, help="how often --triton-dns names are resolved again")
     add("--dns-server", help="HOST[:PORT] of the DNS server to ask for --triton-dns names (default: the system's)")
     add(
-        "--cancel-losers",
-        switch=True,
-        default=False,
-        help="cancel the losing copy of hedged/replicated calls (only for Triton >= 2.57: cancelling in-flight "
-        "calls crashes the local 2.51)",
-    )
-    add(
         "--batch-inflight",
         type=int,
         default=1,
@@ -326,7 +319,6 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
             kserve_address=args.kserve_address or None,
             faults=faults,
             parity_triton_urls=tuple(args.parity_triton_url),
-            cancel_losers=args.cancel_losers,
             scheme_modules=common.scheme_modules,
             coding=args.coding,
             coding_transport=args.coding_transport,

@@ -57,7 +57,7 @@ class FrontendApp:
         self._warm_ups: set[asyncio.Task[None]] = set()
 
     def _server(self, route: Route) -> ModelServer:
-        dispatcher = Dispatcher(self.pool, self.placer, route.dispatch, self.config.cancel_losers)
+        dispatcher = Dispatcher(self.pool, self.placer, route.dispatch)
         deadlines = RouteDeadlines(self.config.deadlines, dispatcher.latency, group_size(route.code))
         return ModelServer(route, self.pool, self.placer, dispatcher, self.coders, deadlines)
 

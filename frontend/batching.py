@@ -20,6 +20,8 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from frontend.completion import Done, deliver, into_future
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -37,14 +39,16 @@ class Batcher(Generic[Item, Result]):
         max_inflight: int,
         max_size: int,
         size: Callable[[Item], int] = lambda item: 1,
+        expired: Callable[[str], Exception] = Expired,
     ) -> None:
         if max_inflight < 1 or max_size < 1:
             raise ValueError(f"need max_inflight >= 1 and max_size >= 1, got {max_inflight}, {max_size}")
         self._send = send
+        self._expired = expired  # the exception an item still queued at its deadline fails with
         self._max_inflight = max_inflight
         self._max_size = max_size
         self._size = size
-        self._queue: deque[tuple[Item, asyncio.Future[Result], float | None]] = deque()
+        self._queue: deque[tuple[Item, Done, float | None]] = deque()
         self._queued = 0  # the size of what waits in the queue
         self._inflight = 0
         self.call_s: float | None = None  # a moving average of how long one call takes (None: none yet)
@@ -52,46 +56,47 @@ class Batcher(Generic[Item, Result]):
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: Item, deadline: float | None = None) -> Result:
-        """The result for ``item``, from whichever call carries it. An item still queued at ``deadline``
-        (loop time: when nobody waits for its result any more) is never sent: :class:`Expired`. Under
-        overload the queue sheds the work nobody waits for instead of doing it late."""
+        """The result for ``item``: :meth:`send`, awaited."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._queue.append((item, future, deadline))
-        self._queued += self._size(item)
-        self._kick()
+        self.send(item, into_future(future), deadline)
         return await future
 
-    def _kick(self) -> None:
-        if not self._scheduled and self._queue:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+    def send(self, item: Item, done: Done, deadline: float | None = None) -> None:
+        """Queue ``item``; ``done`` gets its result from whichever call carries it, called directly when
+        that call returns (no task or future per item). An item still queued at ``deadline`` (loop time:
+        when nobody waits for its result any more) is never sent: ``done`` gets ``expired``'s exception
+        (:class:`Expired` unless given). Under overload the queue sheds the work nobody waits for
+        instead of doing it late."""
+        self._queue.append((item, done, deadline))
+        self._queued += self._size(item)
+        self._kick()
 
-    def _flush(self) -> None:
-        self._scheduled = False
-        if self._queue and self._inflight < self._max_inflight:
-            self._drop_expired()
-        while self._queue and self._inflight < self._max_inflight:
-            item, future, _ = self._queue.popleft()
-            batch = [(item, future)]
-            size = self._size(item)
-            while self._queue and size + self._size(self._queue[0][0]) <= self._max_size:
-                size += self._size(self._queue[0][0])
-                batch.append(self._queue.popleft()[:2])
-            self._queued -= size
-            self._inflight += 1
-            task = asyncio.get_running_loop().create_task(self._run(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    def _kick(self) -> None:
+        """Start a call when items wait and a slot is free. The call takes its batch on its task's first
+        step, after the current turn of the loop, so that items sent together leave together."""
+        if not self._scheduled and self._queue and self._inflight < self._max_inflight:
+            self._scheduled = True
+            self._inflight += 1  # the slot is the new call's from now
+            self._tasks.add(asyncio.get_running_loop().create_task(self._call()))
+
+    def _take(self) -> list[tuple[Item, Done]]:
+        item, done, _ = self._queue.popleft()
+        batch = [(item, done)]
+        size = self._size(item)
+        while self._queue and size + self._size(self._queue[0][0]) <= self._max_size:
+            size += self._size(self._queue[0][0])
+            batch.append(self._queue.popleft()[:2])
+        self._queued -= size
+        return batch
 
     def _drop_expired(self) -> None:
         now = asyncio.get_running_loop().time()
-        kept: deque[tuple[Item, asyncio.Future[Result], float | None]] = deque()
+        kept: deque[tuple[Item, Done, float | None]] = deque()
         for entry in self._queue:
-            item, future, deadline = entry
+            item, done, deadline = entry
             if deadline is not None and deadline <= now:
                 self._queued -= self._size(item)
-                if not future.done():
-                    future.set_exception(Expired(f"still queued {now - deadline:.3f} s after its deadline"))
+                deliver(done, None, self._expired(f"still queued {now - deadline:.3f} s after its deadline"))
             else:
                 kept.append(entry)
         self._queue = kept
@@ -107,22 +112,29 @@ class Batcher(Generic[Item, Result]):
         ahead = math.ceil((self._queued + size) / self._max_size)
         return self.call_s * (1 + ahead / self._max_inflight)
 
-    async def _run(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
-        start = time.perf_counter()
+    async def _call(self) -> None:
+        self._scheduled = False
         try:
-            results = await self._send([item for item, _ in batch])
-        except Exception as exc:  # noqa: BLE001 - every item of the call gets the call's failure
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-        else:
-            took = time.perf_counter() - start
-            self.call_s = took if self.call_s is None else 0.8 * self.call_s + 0.2 * took
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():  # a caller that stopped waiting (a cancelled hedge loser)
-                    future.set_result(result)
+            self._drop_expired()
+            if not self._queue:
+                return
+            batch = self._take()
+            self._kick()  # more waits than one call carries and a slot is free: the next call starts too
+            start = time.perf_counter()
+            try:
+                results = await self._send([item for item, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - every item of the call gets the call's failure
+                for _, done in batch:
+                    deliver(done, None, exc)
+            else:
+                took = time.perf_counter() - start
+                self.call_s = took if self.call_s is None else 0.8 * self.call_s + 0.2 * took
+                for (_, done), result in zip(batch, results, strict=True):
+                    deliver(done, result, None)
         finally:
             self._inflight -= 1
+            # Dropped here, not by a done callback: that would cost one more turn of the loop per call.
+            self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
             self._kick()
 
 
@@ -131,6 +143,7 @@ def row_batcher(
     max_inflight: int,
     max_rows: int,
     on_batch: Callable[[int], Any] | None = None,
+    expired: Callable[[str], Exception] = Expired,
 ) -> Batcher[np.ndarray, np.ndarray]:
     """Batches of rows (one ModelInfer): the items are concatenated and the output split back by rows."""
 
@@ -144,4 +157,4 @@ def row_batcher(
         bounds = np.cumsum([len(item) for item in items])[:-1]
         return list(np.split(output, bounds))
 
-    return Batcher(send_rows, max_inflight, max_rows, size=len)
+    return Batcher(send_rows, max_inflight, max_rows, size=len, expired=expired)

@@ -175,9 +175,6 @@ class FrontendConfig:
     kserve_address: str | None = None  # also serve Triton's KServe v2 gRPC protocol here; None = off
     faults: FaultPlan = field(default_factory=FaultPlan)
     parity_triton_urls: tuple[str, ...] = ()  # instances serving parity models; empty = triton_urls
-    # Cancel the losing copy of a hedged/replicated call. Off: cancelling in-flight calls crashes
-    # tritonserver 2.51 (fixed in 2.57); turn on only against a newer Triton.
-    cancel_losers: bool = False
     scheme_modules: tuple[str, ...] = ()  # plug-in modules that register more coding schemes
     coding: str = "services"  # "services": the encoder/decoder services; "local": coding/ in-process
     coding_transport: str = "stream"  # how batches reach the coding services: "stream" or "unary" calls

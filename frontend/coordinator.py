@@ -85,7 +85,9 @@ class ModelServer:
         self.deadlines = deadlines
         self._group_ids = itertools.count()
         self._open: CodingGroup | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()  # encodes and decodes
+        self._calls_out = 0  # Triton calls sent and not answered yet
+        self._no_calls_out = asyncio.Event()
         self.signatures: dict[str, ModelSignature] = {}
         # Metric children bound once: labels() per query costs more than the count.
         self._answered = {
@@ -196,7 +198,7 @@ class ModelServer:
     def _execute(self, group: CodingGroup, actions: Iterable[Action]) -> None:
         for action in actions:
             if isinstance(action, Infer):
-                self._spawn(self._infer(group, action))
+                self._infer(group, action)
             elif isinstance(action, Encode):
                 self._spawn(self._encode(group, action))
             elif isinstance(action, Decode):
@@ -210,25 +212,49 @@ class ModelServer:
             elif isinstance(action, Discarded):
                 metrics.LATE_DISCARDED.labels(self.route.model).inc()
 
-    async def _infer(self, group: CodingGroup, action: Infer) -> None:
+    def _infer(self, group: CodingGroup, action: Infer) -> None:
+        """Send the call; its outcome comes back in :meth:`_inferred` (a completion callback: no task
+        or future per call, see frontend.completion)."""
         model = self.models[action.role]
         # Past the last deadline of the group's queries so far nobody waits for this output: never sent then.
         deadline = max(q.deadline for q in group.queries)
         call = CallInfo(
             model, action.instance, action.kind, action.worker, action.copy, action.annotation, group.group_id, deadline
         )
+        self._calls_out += 1
         start = time.perf_counter()
-        try:
-            out = await self._dispatcher.call(call, action.input[None], self.signatures[model])
-        except WorkerError as exc:
-            log.debug("%s call to %s failed: %s", action.kind, model, exc)
-            now = asyncio.get_running_loop().time() if exc.transport else None
-            actions = group.failed(action.handle, str(exc), retry_at=now)
+        self._dispatcher.send(
+            call,
+            action.input[None],
+            self.signatures[model],
+            lambda out, error: self._inferred(group, action, model, start, out, error),
+        )
+
+    def _inferred(
+        self,
+        group: CodingGroup,
+        action: Infer,
+        model: str,
+        start: float,
+        out: np.ndarray | None,
+        error: BaseException | None,
+    ) -> None:
+        self._calls_out -= 1
+        if not self._calls_out:
+            self._no_calls_out.set()
+        if error is not None:
+            if not isinstance(error, WorkerError):  # a bug, not a worker's failure: the group still hears of it
+                log.error("%s call to %s raised", action.kind, model, exc_info=error)
+                error = WorkerError(f"{type(error).__name__}: {error}")
+            log.debug("%s call to %s failed: %s", action.kind, model, error)
+            now = asyncio.get_running_loop().time() if error.transport else None
+            actions = group.failed(action.handle, str(error), retry_at=now)
             retries = sum(isinstance(a, Infer) for a in actions)
             if retries:
                 metrics.RETRIES.labels(model).inc(retries)
             self._execute(group, actions)
             return
+        assert out is not None
         if action.kind == "coded":
             self.deadlines.coded_latency.record(time.perf_counter() - start)
         self._execute(group, group.arrived(action.handle, out[0]))
@@ -270,8 +296,15 @@ class ModelServer:
 
     async def drain(self, timeout_s: float) -> None:
         """Let in-flight Triton calls finish (never cancel them: see module doc)."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        calls = None
+        if self._calls_out:
+            self._no_calls_out.clear()
+            calls = asyncio.ensure_future(self._no_calls_out.wait())
+        waits: set[asyncio.Future[Any]] = {*self._tasks, *([calls] if calls else [])}
+        if waits:
+            await asyncio.wait(waits, timeout=timeout_s)
+        if calls is not None:
+            calls.cancel()
 
 
 def _expire(waiter: asyncio.Future[Answer], model: str, timeout_s: float) -> None:

@@ -2,8 +2,9 @@
 
 Every call of a route goes through its Dispatcher. Data calls follow the route's policy; coded calls
 are sent once (their redundancy is the code's). The first successful copy wins. Losing copies are
-left to finish and are discarded, unless ``cancel_losers`` is on (never against the local Triton 2.51:
-cancelling in-flight calls crashes it). Extra copies go to instances the call does not use yet.
+left to finish and are discarded (cancelling in-flight calls crashes the local Triton 2.51). Extra
+copies go to instances the call does not use yet. Outcomes travel as completion callbacks
+(:mod:`frontend.completion`), so a hedge costs a timer, not a task.
 """
 
 from __future__ import annotations
@@ -15,77 +16,108 @@ import time
 import numpy as np
 
 from frontend import metrics
+from frontend.completion import Done, into_future
 from frontend.config import Dispatch
 from frontend.latency import LatencyWindow
 from frontend.placement import Placer
-from frontend.workers import CallInfo, ModelSignature, Pool, WorkerError
+from frontend.workers import CallInfo, ModelSignature, Pool
 
 HEDGE_QUANTILE = 0.95  # The Tail at Scale: hedge after about the p95 of normal latency
 
 
 class Dispatcher:
-    def __init__(self, pool: Pool, placer: Placer, policy: Dispatch, cancel_losers: bool) -> None:
+    def __init__(self, pool: Pool, placer: Placer, policy: Dispatch) -> None:
         self._pool = pool
         self._placer = placer
         self._policy = policy
-        self._cancel_losers = cancel_losers
         self.latency = LatencyWindow()  # of the data calls: what the hedging delay adapts to
         self._outcomes = metrics.Bound(lambda key: metrics.WORKER_CALLS.labels(*key))
 
     async def call(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature) -> np.ndarray:
-        """The output of ``batch`` on ``call.model``: first from ``call.instance``, then from copies."""
+        """The output of ``batch`` on ``call.model``: :meth:`send`, awaited."""
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self.send(call, batch, signature, into_future(future))
+        return await future
+
+    def send(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature, done: Done) -> None:
+        """``done`` gets the output: first from ``call.instance``, then from copies. No task: copies are
+        sent and raced from completion callbacks and a timer."""
         if call.kind != "data" or self._policy.mode == "single":
-            return await self._one(call, batch, signature)
-        tasks: list[asyncio.Future[np.ndarray]] = [asyncio.ensure_future(self._one(call, batch, signature))]
-        if self._policy.mode == "hedge":
-            done, _ = await asyncio.wait(tasks, timeout=self._hedge_delay_s())
-            if done and tasks[0].exception() is None:
-                return tasks[0].result()
-            metrics.HEDGES.labels(call.model).inc()
-            copies = 1
+            self._one(call, batch, signature, done)
         else:
-            copies = self._policy.copies - 1
-        used = {call.instance: 1}
-        for copy in range(1, copies + 1):
-            instance = self._placer.place(call.model, used)
-            used[instance] = used.get(instance, 0) + 1
-            replica = dataclasses.replace(call, instance=instance, copy=copy)
-            tasks.append(asyncio.ensure_future(self._one(replica, batch, signature)))
-        return await self._first_success(tasks)
+            _Race(self, call, batch, signature, done)
 
     def _hedge_delay_s(self) -> float:
         if self._policy.hedge_delay_ms is not None:
             return self._policy.hedge_delay_ms / 1e3
         return self.latency.quantile(HEDGE_QUANTILE)
 
-    async def _one(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature) -> np.ndarray:
+    def _one(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature, done: Done) -> None:
         start = time.perf_counter()
-        try:
-            out = await self._pool.infer(call, batch, signature)
-        except WorkerError:
-            self._outcomes[call.model, "error"].inc()
-            raise
-        if call.kind == "data":
-            self.latency.record(time.perf_counter() - start)
-        self._outcomes[call.model, "ok"].inc()
-        return out
 
-    async def _first_success(self, tasks: list[asyncio.Future[np.ndarray]]) -> np.ndarray:
-        pending: set[asyncio.Future[np.ndarray]] = set(tasks)
-        error: BaseException | None = None
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task.exception() is None:
-                    self._release(pending)
-                    return task.result()
-                error = task.exception()
-        assert error is not None
-        raise error
+        def recorded(result: np.ndarray | None, error: BaseException | None) -> None:
+            if error is not None:
+                self._outcomes[call.model, "error"].inc()
+            else:
+                if call.kind == "data":
+                    self.latency.record(time.perf_counter() - start)
+                self._outcomes[call.model, "ok"].inc()
+            done(result, error)
 
-    def _release(self, losers: set[asyncio.Future[np.ndarray]]) -> None:
-        for task in losers:
-            if self._cancel_losers:
-                task.cancel()
-            else:  # let it finish; read its outcome so a late failure is not reported as unhandled
-                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._pool.send(call, batch, signature, recorded)
+
+
+class _Race:
+    """One replicated or hedged data call: its copies race and the first success goes to ``done``.
+    Replication sends every copy at once; hedging sends a second one when the first has not answered
+    within the hedge delay, or at once when it fails. Losers finish and are dropped (Triton calls are
+    never cancelled: see frontend.workers); ``done`` gets the last error only if every copy failed."""
+
+    def __init__(
+        self, dispatcher: Dispatcher, call: CallInfo, batch: np.ndarray, signature: ModelSignature, done: Done
+    ) -> None:
+        self._dispatcher, self._call, self._batch, self._signature = dispatcher, call, batch, signature
+        self._done: Done | None = done  # None once answered
+        self._used = {call.instance: 1}
+        self._out = 0  # copies sent and not finished
+        self._hedge: asyncio.TimerHandle | None = None
+        self._send(call)
+        policy = dispatcher._policy
+        if policy.mode == "hedge":
+            self._hedge = asyncio.get_running_loop().call_later(dispatcher._hedge_delay_s(), self._send_hedge)
+        else:
+            for _ in range(policy.copies - 1):
+                self._send_copy()
+
+    def _send(self, call: CallInfo) -> None:
+        self._out += 1
+        self._dispatcher._one(call, self._batch, self._signature, self._finished)
+
+    def _send_copy(self) -> None:
+        instance = self._dispatcher._placer.place(self._call.model, self._used)
+        self._used[instance] = self._used.get(instance, 0) + 1
+        self._send(dataclasses.replace(self._call, instance=instance, copy=sum(self._used.values()) - 1))
+
+    def _send_hedge(self) -> None:
+        self._hedge = None
+        if self._done is not None:
+            metrics.HEDGES.labels(self._call.model).inc()
+            self._send_copy()
+
+    def _finished(self, result: np.ndarray | None, error: BaseException | None) -> None:
+        self._out -= 1
+        done = self._done
+        if done is None:
+            return  # a loser
+        if error is None:
+            self._done = None
+            if self._hedge is not None:
+                self._hedge.cancel()
+                self._hedge = None
+            done(result, None)
+        elif self._hedge is not None:  # the first copy failed before the hedge delay: hedge at once
+            self._hedge.cancel()
+            self._send_hedge()
+        elif not self._out:
+            self._done = None
+            done(None, error)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from frontend.completion import Done, into_future, run_then
 from frontend.config import FaultPlan
 from frontend.service_time import ServiceTime
 from frontend.workers import CallInfo, ModelSignature, Pool, WorkerError
@@ -92,7 +93,22 @@ class InjectingPool:
         return self._drawn.draw() if call.model in self._deployed else None
 
     async def infer(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature) -> np.ndarray:
-        fault = self.fault_for(call)
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self.send(call, batch, signature, into_future(future))
+        return await future
+
+    def send(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature, done: Done) -> None:
+        """Straight to the wrapped pool where the call draws no fault (no task of its own), else through
+        a task that injects the fault around it."""
+        fault = self.fault_for(call)  # drawn once per call
+        if fault is None and self._service_time is None:
+            self._pool.send(call, batch, signature, done)
+        else:
+            run_then(self._faulty(call, batch, signature, fault), done)
+
+    async def _faulty(
+        self, call: CallInfo, batch: np.ndarray, signature: ModelSignature, fault: Fault | None
+    ) -> np.ndarray:
         if fault is not None and fault.fail:
             raise WorkerError(f"injected failure on {call.model}")
         if fault is not None and fault.delay_s:

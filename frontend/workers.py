@@ -22,7 +22,8 @@ from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from tritonclient.utils import triton_to_np_dtype
 
 from frontend import metrics
-from frontend.batching import Batcher, Expired, row_batcher
+from frontend.batching import Batcher, row_batcher
+from frontend.completion import Done, deliver, into_future
 from frontend.streams import StreamCalls
 from service_common.channels import DEFAULT_RECONNECT_BACKOFF_MS, client_options
 from service_common.tls import ClientTLS, aio_channel
@@ -89,6 +90,8 @@ class Pool(Protocol):
     async def close(self) -> None: ...
 
     async def signature(self, model: str, instance: int) -> ModelSignature: ...
+
+    def send(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature, done: Done) -> None: ...
 
     async def infer(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature) -> np.ndarray: ...
 
@@ -246,26 +249,39 @@ class TritonPool:
 
     async def infer(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature) -> np.ndarray:
         """The output rows of ``batch`` on ``call.model`` at ``call.instance``. Raises WorkerError."""
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self.send(call, batch, signature, into_future(future))
+        return await future
+
+    def send(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature, done: Done) -> None:
+        """:meth:`infer` without a task: the rows join their instance's batcher at once and ``done``
+        gets the output rows or a WorkerError (:mod:`frontend.completion`)."""
         key = (call.instance, call.model)
         batcher = self._batchers.get(key)
         if batcher is None:
+            url = self.urls[call.instance]
             if call.instance in self._removed:
-                raise WorkerError(f"{call.model}: Triton at {self.urls[call.instance]} was removed", transport=True)
+                asyncio.get_running_loop().call_soon(
+                    deliver, done, None, WorkerError(f"{call.model}: Triton at {url} was removed", transport=True)
+                )
+                return
             batcher = self._batchers[key] = row_batcher(
                 lambda rows: self._model_infer(call.instance, call.model, rows, signature),
                 self.batch_inflight,
                 signature.max_batch,
                 metrics.TRITON_BATCH_ROWS.labels(call.model).observe,
+                lambda why: WorkerError(f"{call.model}: not sent to Triton at {url}: {why}"),
             )
-        self._inflight[call.instance] += 1
-        try:
-            return await batcher.submit(batch, call.deadline)
-        except Expired as exc:
-            raise WorkerError(f"{call.model}: not sent to Triton at {self.urls[call.instance]}: {exc}") from exc
-        finally:
-            self._inflight[call.instance] -= 1
-            if not self._inflight[call.instance] and call.instance in self._idle:
-                self._idle[call.instance].set()
+        instance = call.instance
+        self._inflight[instance] += 1
+
+        def finished(result: np.ndarray | None, error: BaseException | None) -> None:
+            self._inflight[instance] -= 1
+            if not self._inflight[instance] and instance in self._idle:
+                self._idle[instance].set()
+            done(result, error)
+
+        batcher.send(batch, finished, call.deadline)
 
     async def _model_infer(
         self, instance: int, model: str, rows: np.ndarray, signature: ModelSignature, timeout_s: float | None = None

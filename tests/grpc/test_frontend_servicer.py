@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
 from frontend.app import FrontendApp
+from frontend.completion import run_then
 from frontend.config import FrontendConfig, parse_route
 from frontend.deadlines import DeadlinePolicy
 from frontend.server import SERVICE_NAME
@@ -51,6 +52,9 @@ class FakeTriton:
 
     def wait_s(self, model: str, instances: tuple[int, ...], rows: int = 1) -> float:
         return 0.0  # no queue here (tests/grpc/test_admission.py drives the real pool's)
+
+    def send(self, call, batch, signature, done):  # the Pool protocol's way in: a task around infer
+        run_then(self.infer(call, batch, signature), done)
 
     async def infer(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature) -> np.ndarray:
         if call.kind == "data" and (batch == HANG).all():

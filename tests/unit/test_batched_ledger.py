@@ -43,13 +43,15 @@ class LedgerPool(TritonPool):
     async def signature(self, model, instance):
         return SIG
 
-    async def infer(self, call, batch, signature):
+    def send(self, call, batch, signature, done):
         self.calls.append(call)
-        try:
-            return await super().infer(call, batch, signature)
-        except WorkerError:
-            self.failed_calls[call.group] += 1
-            raise
+
+        def counted(out, error):
+            if isinstance(error, WorkerError):
+                self.failed_calls[call.group] += 1
+            done(out, error)
+
+        super().send(call, batch, signature, counted)
 
     async def _model_infer(self, instance, model, rows, signature):
         self.batch_rows.append(len(rows))
@@ -64,7 +66,7 @@ async def test_every_query_is_answered_once_and_right_and_placement_holds(seed):
     route = parse_route("m=parm:k=2,encoder=add,parity_model=p")
     pool = LedgerPool(seed, fail=0.05)
     placer = Placer({"m": (0, 1, 2), "p": (0, 1, 2)})
-    dispatcher = Dispatcher(pool, placer, Dispatch(), cancel_losers=False)
+    dispatcher = Dispatcher(pool, placer, Dispatch())
     policy = DeadlinePolicy(straggler_ms=5, straggler_quantile=0.9, straggler_floor_ms=1, fill_ms=3)
     server = ModelServer(route, pool, placer, dispatcher, LocalCoding(), RouteDeadlines(policy, dispatcher.latency, 2))
     await server.load()

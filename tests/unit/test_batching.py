@@ -120,3 +120,27 @@ async def test_rows_whose_deadline_passes_in_the_queue_are_never_sent():
     with pytest.raises(Expired, match="after its deadline"):
         await expired
     assert sent == [[0.0], [2.0]] and batcher.wait_s() == batcher.call_s
+
+
+async def test_completion_callbacks_are_called_once_each_after_send_returns_and_a_raising_one_spares_the_rest():
+    triton = FakeTriton(delay_s=0.0, bad=9.0)
+    batcher = row_batcher(triton.send, max_inflight=1, max_rows=64)
+    outcomes: list[tuple[float, str]] = []
+
+    def done_for(v: float):
+        def done(out, error):
+            outcomes.append((v, "error" if error is not None else str(float(out[0, 0]))))
+            if v == 1.0:
+                raise ValueError("a buggy callback")  # logged by deliver; the batch's other rows still hear
+
+        return done
+
+    for v in (1.0, 2.0, 3.0):
+        batcher.send(_row(v), done_for(v))
+    assert outcomes == []  # never called from inside send
+    await asyncio.sleep(0.01)
+    assert outcomes == [(1.0, "10.0"), (2.0, "20.0"), (3.0, "30.0")] and triton.batches == [3]
+    for v in (4.0, 9.0):
+        batcher.send(_row(v), done_for(v))
+    await asyncio.sleep(0.01)
+    assert outcomes[3:] == [(4.0, "error"), (9.0, "error")]  # one failed call: each of its rows told once

@@ -73,8 +73,8 @@ def test_a_flag_wins_over_its_variable_and_a_repeated_flag_replaces_the_list():
     env = {"CODEDSERVE_FRONTEND_MAX_INFLIGHT": "9", "CODEDSERVE_FRONTEND_ROUTES": "a=none;b=none"}
     args = frontend_main.parser(env).parse_args(["--max-inflight", "3", "--route", "c=none"])
     assert (args.max_inflight, args.route) == (3, ["c=none"])
-    args = frontend_main.parser({"CODEDSERVE_FRONTEND_CANCEL_LOSERS": "1"}).parse_args(["--no-cancel-losers"])
-    assert args.cancel_losers is False
+    args = frontend_main.parser({"CODEDSERVE_FRONTEND_WARM_UP": "0"}).parse_args(["--warm-up"])
+    assert args.warm_up is True
 
 
 def test_the_encoder_address_variable_means_only_the_encoders_bind_address():

@@ -11,6 +11,7 @@ import numpy as np
 from frontend import coordinator
 from frontend.actions import Answer, Fail
 from frontend.app import FrontendApp
+from frontend.completion import run_then
 from frontend.config import Dispatch, FaultPlan, FrontendConfig, parse_route
 from frontend.coordinator import ModelServer
 from frontend.deadlines import DeadlinePolicy, RouteDeadlines
@@ -35,6 +36,9 @@ class FakePool:
     async def signature(self, model, instance):
         return SIG
 
+    def send(self, call, batch, signature, done):  # the Pool protocol's way in: a task around infer
+        run_then(self.infer(call, batch, signature), done)
+
     async def infer(self, call: CallInfo, batch, signature):
         self.calls.append(call)
         if call.kind == "data" and float(batch.flat[0]) in self.hang:
@@ -58,7 +62,7 @@ class FakeCoders:
 async def _server(route_text: str, pool: FakePool, coders: FakeCoders) -> ModelServer:
     route = parse_route(route_text)
     placer = Placer({m: (0, 1, 2) for m in route.models.values()})
-    dispatcher = Dispatcher(pool, placer, Dispatch(), False)
+    dispatcher = Dispatcher(pool, placer, Dispatch())
     deadlines = RouteDeadlines(DeadlinePolicy(straggler_ms=50, fill_ms=1000), dispatcher.latency, 2)
     server = ModelServer(route, pool, placer, dispatcher, coders, deadlines)
     await server.load()
