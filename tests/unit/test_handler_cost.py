@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 from tritonclient.grpc import service_pb2 as kpb
 
@@ -34,4 +36,15 @@ async def test_a_coded_route_runs_through_its_coding_groups():
 
 
 async def test_measure_reports_cpu_per_query():
-    assert await handler_cost.measure(f"{handler_cost.MODEL}=none", 2, 20, "local") > 0
+    cost = await handler_cost.measure(f"{handler_cost.MODEL}=none", 2, 20, "local")
+    assert cost.cpu_us > 0
+
+
+def test_on_a_counting_loop_measure_counts_turns_and_callbacks_per_query():
+    """A query costs at least its own task's steps: several callbacks and more than one turn when alone."""
+    with asyncio.Runner(loop_factory=handler_cost.CountingLoop) as runner:
+        alone = runner.run(handler_cost.measure(f"{handler_cost.MODEL}=none", 1, 40, "local"))
+    assert alone.turns > 1 and alone.handles >= alone.turns
+    with asyncio.Runner(loop_factory=handler_cost.CountingLoop) as runner:
+        together = runner.run(handler_cost.measure(f"{handler_cost.MODEL}=none", 4, 40, "local"))
+    assert together.turns < alone.turns  # four queries share each turn
