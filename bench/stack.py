@@ -143,6 +143,11 @@ class Stack:
         """Start every process at once, then wait for each (frontends report SERVING only once Triton
         has every routed model ready, so this returns with the stack ready end to end)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        specs = {n: s if isinstance(s, FrontendSpec) else FrontendSpec(flags=s) for n, s in self.frontends.items()}
+        # Every port of the stack picked at once, before any process starts: picked one process at a time,
+        # a port handed to a Triton that had not bound it yet could be handed out again (seen in CI: a
+        # Triton's metrics port taken, and that Triton exited).
+        ports = iter(free_ports(3 * self.triton_count + 2 + 2 * len(specs)))
         for i in range(self.triton_count):
             config = TritonConfig(
                 self.model_repository,
@@ -150,10 +155,11 @@ class Stack:
                 log_path=self.log_dir / f"tritonserver-{i}.log",
                 host=self.network.address(i) if self.network else HOST,
                 launcher=self.network.exec_prefix(i) if self.network else (),
+                grpc_port=next(ports),
+                http_port=next(ports),
+                metrics_port=next(ports),
             )
             self.tritons.append(TritonServer(config).start())
-        specs = {n: s if isinstance(s, FrontendSpec) else FrontendSpec(flags=s) for n, s in self.frontends.items()}
-        ports = iter(free_ports(2 + 2 * len(specs)))
         for name in ("encoder", "decoder"):
             self._spawn(name, [f"-m{name}_service"], next(ports))
         for name, spec in specs.items():
