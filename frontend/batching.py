@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from frontend.completion import Done, deliver, into_future
+from frontend.completion import Done, awaited, deliver
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -57,9 +57,8 @@ class Batcher(Generic[Item, Result]):
 
     async def submit(self, item: Item, deadline: float | None = None) -> Result:
         """The result for ``item``: :meth:`send`, awaited."""
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self.send(item, into_future(future), deadline)
-        return await future
+        result: Result = await awaited(lambda done: self.send(item, done, deadline))
+        return result
 
     def send(self, item: Item, done: Done, deadline: float | None = None) -> None:
         """Queue ``item``; ``done`` gets its result from whichever call carries it, called directly when

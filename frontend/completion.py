@@ -7,7 +7,7 @@ A callback is never called from inside the ``send`` that was given it (always on
 caller may send and then update its own state. Why callbacks: every task step or future callback is
 one more callback the event loop runs per query, and in a grpc.aio server each costs more than its
 Python (``bench.handler_cost`` counts them; docs/kserve.md). Callers that want to await use
-:func:`into_future`.
+:func:`awaited`.
 """
 
 from __future__ import annotations
@@ -48,6 +48,14 @@ def into_future(future: asyncio.Future[Result]) -> Done:
             future.set_exception(error)
 
     return settle
+
+
+async def awaited(start: Callable[[Done], None]) -> Any:
+    """Start a call with a callback that settles a future, and await it: the callback API, for callers
+    that await (tests, warm-up, the coding clients)."""
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    start(into_future(future))
+    return await future
 
 
 def run_then(coro: Coroutine[Any, Any, Any], done: Done) -> asyncio.Task[Any]:

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from frontend import metrics
-from frontend.completion import Done, into_future
+from frontend.completion import Done, awaited
 from frontend.config import Dispatch
 from frontend.latency import LatencyWindow
 from frontend.placement import Placer
@@ -35,9 +35,8 @@ class Dispatcher:
 
     async def call(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature) -> np.ndarray:
         """The output of ``batch`` on ``call.model``: :meth:`send`, awaited."""
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self.send(call, batch, signature, into_future(future))
-        return await future
+        output: np.ndarray = await awaited(lambda done: self.send(call, batch, signature, done))
+        return output
 
     def send(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature, done: Done) -> None:
         """``done`` gets the output: first from ``call.instance``, then from copies. No task: copies are

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from frontend.completion import Done, into_future, run_then
+from frontend.completion import Done, awaited, run_then
 from frontend.config import FaultPlan
 from frontend.service_time import ServiceTime
 from frontend.workers import CallInfo, ModelSignature, Pool, WorkerError
@@ -93,9 +93,8 @@ class InjectingPool:
         return self._drawn.draw() if call.model in self._deployed else None
 
     async def infer(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature) -> np.ndarray:
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self.send(call, batch, signature, into_future(future))
-        return await future
+        output: np.ndarray = await awaited(lambda done: self.send(call, batch, signature, done))
+        return output
 
     def send(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature, done: Done) -> None:
         """Straight to the wrapped pool where the call draws no fault (no task of its own), else through

@@ -23,7 +23,7 @@ from tritonclient.utils import triton_to_np_dtype
 
 from frontend import metrics
 from frontend.batching import Batcher, row_batcher
-from frontend.completion import Done, deliver, into_future
+from frontend.completion import Done, awaited, deliver
 from frontend.streams import StreamCalls
 from service_common.channels import DEFAULT_RECONNECT_BACKOFF_MS, client_options
 from service_common.tls import ClientTLS, aio_channel
@@ -249,9 +249,8 @@ class TritonPool:
 
     async def infer(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature) -> np.ndarray:
         """The output rows of ``batch`` on ``call.model`` at ``call.instance``. Raises WorkerError."""
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self.send(call, batch, signature, into_future(future))
-        return await future
+        output: np.ndarray = await awaited(lambda done: self.send(call, batch, signature, done))
+        return output
 
     def send(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature, done: Done) -> None:
         """:meth:`infer` without a task: the rows join their instance's batcher at once and ``done``
