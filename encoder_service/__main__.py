@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 from collections.abc import Mapping
 
 from encoder_service.server import create_server
+from service_common import event_loop
 from service_common.cli import ServiceConfig, coding_service_parser, common_config
 from service_common.logs import setup_logging
 from service_common.metrics import serve_metrics
@@ -34,7 +34,7 @@ def main() -> None:
     setup_logging(config.log_level)
     serve_metrics(config.metrics_port, config.metrics_address)
     try:
-        asyncio.run(_main(config))
+        event_loop.run(_main(config), config.event_loop)
     except BindError as exc:  # a clear line, not a traceback: the port is someone else's
         raise SystemExit(f"encoder_service: {exc}") from None
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import functools
 import logging
 from collections.abc import Mapping
@@ -14,6 +13,7 @@ from frontend.deadlines import DeadlinePolicy
 from frontend.injection import parse_fault_metadata
 from frontend.server import create_server
 from frontend.service_time import DISTRIBUTIONS
+from service_common import event_loop
 from service_common.channels import DEFAULT_RECONNECT_BACKOFF_MS
 from service_common.cli import Flags, add_common_flags, common_config, legacy_name, new_parser
 from service_common.logs import setup_logging
@@ -328,6 +328,7 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
             dns_server=args.dns_server or "",
             tls=common.tls,
             health_address=common.health_address,
+            event_loop=common.event_loop,
             triton_tls=triton_tls,
             coding_tls=coding_tls,
             reconnect_backoff_ms=args.reconnect_backoff_ms,
@@ -367,7 +368,7 @@ def main() -> None:
     setup_logging(config.log_level)
     serve_metrics(config.metrics_port, config.metrics_address)
     try:
-        asyncio.run(_main(config))
+        event_loop.run(_main(config), config.event_loop)
     except BindError as exc:
         raise SystemExit(f"frontend: {exc}") from None
 

@@ -10,6 +10,7 @@ from coding.scheme import Scheme, Uncoded, group_size
 from coding.schemes import get_scheme
 from frontend.deadlines import DeadlinePolicy
 from service_common.channels import DEFAULT_RECONNECT_BACKOFF_MS
+from service_common.event_loop import DEFAULT_LOOP
 from service_common.tls import ClientTLS, ServerTLS
 
 UNCODED = "none"
@@ -190,6 +191,7 @@ class FrontendConfig:
     dns_server: str = ""  # HOST[:PORT] of the DNS server asked for those names; "" = the system resolver
     tls: ServerTLS | None = None  # both of the frontend's ports (None: plaintext)
     health_address: str | None = None  # the Frontend port's grpc.health.v1 alone, in plaintext (None: off)
+    event_loop: str = DEFAULT_LOOP  # the asyncio loop the frontend runs on (service_common.event_loop)
     triton_tls: ClientTLS | None = None  # the channels to Triton (every instance, and the KServe control channel)
     coding_tls: ClientTLS | None = None  # the channels to the encoder and decoder services
     reconnect_backoff_ms: int = DEFAULT_RECONNECT_BACKOFF_MS  # longest wait between a channel's reconnect attempts

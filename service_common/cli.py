@@ -19,6 +19,7 @@ from typing import Any
 
 from coding.errors import CodingError
 from coding.schemes import load_scheme_modules
+from service_common.event_loop import DEFAULT_LOOP, LOOPS
 from service_common.tls import ServerTLS, TLSConfigError, add_server_flags, server_tls_from_args
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,7 @@ class ServiceConfig:
     metrics_address: str = "127.0.0.1"
     tls: ServerTLS | None = None  # the server's own TLS (None: plaintext)
     health_address: str | None = None  # also serve grpc.health.v1 alone here, in plaintext (None: off)
+    event_loop: str = DEFAULT_LOOP  # the asyncio loop it runs on (service_common.event_loop)
 
 
 def add_common_flags(flags: Flags, default_port: int, legacy: bool = False) -> None:
@@ -211,6 +213,12 @@ def add_common_flags(flags: Flags, default_port: int, legacy: bool = False) -> N
         help="import this module at start-up so it registers more coding schemes; repeatable; the three "
         "services need the same ones",
     )
+    flags.add(
+        "--event-loop",
+        choices=LOOPS,
+        default=DEFAULT_LOOP,
+        help="the asyncio event loop to run on: uvloop (libuv, in C) or the standard library's",
+    )
     add_server_flags(flags)
 
 
@@ -236,6 +244,7 @@ def common_config(args: argparse.Namespace) -> ServiceConfig:
         args.metrics_address,
         tls,
         args.health_address or None,
+        args.event_loop,
     )
 
 
