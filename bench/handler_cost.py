@@ -9,6 +9,11 @@ the encoding and decoding for a coded route with ``--coding local``. The hops th
 ``bench.call_cost``'s. Prints microseconds of process CPU per query, and how many event-loop turns
 and callbacks each query costs: counts, the same on any machine, and each callback is one more trip
 through grpc.aio's loop in a real server.
+
+``--idle-ms`` sleeps that long (the thread blocked, as a served process waits in epoll) before each round
+of queries: a process that wakes after an idle spell finds its caches taken by whatever ran meanwhile,
+and at 150 q/s every process of the stack wakes so, every few milliseconds. On the 2-core development
+VM this multiplied the CPU of small Python and numpy steps several times (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -104,8 +109,9 @@ class Cost:
     handles: float  # callbacks run per query
 
 
-async def measure(route: str, concurrency: int, queries: int, coding: str) -> Cost:
-    """CPU, loop turns and callbacks per query (the counts only when run on a :class:`CountingLoop`)."""
+async def measure(route: str, concurrency: int, queries: int, coding: str, idle_s: float = 0.0) -> Cost:
+    """CPU, loop turns and callbacks per query (the counts only when run on a :class:`CountingLoop`);
+    ``idle_s`` of blocked sleep before each round (not counted: process CPU only)."""
     servicer = await _servicer(route, coding)
     request = infer_request(MODEL)
     context = _Context()
@@ -121,6 +127,8 @@ async def measure(route: str, concurrency: int, queries: int, coding: str) -> Co
     turns, handles = getattr(loop, "turns", 0), getattr(loop, "handles", 0)
     start = time.process_time()
     for _ in range(rounds):
+        if idle_s:
+            time.sleep(idle_s)  # blocking on purpose: the whole process idle, as between arrivals
         await asyncio.gather(*(one() for _ in range(concurrency)))
     n = rounds * concurrency
     cpu_us = (time.process_time() - start) / n * 1e6
@@ -140,18 +148,30 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=20000, help="queries measured per route and concurrency")
     p.add_argument("--coding", choices=("local", "services"), default="local", help="the frontend's --coding")
     p.add_argument("--repeat", type=int, default=2, help="measurements of each, interleaved")
+    p.add_argument(
+        "--idle-ms",
+        default="0",
+        help="comma-separated idle spells before each round of queries, in ms (0: back to back; "
+        "with idle, --queries is capped at 2000 to keep the run short)",
+    )
     args = p.parse_args()
-    print("| route | concurrency | CPU per query (us) | loop turns per query | callbacks per query |")
-    print("|---|---|---|---|---|")
+    print(
+        "| route | concurrency | idle before each round (ms) | CPU per query (us) | loop turns per query "
+        "| callbacks per query |"
+    )
+    print("|---|---|---|---|---|---|")
     for _ in range(args.repeat):
         for route in (r for r in args.routes.split(";") if r):
             for concurrency in (int(c) for c in args.concurrency.split(",") if c):
-                with asyncio.Runner(loop_factory=CountingLoop) as runner:
-                    cost = runner.run(measure(route, concurrency, args.queries, args.coding))
-                print(
-                    f"| `{route}` | {concurrency} | {cost.cpu_us:.0f} | {cost.turns:.2f} | {cost.handles:.2f} |",
-                    flush=True,
-                )
+                for idle_ms in (float(i) for i in args.idle_ms.split(",") if i):
+                    queries = args.queries if not idle_ms else min(args.queries, 2000)
+                    with asyncio.Runner(loop_factory=CountingLoop) as runner:
+                        cost = runner.run(measure(route, concurrency, queries, args.coding, idle_ms / 1e3))
+                    print(
+                        f"| `{route}` | {concurrency} | {idle_ms:g} | {cost.cpu_us:.0f} | {cost.turns:.2f} "
+                        f"| {cost.handles:.2f} |",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

@@ -31,14 +31,20 @@ def _concat(parts: Sequence[Array], axis: int) -> Array:
     return torch.cat(list(parts), dim=axis)
 
 
-def _area_downsample(x: Array, fh: int, fw: int) -> Array:
-    """Average-pool the last two axes by (fh, fw): an exact 'area' resize for even factors."""
-    *lead, h, w = x.shape
-    if h % fh or w % fw:
-        raise ValueError(f"image {h}x{w} is not divisible by the {fh}x{fw} downsample")
-    pooled = x.reshape(*lead, h // fh, fh, w // fw, fw)
-    rows = pooled.mean(-1) if fw > 1 else pooled[..., 0]  # the mean of one value is that value, exactly:
-    return rows.mean(-2) if fh > 1 else rows[..., 0, :]  # skipped (a reduction call costs more than the work)
+def _halve_width(x: Array) -> Array:
+    """Average each pair of neighbouring columns: an exact 'area' resize to half the width. Written as
+    two strided views and one add (no reduction call): the same values as a mean over pairs, and the
+    encoder runs on every coding group, where each array call counts."""
+    if x.shape[-1] % 2:
+        raise ValueError(f"image width {x.shape[-1]} is odd: it cannot be halved")
+    return (x[..., 0::2] + x[..., 1::2]) / 2
+
+
+def _halve_height(x: Array) -> Array:
+    """Average each pair of neighbouring rows (see :func:`_halve_width`)."""
+    if x.shape[-2] % 2:
+        raise ValueError(f"image height {x.shape[-2]} is odd: it cannot be halved")
+    return (x[..., 0::2, :] + x[..., 1::2, :]) / 2
 
 
 def add_encode(group: Array) -> Array:
@@ -54,10 +60,10 @@ def concat_encode(group: Array) -> Array:
     """
     k = group.shape[-4]
     if k == 2:
-        tiles = _area_downsample(group, 1, 2)
+        tiles = _halve_width(group)
         return _concat([tiles[..., 0, :, :, :], tiles[..., 1, :, :, :]], axis=-1)
     if k == 4:
-        tiles = _area_downsample(group, 2, 2)
+        tiles = _halve_height(_halve_width(group))
         top = _concat([tiles[..., 0, :, :, :], tiles[..., 1, :, :, :]], axis=-1)
         bottom = _concat([tiles[..., 2, :, :, :], tiles[..., 3, :, :, :]], axis=-1)
         return _concat([top, bottom], axis=-2)

@@ -92,6 +92,7 @@ def register(name: str, builder: Builder) -> None:
     if name in _BUILDERS and _BUILDERS[name] is not builder:
         raise CodingError(f"coding scheme {name!r} is already registered")
     _BUILDERS[name] = builder
+    _BUILT.clear()
 
 
 def load_scheme_modules(modules: Iterable[str]) -> None:
@@ -107,8 +108,22 @@ def known_schemes() -> list[str]:
     return sorted(_BUILDERS)
 
 
+# Schemes are frozen values, so one built per code serves every request naming it: the encoder and the
+# decoder look one up per coding group, where building it (parsing and validating params) cost more
+# than the coding itself. Bounded, since the codes come from clients.
+_BUILT: dict[tuple[str, int, tuple[tuple[str, str], ...]], Scheme] = {}
+MAX_BUILT = 256
+
+
 def get_scheme(name: str, k: int, params: Mapping[str, str] | None = None) -> Scheme:
-    """Build a scheme by name; raises :class:`CodingError` naming what is wrong."""
-    if name not in _BUILDERS:
-        raise CodingError(f"unknown coding scheme {name!r}; known: {known_schemes()}")
-    return _BUILDERS[name](k, dict(params or {}))
+    """The scheme of that name, k and params; raises :class:`CodingError` naming what is wrong."""
+    key = (name, k, tuple(sorted(params.items())) if params else ())
+    scheme = _BUILT.get(key)
+    if scheme is None:
+        if name not in _BUILDERS:
+            raise CodingError(f"unknown coding scheme {name!r}; known: {known_schemes()}")
+        scheme = _BUILDERS[name](k, dict(params or {}))
+        if len(_BUILT) >= MAX_BUILT:
+            _BUILT.clear()
+        _BUILT[key] = scheme
+    return scheme

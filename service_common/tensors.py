@@ -34,32 +34,36 @@ MAX_TENSOR_BYTES = 2**31 - 1  # protobuf's cap on one message: no request carrie
 MAX_ABS_INPUT = 1e6  # the largest |value| of a float query (see the module doc)
 
 
+# Each allowed dtype as read off the wire (little-endian), built once: a tensor is decoded per query.
+_WIRE_DTYPES = {name: np.dtype(name).newbyteorder("<") for name in ALLOWED_DTYPES}
+
+
 def to_numpy(tensor: pb.Tensor, what: str = "tensor") -> np.ndarray:
     """Decode a Tensor message; raise InvalidArgument naming ``what`` and the problem."""
-    if not (tensor.dtype or tensor.shape or tensor.data):
-        raise InvalidArgument(f"missing {what}: no dtype, shape or data")
-    if tensor.dtype not in ALLOWED_DTYPES:
+    dtype = _WIRE_DTYPES.get(tensor.dtype)
+    if dtype is None:
+        if not (tensor.dtype or tensor.shape or tensor.data):
+            raise InvalidArgument(f"missing {what}: no dtype, shape or data")
         raise InvalidArgument(f"{what}: unsupported dtype {tensor.dtype!r}; expected one of {list(ALLOWED_DTYPES)}")
     shape = tuple(tensor.shape)
-    itemsize = np.dtype(tensor.dtype).itemsize
-    nbytes = _checked_size(shape, tensor.dtype, what) * itemsize
-    if len(tensor.data) != nbytes:
-        raise InvalidArgument(
-            f"{what}: shape {list(shape)} of {tensor.dtype} needs {nbytes} bytes, got {len(tensor.data)}"
-        )
-    return np.frombuffer(tensor.data, dtype=np.dtype(tensor.dtype).newbyteorder("<")).reshape(shape)
+    data = tensor.data
+    nbytes = _checked_size(shape, tensor.dtype, what) * dtype.itemsize
+    if len(data) != nbytes:
+        raise InvalidArgument(f"{what}: shape {list(shape)} of {tensor.dtype} needs {nbytes} bytes, got {len(data)}")
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 def _checked_size(shape: tuple[int, ...], dtype: str, what: str) -> int:
     """The element count of ``shape``, in Python ints (never wraps), once the shape is one we can hold."""
     if len(shape) > MAX_RANK:
         raise InvalidArgument(f"{what}: rank {len(shape)} exceeds the maximum of {MAX_RANK} dimensions")
-    if any(d < 0 for d in shape):
-        raise InvalidArgument(f"{what}: negative dimension in shape {list(shape)}")
     count = math.prod(shape)
-    if count == 0:
+    negative = bool(shape) and min(shape) < 0  # not count < 0: two negative dimensions multiply to a positive
+    if negative or count == 0:
+        if negative:
+            raise InvalidArgument(f"{what}: negative dimension in shape {list(shape)}")
         raise InvalidArgument(f"{what}: empty tensor (shape {list(shape)})")
-    nbytes = count * np.dtype(dtype).itemsize
+    nbytes = count * _WIRE_DTYPES[dtype].itemsize
     if nbytes > MAX_TENSOR_BYTES:
         raise InvalidArgument(
             f"{what}: shape {list(shape)} of {dtype} declares {nbytes} bytes, more than any message "
@@ -83,7 +87,5 @@ def check_input_values(x: np.ndarray, what: str) -> None:
 
 def from_numpy(array: np.ndarray) -> pb.Tensor:
     """Encode an array as a little-endian Tensor message."""
-    array = np.ascontiguousarray(array)
-    return pb.Tensor(
-        dtype=array.dtype.name, shape=list(array.shape), data=array.astype(array.dtype.newbyteorder("<")).tobytes()
-    )
+    wire = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))  # no copy when it already is
+    return pb.Tensor(dtype=wire.dtype.name, shape=wire.shape, data=wire.tobytes())

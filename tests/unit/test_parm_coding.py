@@ -23,21 +23,22 @@ def test_add_encoder_is_the_sum():
 
 
 def test_concat_k2_places_half_width_tiles_side_by_side():
+    """Exactly (bit for bit) the mean over each pair of columns: the parity the committed models learned."""
     g = _group(2)
     p = parm.concat_encode(g)
     assert p.shape == (1, 28, 28)
-    np.testing.assert_allclose(p[..., :14], g[0].reshape(1, 28, 14, 2).mean(-1), rtol=1e-6)
-    np.testing.assert_allclose(p[..., 14:], g[1].reshape(1, 28, 14, 2).mean(-1), rtol=1e-6)
+    np.testing.assert_array_equal(p[..., :14], g[0].reshape(1, 28, 14, 2).mean(-1))
+    np.testing.assert_array_equal(p[..., 14:], g[1].reshape(1, 28, 14, 2).mean(-1))
 
 
 def test_concat_k4_places_quadrants_tl_tr_bl_br():
     g = _group(4)
     p = parm.concat_encode(g)
     quarter = [x.reshape(1, 14, 2, 14, 2).mean(-1).mean(-2) for x in g]
-    np.testing.assert_allclose(p[:, :14, :14], quarter[0], rtol=1e-6)
-    np.testing.assert_allclose(p[:, :14, 14:], quarter[1], rtol=1e-6)
-    np.testing.assert_allclose(p[:, 14:, :14], quarter[2], rtol=1e-6)
-    np.testing.assert_allclose(p[:, 14:, 14:], quarter[3], rtol=1e-6)
+    np.testing.assert_array_equal(p[:, :14, :14], quarter[0])
+    np.testing.assert_array_equal(p[:, :14, 14:], quarter[1])
+    np.testing.assert_array_equal(p[:, 14:, :14], quarter[2])
+    np.testing.assert_array_equal(p[:, 14:, 14:], quarter[3])
 
 
 @pytest.mark.parametrize("encoder,k", [("add", 2), ("add", 3), ("add", 4), ("concat", 2), ("concat", 4)])

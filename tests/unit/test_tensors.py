@@ -62,3 +62,14 @@ def test_values_at_the_bound_and_integer_inputs_pass():
     check_input_values(np.full(4, MAX_ABS_INPUT, np.float32), "x")
     check_input_values(np.full(4, -MAX_ABS_INPUT, np.float64), "x")
     check_input_values(np.full(4, 2**40, np.int64), "x")  # integers cannot be NaN; no bound on them
+
+
+@pytest.mark.parametrize("shape", [[-1, 4], [2, -3], [-2, -3], [0, -1]])  # two negatives multiply to a positive
+def test_a_negative_dimension_is_named_even_where_the_product_is_positive(shape):
+    with pytest.raises(InvalidArgument, match=r"^input: negative dimension in shape"):
+        to_numpy(pb.Tensor(dtype="float32", shape=shape, data=b"\0" * 24), "input")
+
+
+def test_an_unsupported_dtype_is_named():
+    with pytest.raises(InvalidArgument, match=r"^input: unsupported dtype 'complex64'"):
+        to_numpy(pb.Tensor(dtype="complex64", shape=[1], data=b"\0" * 8), "input")
