@@ -8,6 +8,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from frontend.batching import DEFAULT_ESTIMATE_MAX_AGE_S
 from frontend.config import FaultPlan, FrontendConfig, parse_route
 from frontend.deadlines import DeadlinePolicy
 from frontend.injection import parse_fault_metadata
@@ -102,6 +103,14 @@ def _flags(environ: Mapping[str, str] | None = None) -> Flags:
         default=True,
         help="refuse a query at once (RESOURCE_EXHAUSTED) when the Triton queue ahead of it would take longer "
         "than its deadline (--no-refuse-by-wait: only the counts bound admission)",
+    )
+    add(
+        "--wait-estimate-max-age-s",
+        type=float,
+        default=DEFAULT_ESTIMATE_MAX_AGE_S,
+        help="the call time behind --refuse-by-wait is forgotten when no Triton call has returned for this long "
+        "(the next query is let through to measure again): after a fault, short deadlines are refused for at "
+        "most about this long",
     )
     _tls_flags(flags)
     _health_flags(flags)
@@ -312,6 +321,7 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
             max_inflight=args.max_inflight,
             max_inflight_per_client=args.max_inflight_per_client,
             refuse_by_wait=args.refuse_by_wait,
+            wait_estimate_max_age_s=args.wait_estimate_max_age_s,
             max_message_bytes=common.max_message_bytes,
             metrics_port=common.metrics_port,
             metrics_address=common.metrics_address,

@@ -36,6 +36,7 @@ class FrontendApp:
             tls=config.triton_tls,
             reconnect_backoff_ms=config.reconnect_backoff_ms,
             transport=config.triton_transport,
+            wait_estimate_max_age_s=config.wait_estimate_max_age_s,
         )
         self.pool = self._pool()
         self.discovery = self._discovery()

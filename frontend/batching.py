@@ -22,6 +22,9 @@ import numpy as np
 
 from frontend.completion import Done, awaited, deliver
 
+# How long the measured call time stands with no call returning to renew it (Batcher.recent_call_s).
+DEFAULT_ESTIMATE_MAX_AGE_S = 0.5
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -40,9 +43,13 @@ class Batcher(Generic[Item, Result]):
         max_size: int,
         size: Callable[[Item], int] = lambda item: 1,
         expired: Callable[[str], Exception] = Expired,
+        estimate_max_age_s: float = DEFAULT_ESTIMATE_MAX_AGE_S,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         if max_inflight < 1 or max_size < 1:
             raise ValueError(f"need max_inflight >= 1 and max_size >= 1, got {max_inflight}, {max_size}")
+        if estimate_max_age_s <= 0:
+            raise ValueError(f"estimate_max_age_s must be positive, got {estimate_max_age_s}")
         self._send = send
         self._expired = expired  # the exception an item still queued at its deadline fails with
         self._max_inflight = max_inflight
@@ -52,6 +59,10 @@ class Batcher(Generic[Item, Result]):
         self._queued = 0  # the size of what waits in the queue
         self._inflight = 0
         self.call_s: float | None = None  # a moving average of how long one call takes (None: none yet)
+        self._measured_at = 0.0  # clock time of call_s's last sample
+        self._estimate_max_age_s = estimate_max_age_s
+        self._clock = clock
+        self._started: dict[int, float] = {}  # calls out -> when each left (at most max_inflight)
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -103,13 +114,37 @@ class Batcher(Generic[Item, Result]):
     def wait_s(self, size: int = 1) -> float:
         """About how long an item of ``size`` submitted now would wait for its result: one call when a
         slot is free, else the calls queued ahead of it (of ``max_size`` each, ``max_inflight`` at a
-        time) and its own, each taking the recent call time. 0 before any call has returned."""
-        if self.call_s is None:
+        time) and its own, each taking :meth:`recent_call_s`. 0 while nothing is known."""
+        call_s = self.recent_call_s()
+        if call_s is None:
             return 0.0
         if self._inflight < self._max_inflight and not self._queue:
-            return self.call_s
+            return call_s
         ahead = math.ceil((self._queued + size) / self._max_size)
-        return self.call_s * (1 + ahead / self._max_inflight)
+        return call_s * (1 + ahead / self._max_inflight)
+
+    def recent_call_s(self) -> float | None:
+        """How long a call takes now, as far as is known (None: nothing is).
+
+        The moving average of the calls that returned, while its last sample is younger than
+        ``estimate_max_age_s``, and at least as long as the oldest call still out (a stalled instance
+        makes it grow while the stall lasts). An older average is forgotten: the estimate feeds
+        admission, and admission refuses queries whose deadline it exceeds, so an estimate a fault
+        inflated would otherwise stand for good, since a refused query makes no call that could
+        correct it. Forgotten, the next query is let through and its call measures the instance again."""
+        now = self._clock()
+        fresh = self.call_s if self.call_s is not None and now - self._measured_at <= self._estimate_max_age_s else None
+        if not self._started:
+            return fresh
+        oldest_s = now - min(self._started.values())
+        return oldest_s if fresh is None else max(fresh, oldest_s)
+
+    def _measured(self, took: float, now: float) -> None:
+        if self.call_s is None or now - self._measured_at > self._estimate_max_age_s:
+            self.call_s = took  # what it averaged is forgotten: it starts again from this call
+        else:
+            self.call_s = 0.8 * self.call_s + 0.2 * took
+        self._measured_at = now
 
     async def _call(self) -> None:
         self._scheduled = False
@@ -119,17 +154,20 @@ class Batcher(Generic[Item, Result]):
                 return
             batch = self._take()
             self._kick()  # more waits than one call carries and a slot is free: the next call starts too
-            start = time.perf_counter()
+            key = id(batch)
+            self._started[key] = start = self._clock()
             try:
                 results = await self._send([item for item, _ in batch])
             except Exception as exc:  # noqa: BLE001 - every item of the call gets the call's failure
                 for _, done in batch:
                     deliver(done, None, exc)
             else:
-                took = time.perf_counter() - start
-                self.call_s = took if self.call_s is None else 0.8 * self.call_s + 0.2 * took
+                now = self._clock()
+                self._measured(now - start, now)
                 for (_, done), result in zip(batch, results, strict=True):
                     deliver(done, result, None)
+            finally:
+                del self._started[key]
         finally:
             self._inflight -= 1
             # Dropped here, not by a done callback: that would cost one more turn of the loop per call.
@@ -143,6 +181,7 @@ def row_batcher(
     max_rows: int,
     on_batch: Callable[[int], Any] | None = None,
     expired: Callable[[str], Exception] = Expired,
+    estimate_max_age_s: float = DEFAULT_ESTIMATE_MAX_AGE_S,
 ) -> Batcher[np.ndarray, np.ndarray]:
     """Batches of rows (one ModelInfer): the items are concatenated and the output split back by rows."""
 
@@ -156,4 +195,4 @@ def row_batcher(
         bounds = np.cumsum([len(item) for item in items])[:-1]
         return list(np.split(output, bounds))
 
-    return Batcher(send_rows, max_inflight, max_rows, size=len, expired=expired)
+    return Batcher(send_rows, max_inflight, max_rows, size=len, expired=expired, estimate_max_age_s=estimate_max_age_s)

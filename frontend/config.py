@@ -8,6 +8,7 @@ from functools import cached_property
 from coding.errors import CodingError
 from coding.scheme import Scheme, Uncoded, group_size
 from coding.schemes import get_scheme
+from frontend.batching import DEFAULT_ESTIMATE_MAX_AGE_S
 from frontend.deadlines import DeadlinePolicy
 from service_common.channels import DEFAULT_RECONNECT_BACKOFF_MS
 from service_common.event_loop import DEFAULT_LOOP
@@ -170,6 +171,9 @@ class FrontendConfig:
     max_inflight: int = 256
     max_inflight_per_client: int = 128
     refuse_by_wait: bool = True  # also refuse a query whose deadline is shorter than the Triton queue ahead of it
+    # The wait estimate's measured call time is forgotten when no call has renewed it for this long, so an
+    # estimate a fault inflated cannot refuse short deadlines for good (Batcher.recent_call_s).
+    wait_estimate_max_age_s: float = DEFAULT_ESTIMATE_MAX_AGE_S
     max_message_bytes: int = 16 * 1024 * 1024
     metrics_port: int | None = None
     log_level: str = "INFO"
@@ -208,7 +212,8 @@ class FrontendConfig:
         names = [r.model for r in self.routes]
         if len(set(names)) != len(names):
             raise ValueError(f"a model is routed twice: {names}")
-        for name in ("default_deadline_s", "triton_timeout_s", "health_interval_s", "health_timeout_s"):
+        positive = ("default_deadline_s", "triton_timeout_s", "health_interval_s", "health_timeout_s")
+        for name in (*positive, "wait_estimate_max_age_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.coding not in ("services", "local"):

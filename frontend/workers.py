@@ -22,7 +22,7 @@ from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from tritonclient.utils import triton_to_np_dtype
 
 from frontend import metrics
-from frontend.batching import Batcher, row_batcher
+from frontend.batching import DEFAULT_ESTIMATE_MAX_AGE_S, Batcher, row_batcher
 from frontend.completion import Done, awaited, deliver
 from frontend.streams import StreamCalls
 from service_common.channels import DEFAULT_RECONNECT_BACKOFF_MS, client_options
@@ -122,6 +122,7 @@ class TritonPool:
         tls: ClientTLS | None = None,
         reconnect_backoff_ms: int = DEFAULT_RECONNECT_BACKOFF_MS,
         transport: str = "unary",
+        wait_estimate_max_age_s: float = DEFAULT_ESTIMATE_MAX_AGE_S,
     ) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
@@ -130,6 +131,7 @@ class TritonPool:
         self._tls = tls  # every instance's channel: TLS when given, plaintext otherwise
         self.timeout_s = timeout_s
         self.batch_inflight = batch_inflight
+        self._wait_estimate_max_age_s = wait_estimate_max_age_s  # each batcher's (Batcher.recent_call_s)
         self._options = client_options(max_message_bytes, reconnect_backoff_ms)
         self._channels: list[grpc.aio.Channel | None] = []
         self._stubs: list[kpb_grpc.GRPCInferenceServiceStub] = []
@@ -270,6 +272,7 @@ class TritonPool:
                 signature.max_batch,
                 metrics.TRITON_BATCH_ROWS.labels(call.model).observe,
                 lambda why: WorkerError(f"{call.model}: not sent to Triton at {url}: {why}"),
+                self._wait_estimate_max_age_s,
             )
         instance = call.instance
         self._inflight[instance] += 1

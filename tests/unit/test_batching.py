@@ -144,3 +144,84 @@ async def test_completion_callbacks_are_called_once_each_after_send_returns_and_
         batcher.send(_row(v), done_for(v))
     await asyncio.sleep(0.01)
     assert outcomes[3:] == [(4.0, "error"), (9.0, "error")]  # one failed call: each of its rows told once
+
+
+class Clock:
+    """A clock the test moves by hand (the batcher's measure of call times and of their age)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class GatedSend:
+    """A send that holds each call until the test releases it, the clock moved by ``took_s`` meanwhile."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock, self.gate, self.out = clock, asyncio.Event(), asyncio.Event()
+
+    async def __call__(self, items: list[int]) -> list[int]:
+        self.out.set()
+        await self.gate.wait()
+        self.gate.clear()
+        return items
+
+    async def call(self, batcher: Batcher[int, int], took_s: float) -> None:
+        """One call that takes ``took_s`` on the test's clock."""
+        self.out.clear()
+        answer = asyncio.ensure_future(batcher.submit(1))
+        await self.out.wait()
+        self.clock.now += took_s
+        self.gate.set()
+        await answer
+
+
+async def test_a_call_time_that_no_call_renews_is_forgotten_so_admission_cannot_refuse_for_good():
+    """A stall leaves a 1 s call time behind; with no call returning for ``estimate_max_age_s`` (the
+    queries it made look too slow were refused, and made none), the estimate is forgotten, and the next
+    call alone sets it again."""
+    clock = Clock()
+    send = GatedSend(clock)
+    batcher: Batcher[int, int] = Batcher(send, 1, 8, estimate_max_age_s=0.5, clock=clock)
+    await send.call(batcher, 0.002)
+    await send.call(batcher, 0.004)
+    assert batcher.wait_s() == pytest.approx(0.8 * 0.002 + 0.2 * 0.004)  # renewed in time: averaged
+    await send.call(batcher, 1.0)  # the stall: the average before it is 1 s old, so it starts again
+    assert batcher.wait_s() == pytest.approx(1.0)
+    clock.now += 0.49
+    assert batcher.wait_s() == pytest.approx(1.0)  # still fresh: still what was measured
+    clock.now += 0.02
+    assert batcher.recent_call_s() is None and batcher.wait_s() == 0.0
+    await send.call(batcher, 0.003)
+    assert batcher.call_s == pytest.approx(0.003)  # measured afresh, not averaged with the forgotten one
+
+
+async def test_a_call_still_out_makes_the_estimate_at_least_as_long_as_it_has_been_out():
+    """While an instance stalls, the estimate grows with the oldest call out, fresh average or not."""
+    clock = Clock()
+    send = GatedSend(clock)
+    batcher: Batcher[int, int] = Batcher(send, 1, 8, estimate_max_age_s=0.5, clock=clock)
+    await send.call(batcher, 0.002)
+    send.out.clear()
+    stuck = asyncio.ensure_future(batcher.submit(1))
+    await send.out.wait()
+    assert batcher.recent_call_s() == pytest.approx(0.002)
+    clock.now += 0.3
+    assert batcher.recent_call_s() == pytest.approx(0.3)
+    queued = asyncio.ensure_future(batcher.submit(2))
+    await asyncio.sleep(0)
+    assert batcher.wait_s() == pytest.approx(0.3 * (1 + 1))  # the call out, then one batch with the queued row
+    clock.now += 5.0  # long after the average went stale: the call still out is what is known
+    assert batcher.recent_call_s() == pytest.approx(5.3)
+    send.gate.set()
+    await stuck
+    send.gate.set()
+    await queued
+    assert not batcher._started
+
+
+def test_the_estimates_age_must_be_positive():
+    with pytest.raises(ValueError, match="estimate_max_age_s"):
+        Batcher(GatedSend(Clock()), 1, 8, estimate_max_age_s=0)
