@@ -14,7 +14,13 @@ duplicate, one never answered is lost. The frontend's health is polled throughou
 transitions are reported beside the faults. With ``--sample-s``, the resident memory and open file
 descriptors of every process, and the entries in /dev/shm, are sampled too (the soak run, bench.soak).
 
+A second phase (``--phases deadlines``, on by default) sends unary calls whose gRPC deadline is a few
+calls long (``--short-deadline-ms``, 50 ms) to an uncoded frontend while every Triton is SIGSTOPped for
+``--short-stall-s`` every ``--short-every-s``, and reports, after each stall, how long the share of
+queries answered OK takes to come back to its level before the stall ("never" if not within the run).
+
     python -m bench.chaos --duration 60 --rate 100            # the committed models, 2 Tritons
+    python -m bench.chaos --phases deadlines --short-duration 30 --tag deadlines-mnist
     python -m bench.chaos --help
 """
 
@@ -27,11 +33,12 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -49,6 +56,7 @@ from triton_local import shm
 log = logging.getLogger(__name__)
 
 FAULT_KINDS = ("kill_triton", "stall_triton", "stall_tritons", "kill_encoder", "kill_decoder")
+PHASES = ("chaos", "deadlines")  # the faults plan under load; short-deadline clients through stalls
 REJECTED = "RESOURCE_EXHAUSTED"  # refused at admission: never accepted, so outside the ledger's promise
 
 
@@ -436,23 +444,202 @@ async def run(stack: Stack, frontend: str, cfg: RunConfig, faults: Sequence[Faul
     return ChaosResult(ledger, chaos.events, health, samples, load_s)
 
 
+# The short-deadline phase: clients whose deadline is a few calls long, through stalls of every Triton.
+# Each answer is kept with the time its query was sent; after each stall, the time until the OK share is
+# back to its level before the stall (a frontend whose estimate of the wait never recovers from a stall
+# would refuse such clients for good).
+
+
+@dataclass(frozen=True)
+class Window:
+    start_s: float
+    counts: dict[str, int]  # status name -> answers to the queries sent in this window
+
+    @property
+    def ok_share(self) -> float | None:
+        """The share of this window's queries answered OK (None: none sent)."""
+        n = sum(self.counts.values())
+        return self.counts.get("OK", 0) / n if n else None
+
+
+def windows(answers: Sequence[tuple[float, str]], window_s: float, from_s: float, to_s: float) -> list[Window]:
+    """``answers`` (when the query was sent, its status) counted by status in whole windows of
+    ``window_s`` from ``from_s``; the last window ends at or before ``to_s``."""
+    n = max(0, math.floor((to_s - from_s) / window_s + 1e-9))
+    counts: list[collections.Counter[str]] = [collections.Counter() for _ in range(n)]
+    for at, code in answers:
+        i = math.floor((at - from_s) / window_s + 1e-9)
+        if 0 <= i < n:
+            counts[i][code] += 1
+    return [Window(round(from_s + i * window_s, 3), dict(sorted(c.items()))) for i, c in enumerate(counts)]
+
+
+@dataclass(frozen=True)
+class RecoveryRule:
+    """When the OK share counts as recovered after a fault."""
+
+    window_s: float = 0.25
+    baseline_s: float = 2.0  # the baseline: the OK share of the queries sent this long before the fault
+    tolerance: float = 0.9  # recovered: every window's OK share at least this fraction of the baseline...
+    stay_s: float = 1.0  # ...for this long
+    min_baseline: float = 0.5  # below this there is no baseline: the service was not answering before
+
+
+@dataclass(frozen=True)
+class Recovery:
+    baseline: float | None  # the OK share before the fault (None: no query sent in that time)
+    level: float | None  # the OK share to get back to (None: no baseline to get back to)
+    recovery_s: float | None  # the fault's end to the start of the first recovered window (None: not in the run)
+    left_s: float  # how much of the run was left after the fault's end
+
+    def verdict(self) -> str:
+        if self.level is None:
+            share = "nothing sent" if self.baseline is None else f"OK share {self.baseline:.0%}"
+            return f"no baseline ({share} before the fault)"
+        if self.recovery_s is None:
+            return f"never ({self.left_s:.1f} s of the run left)"
+        return f"{self.recovery_s * 1e3:.0f} ms"
+
+
+def recovery(
+    answers: Sequence[tuple[float, str]], began_s: float, ended_s: float, end_s: float, rule: RecoveryRule
+) -> Recovery:
+    """How long after a fault that lasted from ``began_s`` to ``ended_s`` the OK share is back: windows
+    of ``rule.window_s`` start at the fault's end; the first of ``rule.stay_s`` of windows, all whole
+    before ``end_s`` (the run's end) and each with an OK share of at least ``rule.tolerance`` times the
+    baseline, starts the recovery. A share is taken by when the queries were sent: a window with none
+    sent has no share and does not count as recovered."""
+    before = [code for at, code in answers if began_s - rule.baseline_s <= at < began_s]
+    baseline = before.count("OK") / len(before) if before else None
+    left = round(end_s - ended_s, 3)
+    if baseline is None or baseline < rule.min_baseline:
+        return Recovery(baseline, None, None, left)
+    level = rule.tolerance * baseline
+    after = windows(answers, rule.window_s, ended_s, end_s)
+    need = max(1, math.ceil(rule.stay_s / rule.window_s - 1e-9))
+    for i in range(len(after) - need + 1):
+        shares = [w.ok_share for w in after[i : i + need]]
+        if all(s is not None and s >= level for s in shares):
+            return Recovery(baseline, level, round(after[i].start_s - ended_s, 3), left)
+    return Recovery(baseline, level, None, left)
+
+
+@dataclass(frozen=True)
+class ShortDeadlines:
+    """The phase: unary calls on a fixed schedule, each with a ``deadline_s`` gRPC deadline, while every
+    Triton is SIGSTOPped for ``stall_s`` every ``every_s`` (the first at ``every_s / 2``)."""
+
+    model: str
+    images: np.ndarray  # queries, float32 [n, *IMAGE_SHAPE]
+    rate: float = 50.0
+    deadline_s: float = 0.05
+    duration_s: float = 20.0
+    stall_s: float = 1.0
+    every_s: float = 6.0
+    rule: RecoveryRule = RecoveryRule()
+
+    def stalls(self) -> list[Fault]:
+        """Each stall followed by at least ``every_s / 2`` of the run, to recover in."""
+        faults, at = [], self.every_s / 2
+        while self.every_s > 0 and at + self.stall_s + self.every_s / 2 <= self.duration_s:
+            faults.append(Fault(round(at, 3), "stall_tritons", 0, self.stall_s))
+            at += self.every_s
+        return faults
+
+
+@dataclass
+class ShortDeadlinesResult:
+    phase: ShortDeadlines
+    answers: list[tuple[float, str]]  # (when the query was sent, its status), in the order answered
+    examples: dict[str, str]  # the first message of each status
+    events: list[FaultEvent]
+
+    def recoveries(self) -> list[Recovery]:
+        p = self.phase
+        return [recovery(self.answers, e.began_s, e.ended_s, p.duration_s, p.rule) for e in self.events]
+
+    def report(self) -> dict[str, object]:
+        p = self.phase
+        codes = collections.Counter(code for _, code in self.answers)
+        return {
+            "model": p.model,
+            "rate": p.rate,
+            "deadline_ms": p.deadline_s * 1e3,
+            "duration_s": p.duration_s,
+            "stall_s": p.stall_s,
+            "every_s": p.every_s,
+            "rule": asdict(p.rule),
+            "codes": dict(sorted(codes.items())),
+            "examples": dict(sorted(self.examples.items())),
+            "faults": [
+                {"kind": e.fault.kind, "began_s": e.began_s, "ended_s": e.ended_s, **asdict(r), "verdict": r.verdict()}
+                for e, r in zip(self.events, self.recoveries(), strict=True)
+            ],
+            "ok_share_per_s": [w.ok_share for w in windows(self.answers, 1.0, 0.0, p.duration_s)],
+            "timeline": [asdict(w) for w in windows(self.answers, p.rule.window_s, 0.0, p.duration_s)],
+        }
+
+
+async def _short_deadline_load(
+    stub: pb_grpc.FrontendStub, phase: ShortDeadlines, start: float
+) -> tuple[list[tuple[float, str]], dict[str, str]]:
+    requests = [pb.ClassifyRequest(model=phase.model, input=from_numpy(x)) for x in phase.images[:64]]
+    answers: list[tuple[float, str]] = []
+    examples: dict[str, str] = {}
+
+    async def one(n: int) -> None:
+        sent = round(time.monotonic() - start, 4)
+        try:
+            await stub.Classify(requests[n % len(requests)], timeout=phase.deadline_s)
+            code, detail = "OK", ""
+        except grpc.aio.AioRpcError as exc:
+            code, detail = exc.code().name, exc.details() or ""
+        answers.append((sent, code))
+        examples.setdefault(code, detail)
+
+    tasks = []
+    for n in range(int(phase.rate * phase.duration_s)):
+        delay = start + n / phase.rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(n)))
+    await asyncio.gather(*tasks)
+    return answers, examples
+
+
+async def run_short_deadlines(stack: Stack, frontend: str, phase: ShortDeadlines) -> ShortDeadlinesResult:
+    """The short-deadline phase against ``frontend`` of a running stack."""
+    start = time.monotonic() + 0.5
+    chaos = Chaos(stack, start)
+    async with grpc.aio.insecure_channel(stack.address(frontend)) as channel:
+        load = _short_deadline_load(pb_grpc.FrontendStub(channel), phase, start)
+        _, (answers, examples) = await asyncio.gather(chaos.run(phase.stalls()), load)
+    return ShortDeadlinesResult(phase, answers, examples, chaos.events)
+
+
 def chaos_stack(
-    models: Sequence[str], route: str, model_repository: Path, flags: Sequence[str] = (), log_dir: Path | None = None
+    models: Sequence[str],
+    routes: Mapping[str, str],
+    model_repository: Path,
+    flags: Sequence[str] = (),
+    log_dir: Path | None = None,
 ) -> Stack:
-    """Two Tritons, both serving the deployed and the parity model, and one frontend over them."""
-    frontend = FrontendSpec(flags=["--route", route, *flags], tritons=(0, 1))
+    """Two Tritons, both serving every model, and a frontend for each of ``routes`` (name -> its
+    ``--route``) over both of them, each with ``flags`` too."""
+    frontends = {name: FrontendSpec(flags=["--route", route, *flags], tritons=(0, 1)) for name, route in routes.items()}
     return Stack(
         list(models),
-        {"frontend": frontend},
+        frontends,
         model_repository=model_repository,
         triton_count=2,
         log_dir=log_dir or REPO_ROOT / ".logs" / "chaos",
     )
 
 
-def write_report(result: ChaosResult, out: Path, tag: str, command: str) -> Path:
+def write_report(sections: Mapping[str, object], out: Path, tag: str, command: str) -> Path:
+    """The run's report, ``sections`` after its command and time, as chaos-TAG.json and .md."""
     out.mkdir(parents=True, exist_ok=True)
-    report = {"command": command, "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **result.report()}
+    report = {"command": command, "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **sections}
     path = out / f"chaos-{tag}.json"
     path.write_text(json.dumps(report, indent=1) + "\n")
     (out / f"chaos-{tag}.md").write_text(markdown(report))
@@ -460,10 +647,17 @@ def write_report(result: ChaosResult, out: Path, tag: str, command: str) -> Path
 
 
 def markdown(report: dict) -> str:  # type: ignore[type-arg]
+    lines = [f"# Chaos run `{report['command']}` ({report['measured']})"]
+    if "ledger" in report:
+        lines += ["", *chaos_lines(report)]
+    if "short_deadlines" in report:
+        lines += ["", *short_deadline_lines(report["short_deadlines"])]
+    return "\n".join(lines) + "\n"
+
+
+def chaos_lines(report: dict) -> list[str]:  # type: ignore[type-arg]
     s = report["ledger"]
     lines = [
-        f"# Chaos run `{report['command']}` ({report['measured']})",
-        "",
         f"Promise held: **{report['promise_holds']}**. Sent {s['sent']}, accepted {s['accepted']}, "
         f"answered {s['answered']} ({s['reconstructed']} reconstructed), errored {s['errored']}, "
         f"rejected {s['rejected']}, lost {s['lost']}, duplicates {s['duplicates']}; "
@@ -485,7 +679,32 @@ def markdown(report: dict) -> str:  # type: ignore[type-arg]
     lines += ["", "Health transitions: " + ", ".join(f"{t['at_s']:.1f} s {t['status']}" for t in report["health"])]
     if report["samples"]:
         lines += ["", *resource_lines(report["samples"])]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def short_deadline_lines(d: dict) -> list[str]:  # type: ignore[type-arg]
+    rule = d["rule"]
+    lines = [
+        "## Short deadlines through stalls",
+        "",
+        f"Route `{d.get('route', d['model'])}`: {d['rate']:g} q/s of unary calls for {d['duration_s']:g} s, each "
+        f"with a {d['deadline_ms']:g} ms gRPC deadline; every Triton SIGSTOPped for {d['stall_s']:g} s every "
+        f"{d['every_s']:g} s. Answers are counted by when their query was sent, in {rule['window_s'] * 1e3:g} ms "
+        f"windows. After each stall, the OK share counts as recovered from the first window from which it stays "
+        f"at {rule['tolerance']:.0%} or more of its share over the {rule['baseline_s']:g} s before the stall, "
+        f"for {rule['stay_s']:g} s.",
+        "",
+        f"Answers by status: {d['codes']}.",
+        *(f"- {code}, e.g.: `{message}`" for code, message in d["examples"].items() if code != "OK"),
+        "",
+        "| fault | began (s) | ended (s) | OK share before | recovered after the end |",
+        "|---|---|---|---|---|",
+    ]
+    for f in d["faults"]:
+        before = "-" if f["baseline"] is None else f"{f['baseline']:.1%}"
+        lines.append(f"| {f['kind']} | {f['began_s']:.2f} | {f['ended_s']:.2f} | {before} | {f['verdict']} |")
+    shares = " ".join("-" if s is None else f"{s:.0%}" for s in d["ok_share_per_s"])
+    return [*lines, "", f"OK share per second of the run: {shares}"]
 
 
 def resource_lines(samples: list[dict]) -> list[str]:  # type: ignore[type-arg]
@@ -526,6 +745,27 @@ def parser(prog: str, doc: str | None, defaults: dict[str, object]) -> argparse.
         default=[],
         help="extra frontend flag (repeatable), e.g. --frontend-flag=--max-inflight=64",
     )
+    add(
+        "--phases",
+        default=",".join(PHASES),
+        help="what to run, comma-separated: chaos (the faults above under load, on the coded route), deadlines "
+        "(short-deadline clients through stalls of every Triton, on an uncoded route) (default: %(default)s)",
+    )
+    add(
+        "--short-deadline-ms",
+        type=float,
+        default=50.0,
+        help="deadlines phase: each query's gRPC deadline (default: %(default)s)",
+    )
+    add("--short-rate", type=float, default=50.0, help="deadlines phase: queries per second (default: %(default)s)")
+    add("--short-duration", type=float, default=20.0, help="deadlines phase: seconds of load (default: %(default)s)")
+    add("--short-stall-s", type=float, default=1.0, help="deadlines phase: each stall's length (default: %(default)s)")
+    add(
+        "--short-every-s",
+        type=float,
+        default=6.0,
+        help="deadlines phase: seconds between stalls (default: %(default)s)",
+    )
     add("--tag", default="mnist", help="report name: chaos-TAG.json/.md (default: %(default)s)")
     add("--out", type=Path, default=REPO_ROOT / "bench" / "results", help="(default: %(default)s)")
     p.set_defaults(**defaults)
@@ -537,23 +777,55 @@ def main(
     prog: str = "python -m bench.chaos",
     doc: str | None = __doc__,
     defaults: dict[str, object] | None = None,
-) -> ChaosResult:
-    """The run on the committed MNIST models, its report written and printed (bench.soak: other defaults)."""
+) -> dict[str, object]:
+    """The run on the committed MNIST models, its report written, printed and returned (bench.soak:
+    other defaults)."""
     from export.datasets import load  # the committed models' test images
 
-    args = parser(prog, doc, defaults or {}).parse_args(argv)
+    p = parser(prog, doc, defaults or {})
+    args = p.parse_args(argv)
+    phases = args.phases.split(",")
+    if not phases or set(phases) - set(PHASES):
+        p.error(f"--phases: {args.phases!r}; known: {','.join(PHASES)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     images, labels = load("mnist", "test")
     queries = images[:, None].astype(np.float32) / 255.0
-    route = f"{args.model}=parm:k=2,encoder={args.encoder},parity_model={args.parity_model}"
-    cfg = RunConfig(args.model, queries, labels, args.rate, args.duration, args.streams, sample_every_s=args.sample_s)
-    faults = plan(args.seed, args.duration, args.every_s, 2, tuple(args.kinds.split(",")))
-    with chaos_stack([args.model, args.parity_model], route, args.model_repository, args.frontend_flag) as stack:
-        result = asyncio.run(run(stack, "frontend", cfg, faults))
+    routes = {
+        "frontend": f"{args.model}=parm:k=2,encoder={args.encoder},parity_model={args.parity_model}",
+        "uncoded": f"{args.model}=none",
+    }
+    if "chaos" not in phases:
+        del routes["frontend"]
+    if "deadlines" not in phases:
+        del routes["uncoded"]
+    sections: dict[str, object] = {}
+    with chaos_stack([args.model, args.parity_model], routes, args.model_repository, args.frontend_flag) as stack:
+        if "chaos" in phases:
+            sections |= asyncio.run(run(stack, "frontend", _run_config(args, queries, labels), _plan(args))).report()
+        if "deadlines" in phases:
+            phase = ShortDeadlines(
+                args.model,
+                queries,
+                args.short_rate,
+                args.short_deadline_ms / 1e3,
+                args.short_duration,
+                args.short_stall_s,
+                args.short_every_s,
+            )
+            result = asyncio.run(run_short_deadlines(stack, "uncoded", phase))
+            sections["short_deadlines"] = {"route": routes["uncoded"], **result.report()}
     command = " ".join([prog, *(argv if argv is not None else sys.argv[1:])])
-    path = write_report(result, args.out, args.tag, command)
+    path = write_report(sections, args.out, args.tag, command)
     print(path.with_suffix(".md").read_text())
-    return result
+    return sections
+
+
+def _run_config(args: argparse.Namespace, queries: np.ndarray, labels: np.ndarray) -> RunConfig:
+    return RunConfig(args.model, queries, labels, args.rate, args.duration, args.streams, sample_every_s=args.sample_s)
+
+
+def _plan(args: argparse.Namespace) -> list[Fault]:
+    return plan(args.seed, args.duration, args.every_s, 2, tuple(args.kinds.split(",")))
 
 
 if __name__ == "__main__":

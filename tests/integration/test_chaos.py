@@ -5,6 +5,11 @@ seeded plan, a Triton is SIGKILLed and restarted, one is SIGSTOPped, both are SI
 hold: every accepted query answered once (its own output, a reconstruction, or an error status), none
 lost, none twice; every answer right; and health NOT_SERVING while no Triton can answer, SERVING after.
 The longer variant is ``python -m bench.chaos``; the soak, ``python -m bench.soak``.
+
+And clients whose deadline is a few calls long (50 ms) on an uncoded route, through a 1 s stall of
+every Triton: the share of their queries answered OK is back to its level before the stall within 1 s
+of the stall's end (an estimate of Triton's wait that only a returning call updates would refuse them
+for good, as no refused query makes a call).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from bench.chaos import FAULT_KINDS, RunConfig, chaos_stack, plan, run
+from bench.chaos import FAULT_KINDS, RunConfig, ShortDeadlines, chaos_stack, plan, run, run_short_deadlines
 from coding import spec
 from tests.integration import linear_models
 
@@ -41,7 +46,7 @@ def test_a_chaos_run_keeps_every_promise(tmp_path):
     assert sorted(f.kind for f in faults) == sorted(FAULT_KINDS)  # each kind once
     cfg = RunConfig(linear_models.DEPLOYED, images, labels, rate=40.0, duration_s=duration, streams=2)
     flags = ["--default-deadline-s", "3"]
-    with chaos_stack(models, route, repo, flags, log_dir=tmp_path / "logs") as stack:
+    with chaos_stack(models, {"frontend": route}, repo, flags, log_dir=tmp_path / "logs") as stack:
         result = asyncio.run(run(stack, "frontend", cfg, faults))
 
     s = result.ledger.summary()
@@ -57,3 +62,22 @@ def test_a_chaos_run_keeps_every_promise(tmp_path):
     )
     # ...and SERVING again once they are back, to the end of the run.
     assert result.health.transitions[-1].status == "SERVING", result.health.transitions
+
+
+def test_short_deadline_clients_are_answered_again_within_a_second_of_a_stalls_end(tmp_path):
+    repo = tmp_path / "repo"
+    models = linear_models.write_repository(repo)
+    images, _ = _clear_winners(64, seed=7)
+    phase = ShortDeadlines(linear_models.DEPLOYED, images, rate=50.0, deadline_s=0.05, duration_s=8.0, stall_s=1.0)
+    routes = {"frontend": f"{linear_models.DEPLOYED}=none"}
+    with chaos_stack(models, routes, repo, log_dir=tmp_path / "logs") as stack:
+        result = asyncio.run(run_short_deadlines(stack, "frontend", phase))
+
+    report = result.report()
+    assert [e.fault.kind for e in result.events] == ["stall_tritons"], result.events  # one stall, at 3 s
+    (r,) = result.recoveries()
+    assert r.level is not None, report  # the queries were answered before the stall (an OK share >= 50%)
+    assert r.recovery_s is not None and r.recovery_s <= 1.0, (
+        f"OK share not back within 1 s of the stall's end: {r.verdict()}; "
+        f"answers {report['codes']}, e.g. {report['examples']}; OK share per second {report['ok_share_per_s']}"
+    )
