@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import logging
 from collections.abc import Mapping
 from typing import Any
 
+from frontend.app import RouteError
 from frontend.batching import DEFAULT_ESTIMATE_MAX_AGE_S
 from frontend.config import FaultPlan, FrontendConfig, parse_route
 from frontend.deadlines import DeadlinePolicy
@@ -369,8 +371,15 @@ async def _main(config: FrontendConfig) -> None:
         describe(config.tls),
         ", ".join(f"{r.model}={r.scheme}(k={r.k})" for r in config.routes),
     )
-    await wait_for_signal()
-    await server.stop()
+    signalled = asyncio.ensure_future(wait_for_signal())
+    try:
+        await asyncio.wait({signalled, server.loading}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        signalled.cancel()
+        await server.stop()
+    loading = server.loading
+    if loading.done() and not loading.cancelled() and (error := loading.exception()) is not None:
+        raise error  # a route Triton will not serve: main() exits naming it
 
 
 def main() -> None:
@@ -379,6 +388,8 @@ def main() -> None:
     serve_metrics(config.metrics_port, config.metrics_address)
     try:
         event_loop.run(_main(config), config.event_loop)
+    except RouteError as exc:  # a configuration error, found once Triton answered: exit, naming it
+        raise SystemExit(f"frontend: {exc}") from None
     except BindError as exc:
         raise SystemExit(f"frontend: {exc}") from None
 

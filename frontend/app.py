@@ -19,6 +19,7 @@ from frontend.injection import InjectingPool
 from frontend.placement import Placer
 from frontend.workers import CallInfo, Pool, TritonPool, WorkerError
 from service_common.errors import NotFound, Unavailable
+from service_common.logs import RateLimitedLog
 from service_common.loop_lag import LoopLag
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class FrontendApp:
         self.admission = Admission(config.max_inflight, config.max_inflight_per_client)
         self.loop_lag = LoopLag()  # a gauge only: see service_common.loop_lag
         self._warm_ups: set[asyncio.Task[None]] = set()
+        self.waiting_for = "the frontend has not reached Triton yet"  # why the routes are not ready (start-up)
 
     def _server(self, route: Route) -> ModelServer:
         dispatcher = Dispatcher(self.pool, self.placer, route.dispatch)
@@ -104,22 +106,48 @@ class FrontendApp:
         return all(s.signature is not None for s in self.servers.values())
 
     async def load_until_ready(self, retry_s: float = 1.0, give_up_s: float | None = None) -> None:
-        """Read every model's signature from Triton, retrying while Triton starts up."""
+        """Check every routed model against Triton's repository, then read their signatures, retrying
+        while Triton starts up (one log line per cause and 10 s). Raises :class:`RouteError` at once for
+        a model that Triton will not serve (:meth:`check_repository`): waiting would not bring it."""
         loop = asyncio.get_running_loop()
         deadline = None if give_up_s is None else loop.time() + give_up_s
+        waiting = RateLimitedLog(log)
         while True:
             try:
                 self._check_instances()
+                await self.check_repository()
                 for server in self.servers.values():
                     if server.signature is None:
                         await server.load()
                 log.info("all models ready: %s", ", ".join(self.servers))
                 return
             except WorkerError as exc:
+                self.waiting_for = str(exc)
                 if deadline is not None and loop.time() >= deadline:
                     raise
-                log.info("waiting for Triton: %s", exc)
+                waiting.log(logging.INFO, str(exc), "waiting for Triton: %s", exc)
                 await asyncio.sleep(retry_s)
+
+    async def check_repository(self) -> None:
+        """Every model a route runs on, against the repository index of each fixed instance it is placed on:
+        :class:`RouteError` naming the route, the model and the instance for one absent there, or there
+        and not loaded (explicit model control without it) or failed to load (Triton's reason quoted).
+        Models still loading pass (their signatures are waited for); an instance that does not answer
+        raises WorkerError (waited for)."""
+        indexes: dict[int, dict[str, tuple[str, str]]] = {}
+        for route in self.config.routes:
+            for role, model in route.models.items():
+                for instance in self.placer.serving(model):
+                    if instance not in indexes:
+                        indexes[instance] = await self.triton.repository(instance)
+                    problem = _not_served(indexes[instance].get(model))
+                    if problem:
+                        has = ", ".join(sorted(indexes[instance])) or "nothing"
+                        raise RouteError(
+                            f"route {route.model}={route.scheme}: its {role} model {model!r} is not served by Triton "
+                            f"at {self.triton.urls[instance]}: it {problem} (the repository has: {has}); load it "
+                            "there, or change the route"
+                        )
 
     async def warm_up(self, timeout_s: float = 10.0) -> None:
         """One all-zero query to every model on every instance it is placed on, before the frontend says
@@ -151,9 +179,7 @@ class FrontendApp:
         if server is None:
             raise NotFound(f"model {model!r} is not served by this frontend; served: {sorted(self.servers)}")
         if server.signature is None:
-            raise Unavailable(
-                f"model {model!r} is not ready yet: Triton at {self.config.triton_urls[0]} has not reported it ready"
-            )
+            raise Unavailable(f"model {model!r} is not ready yet: {self.waiting_for}")
         return server
 
     def admit(self, server: ModelServer, client: str, time_left_s: float, queries: int = 1) -> Admitted:
@@ -163,6 +189,22 @@ class FrontendApp:
         model = min(server.route.data_models)
         wait_s = self.pool.wait_s(model, self.placer.ready(model), queries) if self.config.refuse_by_wait else 0.0
         return self.admission.admit(client, queries, time_left_s, wait_s)
+
+
+class RouteError(Exception):
+    """A route names a model that Triton will not serve: a configuration error, found at start-up."""
+
+
+def _not_served(entry: tuple[str, str] | None) -> str | None:
+    """Why a repository index entry (state, reason) is a model Triton will not serve; None if it will."""
+    if entry is None:
+        return "is not in the model repository"
+    state, reason = entry
+    if state in ("READY", "LOADING"):
+        return None
+    if not state:
+        return "is in the model repository but was not loaded (explicit model control, without it)"
+    return f"is {state}: {reason or 'Triton gives no reason'}"
 
 
 def _fixed_urls(config: FrontendConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:

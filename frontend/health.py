@@ -9,10 +9,13 @@ did not answer, so new slots go elsewhere (frontend.placement). :func:`judge` tu
 each route's state:
 
 - *serving*: every model of its data slots has a ready instance, and coding works;
-- *degraded*: it can be answered, but not coded: a coded slot's model (the parity model) has no ready
-  instance, or the encoder or decoder (when the scheme needs it) is down. Queries get their own
-  outputs, without protection from stragglers;
-- *down*: a data slot's model has no ready instance: its queries fail UNAVAILABLE.
+- *degraded*: it is answered, but not protected from stragglers: either a coded slot's model (the
+  parity model) has no ready instance, or the encoder or decoder (when the scheme needs it) is down,
+  and queries get their own outputs; or a data slot's model has no ready instance but the code
+  rebuilds every query without it (:func:`rebuilds_without`: Collage's collage model, COIN's coded
+  model for one member), and queries get reconstructions;
+- *down*: its queries cannot be answered: a data slot's model has no ready instance and the code
+  cannot stand in for it. They fail UNAVAILABLE.
 
 The frontend is SERVING (grpc.health.v1 ``""``, the KServe ServerReady) while no route is down.
 Per route, ``codedserve.v1.Frontend/<model>`` is SERVING unless the route is down, and for a coded
@@ -29,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Gauge
 
+from coding.scheme import Arrivals
 from frontend.config import Route
 from service_common.logs import RateLimitedLog
 
@@ -129,16 +133,32 @@ def _route(
     coded = route.coded
     if not loaded:
         return RouteHealth(route.model, coded, DOWN, ("its models' signatures are not read yet",))
-    down = [why for m in sorted(route.data_models) if (why := none_ready(m))]
-    if down:
-        return RouteHealth(route.model, coded, DOWN, tuple(down))
+    missing = {m: why for m in sorted(route.data_models) if (why := none_ready(m))}
+    down = list(missing.values())
     if not coded:
-        return RouteHealth(route.model, coded, SERVING)
+        return RouteHealth(route.model, coded, DOWN if down else SERVING, tuple(down))
     coded_models = sorted({route.models[s.role] for s in route.code.coded_slots} - route.data_models)
     degraded = [why for m in coded_models if (why := none_ready(m))]
     services = ("encoder", "decoder") if route.code.encodes else ("decoder",)
     degraded += [f"the {s} is down" for s in services if not probes.coders.get(s, True)]
-    return RouteHealth(route.model, coded, DEGRADED if degraded else SERVING, tuple(degraded))
+    if not down:
+        return RouteHealth(route.model, coded, DEGRADED if degraded else SERVING, tuple(degraded))
+    if degraded or not rebuilds_without(route, missing):
+        return RouteHealth(route.model, coded, DOWN, tuple(down + degraded))
+    return RouteHealth(route.model, coded, DEGRADED, (*down, "its queries are answered by reconstruction alone"))
+
+
+def rebuilds_without(route: Route, missing: Collection[str]) -> bool:
+    """Whether the route's code rebuilds every query of a full coding group whose data slots on the
+    ``missing`` models never answer, from its coded slots (Collage's collage model answers every cell;
+    COIN's coded model stands in for one member model). Only a systematic code: a non-systematic one
+    sends no data slot."""
+    code = route.code
+    if not code.systematic:
+        return False
+    data = tuple(route.models[s.role] not in missing for s in code.data_slots)
+    arrivals = Arrivals(data, tuple(True for _ in code.coded_slots), tuple(range(len(data))))
+    return set(arrivals.absent()) <= code.recoverable(arrivals)
 
 
 class HealthMonitor:

@@ -40,6 +40,12 @@ class FrontendServer:
         return self.running.port
 
     @property
+    def loading(self) -> asyncio.Task[None]:
+        """Becoming ready, then the health monitor: done only once stopped, or when becoming ready failed
+        (:class:`frontend.app.RouteError`: a route names a model Triton will not serve)."""
+        return self._loader
+
+    @property
     def kserve_port(self) -> int | None:
         return self.kserve.port if self.kserve is not None else None
 

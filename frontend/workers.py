@@ -169,6 +169,16 @@ class TritonPool:
         except grpc.aio.AioRpcError:
             return False
 
+    async def repository(self, instance: int, timeout_s: float = 2.0) -> dict[str, tuple[str, str]]:
+        """Every model in the instance's repository -> (state, reason) as its RepositoryIndex says
+        (state ``READY``, ``LOADING``, ``UNAVAILABLE``, or ``""`` for a model it has not been asked to
+        load). Raises WorkerError while the instance does not answer."""
+        try:
+            index = await self._stubs[instance].RepositoryIndex(kpb.RepositoryIndexRequest(), timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise WorkerError(f"Triton at {self.urls[instance]}: {exc.code().name}: {exc.details()}") from exc
+        return {m.name: (m.state, m.reason) for m in index.models}
+
     async def model_ready(
         self, instance: int, model: str, timeout_s: float, signature: ModelSignature | None = None
     ) -> bool:

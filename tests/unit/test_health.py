@@ -86,3 +86,28 @@ def test_the_monitor_publishes_and_logs_each_transition_once(caplog):
         "triton at t0:8001 is down",
         "route m is down: no ready Triton instance for m (t0:8001, t1:8001)",
     ]
+
+
+def test_a_route_whose_code_rebuilds_every_query_without_a_data_model_is_degraded_not_down():
+    """Collage's collage model answers every cell, COIN's coded model stands in for one member: with that
+    data model gone, queries are answered by reconstructions, so the route stays answerable (and says
+    why it is degraded); ParM with k = 2 rebuilds one query of two, so without its deployed model it is down."""
+    collage = parse_route("g=collage:s=2")
+    coin = parse_route("s=coin:members=a+b")
+    served = {"g": (0,), collage.models["collage"]: (1,), "a": (0,), "b": (0,), coin.models["coin_coded"]: (1,)}
+    served |= {"c": (0,), "p": (1,)}
+    routes = (collage, coin, PARM)
+    coded_up = frozenset({(1, collage.models["collage"]), (1, coin.models["coin_coded"]), (1, "p")})
+
+    def states(ready, coders=UP):
+        health = judge(routes, ("g", "s", "c"), served, URLS, Probes(frozenset(ready), coders))
+        return {r.model: r for r in health.routes}, health
+
+    routes_now, health = states(coded_up | {(0, "b")})  # Triton 0 stalled but for member b
+    assert routes_now["g"].state == DEGRADED and "reconstruction alone" in routes_now["g"].why[-1]
+    assert routes_now["s"].state == DEGRADED  # member a gone, the coded model stands in for it
+    assert routes_now["c"].state == DOWN
+    assert health.statuses()[ROUTE_HEALTH_PREFIX + "g"] and not health.statuses()[CODED_HEALTH_PREFIX + "g"]
+    assert states(coded_up)[0]["s"].state == DOWN  # both members gone: one coded model rebuilds one
+    assert states(coded_up, {"encoder": True, "decoder": False})[0]["g"].state == DOWN  # no decoder, no rebuild
+    assert states({(0, "b")})[0]["g"].state == DOWN  # the collage model gone too

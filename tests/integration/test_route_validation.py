@@ -1,0 +1,67 @@
+"""Start-up refuses a route Triton will not serve, against a real tritonserver: a frontend whose route
+names a model absent from the repository, or in it but not loaded (explicit model control without it),
+exits with one line naming the route, the model and the Triton instance, instead of starting and
+answering every query UNAVAILABLE. A model still loading is waited for (the frontend's usual start-up:
+NOT_SERVING until its models are ready)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from bench.stack import REPO_ROOT
+from tests.integration import linear_models
+from triton_local.server import TritonConfig, TritonServer, free_ports
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+MODEL = linear_models.DEPLOYED
+PARITY = linear_models.parity_name(2)
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory):
+    """A Triton over a repository holding the linear model and its k = 2 parity model, loading only
+    the linear model (explicit model control)."""
+    repo = tmp_path_factory.mktemp("repo")
+    linear_models.write_repository(repo)
+    grpc_port, http_port, metrics_port = free_ports(3)
+    config = TritonConfig(
+        repo,
+        models=(MODEL,),
+        grpc_port=grpc_port,
+        http_port=http_port,
+        metrics_port=metrics_port,
+        log_path=tmp_path_factory.mktemp("logs") / "tritonserver.log",
+    )
+    with TritonServer(config) as server:
+        yield server
+
+
+def _frontend(triton: TritonServer, route: str) -> subprocess.CompletedProcess[str]:
+    """``python -m frontend`` with one route; it must exit on its own within the timeout."""
+    (port,) = free_ports(1)
+    argv = [sys.executable, "-mfrontend", "--address", f"127.0.0.1:{port}", "--triton-url", triton.grpc_url]
+    return subprocess.run(
+        [*argv, "--coding", "local", "--route", route], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize(
+    ("route", "model", "problem"),
+    [
+        (f"{MODEL}=parm:k=2,encoder=add,parity_model=linear_parm_add_k9", "linear_parm_add_k9", "is not in the model"),
+        (f"{MODEL}=parm:k=2,encoder=add,parity_model={PARITY}", PARITY, "was not loaded"),
+        ("absent_model=none", "absent_model", "is not in the model"),
+    ],
+    ids=["parity-absent", "parity-not-loaded", "deployed-absent"],
+)
+def test_a_route_whose_model_triton_will_not_serve_stops_the_frontend_naming_it(triton, route, model, problem):
+    done = _frontend(triton, route)
+    assert done.returncode != 0, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("frontend: route ") and f"{model!r}" in last and problem in last, done.stderr[-2000:]
+    assert triton.grpc_url in last and route.split(":")[0] in last
+    assert "Traceback" not in done.stderr
