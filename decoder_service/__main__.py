@@ -32,10 +32,10 @@ def parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
 def main() -> None:
     config = common_config(parser().parse_args())
     setup_logging(config.log_level)
-    serve_metrics(config.metrics_port, config.metrics_address)
     try:
+        serve_metrics(config.metrics_port, config.metrics_address)
         event_loop.run(_main(config), config.event_loop)
-    except BindError as exc:  # a clear line, not a traceback: the port is someone else's
+    except BindError as exc:  # a clear line, not a traceback: the port (gRPC or metrics) is someone else's
         raise SystemExit(f"decoder_service: {exc}") from None
 
 

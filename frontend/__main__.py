@@ -385,12 +385,12 @@ async def _main(config: FrontendConfig) -> None:
 def main() -> None:
     config = config_from_args(parser().parse_args())
     setup_logging(config.log_level)
-    serve_metrics(config.metrics_port, config.metrics_address)
     try:
+        serve_metrics(config.metrics_port, config.metrics_address)
         event_loop.run(_main(config), config.event_loop)
     except RouteError as exc:  # a configuration error, found once Triton answered: exit, naming it
         raise SystemExit(f"frontend: {exc}") from None
-    except BindError as exc:
+    except BindError as exc:  # a clear line, not a traceback: the port (gRPC or metrics) is someone else's
         raise SystemExit(f"frontend: {exc}") from None
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 from prometheus_client import Counter, Histogram, start_http_server
 
 RPCS = Counter(
@@ -17,7 +19,23 @@ RPC_SECONDS = Histogram(
 )
 
 
+_BIND_REASONS: dict[int | None, str] = {
+    errno.EADDRINUSE: "in use by another process",
+    errno.EADDRNOTAVAIL: "not an address of this host",
+}
+
+
 def serve_metrics(port: int | None, address: str = "127.0.0.1") -> None:
-    """Expose /metrics on address:port (no-op when port is None; 0.0.0.0 in a pod, for Prometheus)."""
-    if port is not None:
+    """Expose /metrics on address:port (no-op when port is None; 0.0.0.0 in a pod, for Prometheus).
+    Raises :class:`~service_common.server.BindError` naming the address and ``--metrics-port`` when it
+    cannot be bound, as a gRPC port does."""
+    from service_common.server import BindError  # here: service_common.server imports this module (interceptor)
+
+    if port is None:
+        return
+    try:
         start_http_server(port, addr=address)
+    except OSError as exc:
+        host = f"[{address}]" if ":" in address else address
+        reason = _BIND_REASONS.get(exc.errno, exc.strerror or str(exc))
+        raise BindError(f"could not bind {host}:{port} (--metrics-port): {reason}") from None

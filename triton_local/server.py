@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import filecmp
 import importlib.util
 import json
@@ -39,6 +40,9 @@ DEFAULT_BUILD_DIR = REPO_ROOT / ".triton"
 OUR_BACKEND = Path(__file__).resolve().parent / "backend" / "onnxruntime" / "model.py"
 _PYTHON_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
 _STUB = "triton_python_backend_stub"
+PORT_FLAGS = ("--grpc-port", "--http-port", "--metrics-port")  # tritonserver's flags, and python -m triton_local's
+_TCP_LISTEN = "0A"  # the state column of /proc/net/tcp
+_BIND_FAILURE = re.compile(r"Socket '[^']*:(\d+)' already in use")  # how tritonserver 2.51 logs one
 
 
 class TritonStartError(RuntimeError):
@@ -143,6 +147,51 @@ def free_ports(count: int) -> list[int]:
         return [sock.getsockname()[1] for sock in sockets]
 
 
+def _port_in_use(port: int, flag: str, host: str) -> str:
+    """The message for a port some other process holds."""
+    return f"port {port} ({flag}) on {host} is in use by another process"
+
+
+def _check_ports_free(host: str, ports: dict[str, int]) -> None:
+    """Raise :class:`TritonStartError` naming the first of ``ports`` (flag -> port; 0 skipped) that ``host``
+    cannot bind. Bound with SO_REUSEADDR, as tritonserver binds each of its ports: a port with connections
+    left in TIME_WAIT is free to it, one that another process listens on is not."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for flag, port in ports.items():
+        if port == 0:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise TritonStartError(_port_in_use(port, flag, host)) from None
+                raise TritonStartError(f"port {port} ({flag}) on {host} cannot be bound: {exc.strerror}") from None
+
+
+def _listening_ports(pid: int) -> set[int]:
+    """The TCP ports that process group ``pid`` listens on, from the kernel: the socket inodes its members
+    hold, looked up in /proc/<pid>/net/tcp{,6} (the tables of its own network namespace)."""
+    inodes = set()
+    for member in shm.group(pid):
+        with contextlib.suppress(OSError):
+            for fd in (Path("/proc") / str(member) / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if (target := os.readlink(fd)).startswith("socket:["):
+                        inodes.add(target.removeprefix("socket:[").removesuffix("]"))
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            rows = (Path("/proc") / str(pid) / "net" / table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for fields in (row.split() for row in rows):
+            if fields[3] == _TCP_LISTEN and fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
 def server_env(install: TritonInstall) -> dict[str, str]:
     """The venv's bin first on PATH (the stub's isolated interpreter finds the venv through ``python3`` on
     PATH and ignores PYTHONPATH) and the wheel's bundled libraries on LD_LIBRARY_PATH."""
@@ -233,9 +282,16 @@ class TritonServer:
         return args + list(cfg.extra_args)
 
     def start(self) -> TritonServer:
-        """Launch tritonserver in its own process group (so ``stop`` can reap its stubs too); returns self."""
+        """Launch tritonserver in its own process group (so ``stop`` can reap its stubs too); returns self.
+
+        A port named in the config that another process holds fails here, before anything is launched
+        (tritonserver itself would load every model, then exit on the bind, with the readiness probe
+        meanwhile answered by whoever holds the port). Under a launcher the ports are in the launcher's
+        network namespace, so they are not checked here; :meth:`wait_ready` still catches a clash."""
         if self._proc is not None:
             raise RuntimeError("TritonServer.start() called twice")
+        if not self.config.launcher:
+            _check_ports_free(self.config.host, dict(zip(PORT_FLAGS, self._ports, strict=True)))
         install = find_install()
         backends = build_backend_dir(install, self.config.build_dir)
         shm.remove_stale()  # regions of servers killed along with whoever started them
@@ -258,22 +314,38 @@ class TritonServer:
         return self
 
     def wait_ready(self, timeout: float | None = None) -> float:
-        """Poll ``/v2/health/ready`` until 200; returns seconds since ``start``. Fails fast if the process dies."""
+        """Wait until this process listens on all three of its ports and ``/v2/health/ready`` answers 200;
+        returns seconds since ``start``. Fails fast if the process dies.
+
+        Only a port this process listens on proves the answer is its own: a port taken by another server
+        between :meth:`start`'s check and tritonserver's bind would answer for it, while this one exits.
+        Its /dev/shm regions are recorded on every poll, from the first (they exist before its models
+        finish loading), so that a server that fails to start leaves none behind either."""
         timeout = self.config.ready_timeout_s if timeout is None else timeout
         if self._proc is None:
             raise RuntimeError("TritonServer.wait_ready() before start()")
         deadline = time.monotonic() + timeout
         url = f"http://{self.http_url}/v2/health/ready"
         while time.monotonic() < deadline:
+            shm.record(self._proc.pid, self._start_time)
             if self._proc.poll() is not None:
-                raise TritonStartError(f"tritonserver exited with {self._proc.returncode}\n{self.log_tail()}")
-            if _http_ok(url):
-                shm.record(self._proc.pid)  # its models are loaded: their regions exist
+                raise TritonStartError(self._exit_message(self._proc.returncode))
+            if set(self._ports) <= _listening_ports(self._proc.pid) and _http_ok(url):
+                shm.record(self._proc.pid, self._start_time)  # its models are loaded: all their regions exist
                 elapsed = time.monotonic() - self._started_at
                 LOG.info("tritonserver ready %.2f s after start", elapsed)
                 return elapsed
             time.sleep(0.1)
         raise TritonStartError(f"tritonserver not ready after {timeout:.1f} s\n{self.log_tail()}")
+
+    def _exit_message(self, code: int) -> str:
+        """Why tritonserver exited during start, naming the port when it could not bind one."""
+        tail = self.log_tail()
+        found = _BIND_FAILURE.search(tail)
+        flags = dict(zip(self._ports, PORT_FLAGS, strict=True))
+        port = int(found.group(1)) if found else None
+        cause = f"{_port_in_use(port, flags[port], self.config.host)}; " if port in flags else ""
+        return f"{cause}tritonserver exited with {code}\n{tail}"
 
     def wait(self) -> int:
         """Block until tritonserver exits on its own; returns its exit code."""
@@ -291,8 +363,8 @@ class TritonServer:
         atexit.unregister(self.stop)
         grace = self.config.stop_grace_s
         try:
+            shm.record(proc.pid, self._start_time)  # its stubs may outlive it: what they map is its too
             if proc.poll() is None:
-                shm.record(proc.pid)
                 proc.terminate()
                 proc.wait(grace)
         except subprocess.TimeoutExpired:

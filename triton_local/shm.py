@@ -69,14 +69,21 @@ def mapped(pid: int) -> set[str]:
     return {line.split(prefix, 1)[1].removesuffix(" (deleted)") for line in lines if prefix in line}
 
 
-def record(pid: int) -> None:
+def record(pid: int, started: int | None = None) -> None:
     """Add the regions server ``pid``'s process group maps now to its record (a server started with
-    ``start_new_session``: its pid is its process group)."""
-    started = start_time(pid)
-    if started is None:
+    ``start_new_session``: its pid is its process group). ``started``, its start time as its launcher
+    read it, names the record even once the server itself has exited and only its stubs are left (the
+    kernel hands out no pid still in use as a process group); a different process now holding the pid
+    is never recorded."""
+    now = start_time(pid)
+    started = now if started is None else started
+    if started is None or now not in (None, started):
         return
     path = RECORDS / f"{pid}-{started}.json"
-    regions = set(_read(path).get("regions", [])) | {r for p in group(pid) for r in mapped(p)}
+    known = set(_read(path).get("regions", []))
+    regions = known | {r for p in group(pid) for r in mapped(p)}
+    if regions == known and path.exists():
+        return  # polled while a server starts: write only what is new
     RECORDS.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"pid": pid, "start_time": started, "regions": sorted(regions)}))
