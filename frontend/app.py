@@ -139,7 +139,7 @@ class FrontendApp:
             for role, model in route.models.items():
                 for instance in self.placer.serving(model):
                     if instance not in indexes:
-                        indexes[instance] = await self.triton.repository(instance)
+                        indexes[instance] = await self.pool.repository(instance)
                     problem = _not_served(indexes[instance].get(model))
                     if problem:
                         has = ", ".join(sorted(indexes[instance])) or "nothing"

@@ -82,6 +82,9 @@ class InjectingPool:
     async def signature(self, model: str, instance: int) -> ModelSignature:
         return await self._pool.signature(model, instance)
 
+    async def repository(self, instance: int, timeout_s: float = 2.0) -> dict[str, tuple[str, str]]:
+        return await self._pool.repository(instance, timeout_s)
+
     def wait_s(self, model: str, instances: Sequence[int], rows: int = 1) -> float:
         return self._pool.wait_s(model, instances, rows)  # injected delays are not queueing: not counted
 

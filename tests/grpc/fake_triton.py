@@ -57,6 +57,9 @@ class FakeTriton(kpb_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(self, request, context):  # type: ignore[no-untyped-def]
         return kpb.ServerReadyResponse(ready=True)
 
+    async def RepositoryIndex(self, request, context):  # type: ignore[no-untyped-def]
+        return kpb.RepositoryIndexResponse(models=[kpb.RepositoryIndexResponse.ModelIndex(name=MODEL, state="READY")])
+
     async def ModelReady(self, request, context):  # type: ignore[no-untyped-def]
         return kpb.ModelReadyResponse(ready=request.name == MODEL)
 

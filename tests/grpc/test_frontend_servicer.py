@@ -50,6 +50,9 @@ class FakeTriton:
     async def signature(self, model: str, instance: int) -> ModelSignature:
         return SIG
 
+    async def repository(self, instance: int, timeout_s: float = 2.0) -> dict[str, tuple[str, str]]:
+        return {model: ("READY", "") for model in ("m", "c", "p")}
+
     def wait_s(self, model: str, instances: tuple[int, ...], rows: int = 1) -> float:
         return 0.0  # no queue here (tests/grpc/test_admission.py drives the real pool's)
 
