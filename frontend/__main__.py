@@ -100,6 +100,15 @@ def _flags(environ: Mapping[str, str] | None = None) -> Flags:
         "connection): RESOURCE_EXHAUSTED at once",
     )
     add(
+        "--max-concurrent-rpcs",
+        type=int,
+        help="gRPC's own bound, checked before any handler runs: beyond this many RPCs open at once on a data "
+        "port, RESOURCE_EXHAUSTED 'Concurrent RPC limit exceeded!'. Each port counts its own; a stream is one RPC "
+        "however many messages it carries; health and reflection on the port count too, the --health-address "
+        "port never. Unset: --max-inflight plus a quarter (at least 64 more), so that admission's own bounds "
+        "answer ordinary overload first; 0: off",
+    )
+    add(
         "--refuse-by-wait",
         switch=True,
         default=True,
@@ -322,6 +331,7 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
             triton_timeout_s=args.triton_timeout_s,
             max_inflight=args.max_inflight,
             max_inflight_per_client=args.max_inflight_per_client,
+            max_concurrent_rpcs=args.max_concurrent_rpcs,
             refuse_by_wait=args.refuse_by_wait,
             wait_estimate_max_age_s=args.wait_estimate_max_age_s,
             max_message_bytes=common.max_message_bytes,

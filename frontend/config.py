@@ -170,6 +170,9 @@ class FrontendConfig:
     # 256 is four full batches of the 64-row models per instance of a 1-2 instance stack: more only queues.
     max_inflight: int = 256
     max_inflight_per_client: int = 128
+    # gRPC's own bound on the RPCs open at once on each data port (service_common.server), checked before any
+    # handler runs: None = derived from max_inflight (rpc_bound); 0 = off.
+    max_concurrent_rpcs: int | None = None
     refuse_by_wait: bool = True  # also refuse a query whose deadline is shorter than the Triton queue ahead of it
     # The wait estimate's measured call time is forgotten when no call has renewed it for this long, so an
     # estimate a fault inflated cannot refuse short deadlines for good (Batcher.recent_call_s).
@@ -227,6 +230,8 @@ class FrontendConfig:
         for name in ("max_inflight", "max_inflight_per_client"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_concurrent_rpcs is not None and self.max_concurrent_rpcs < 0:
+            raise ValueError(f"max_concurrent_rpcs must be >= 0 (0: off), got {self.max_concurrent_rpcs}")
 
     def _check_discovery(self) -> None:
         for name, urls in (("triton", "triton_urls"), ("parity_triton", "parity_triton_urls")):
@@ -242,6 +247,17 @@ class FrontendConfig:
             object.__setattr__(self, "triton_urls", (self.triton_dns,))
         if self.dns_refresh_s <= 0:
             raise ValueError(f"dns_refresh_s must be positive, got {self.dns_refresh_s}")
+
+    @property
+    def rpc_bound(self) -> int | None:
+        """The RPCs each data port holds open at once before gRPC refuses more (None: no bound). Derived, it
+        is ``max_inflight`` plus a quarter (at least 64): above admission's count, so that admission, with its
+        per-bound messages and per-client fairness, answers ordinary overload. The headroom holds what
+        admission does not count (calls it is refusing, answered calls whose task has not ended yet, open
+        streams, health); past it, gRPC answers without running any of the frontend's code."""
+        if self.max_concurrent_rpcs is None:
+            return self.max_inflight + max(64, self.max_inflight // 4)
+        return self.max_concurrent_rpcs or None
 
     @property
     def discovers(self) -> bool:

@@ -76,7 +76,8 @@ async def create_server(config: FrontendConfig) -> FrontendServer:
             serving=False,
             tls=config.tls,
             read_slack=READ_SLACK,
-            health_address=config.health_address,  # follows this port's health (the same servicer)
+            health_address=config.health_address,  # follows this port's health (the same servicer); no bound
+            max_concurrent_rpcs=config.rpc_bound,
         )
         undo.push_async_callback(running.stop, 0)
         kserve, kservicer = None, None
@@ -91,6 +92,7 @@ async def create_server(config: FrontendConfig) -> FrontendServer:
                 serving=False,
                 tls=config.tls,
                 read_slack=READ_SLACK,
+                max_concurrent_rpcs=config.rpc_bound,  # a bound of its own: the count is per port
             )
         undo.pop_all()
     ports += [p for p in (running, kserve) if p is not None]

@@ -8,6 +8,13 @@ speaks only TLS (and, with a client CA, only to clients presenting a certificate
 Given a health address, a second, always-plaintext port serves only ``grpc.health.v1``, from the same
 health servicer as the main port: kubelet's native ``grpc:`` probe speaks neither TLS nor mTLS, so a pod
 whose main port does TLS is probed there. It carries no data service: a plaintext port never answers a query.
+
+Given ``max_concurrent_rpcs``, the main port holds at most that many RPCs open at once (a stream is one RPC
+however many messages it carries). grpc.aio counts an RPC from the moment it takes it from the core until
+its handler's task ends, and answers one more at once with RESOURCE_EXHAUSTED ``Concurrent RPC limit
+exceeded!`` (grpcio 1.81) before looking at its request or running a handler. The count is the port's: every
+service on it, grpc.health.v1 included, takes a place and can be refused. The health-only port never has
+the bound, so probes that must be answered whatever the load ask there.
 """
 
 from __future__ import annotations
@@ -75,6 +82,7 @@ async def start_server(
     tls: ServerTLS | None = None,
     read_slack: int = 1,
     health_address: str | None = None,
+    max_concurrent_rpcs: int | None = None,
 ) -> Running:
     """Bind ``address`` (``host:0`` picks a free port; TLS when ``tls`` is given), register services +
     health + reflection, start; with ``health_address``, also the plaintext health-only port there.
@@ -82,9 +90,10 @@ async def start_server(
     gRPC refuses a message over its receive limit unread and ends the whole call. A server whose
     servicer checks ``max_message_bytes`` per message itself (so that a stream answers an oversized
     message alone and goes on) reads up to ``read_slack`` times that limit; past it, gRPC still ends the
-    call, since reading further would hold memory no limit bounds."""
+    call, since reading further would hold memory no limit bounds. ``max_concurrent_rpcs`` (None: no
+    bound) bounds the RPCs open at once on ``address`` alone (module docstring)."""
     options = [*message_limits(max_message_bytes, read_slack), NO_PORT_SHARING]
-    server = grpc.aio.server(options=options)
+    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
     mapped = ErrorMappingServer(server)  # every status and count comes from service_common.interceptor
     for add in register:
         add(mapped)  # type: ignore[arg-type]  # it has the two methods registration calls
