@@ -44,7 +44,9 @@ class CodingClients:
     DecodeStream (:mod:`frontend.streams`); with ``"unary"`` one Encode / Decode or EncodeBatch / DecodeBatch
     call. A batch's timeout is the longest time left of the groups it carries.
     Failures are warned rate-limited, per service and cause (while a service is down every group fails
-    alike), and a service answering again after a warning is logged once."""
+    alike), and a service answering again after a warning is logged once, at most once per period too:
+    when tiny client deadlines make every other call time out, that is one warning and one recovery line
+    per period, not a pair per call."""
 
     MAX_GROUPS = 64  # per batch call
     WARN_EVERY_S = 10.0

@@ -200,7 +200,8 @@ async def answer_concurrently(
     A message that cannot be parsed (truncated, or not this request type) ends the reading: gRPC's
     request iterator cannot go on after it. Every request accepted before it is still answered, then
     the stream ends with INVALID_ARGUMENT saying which message it was (it used to hang, unanswered,
-    until the deadline)."""
+    until the deadline). A stream that ends first (its client cancelled it, or its deadline passed)
+    stops its queries still running: nobody is left to answer, and none of them is counted."""
     done: asyncio.Queue[Response | None] = asyncio.Queue()  # None: no more requests will come
     tasks: set[asyncio.Task[None]] = set()
     accepted = 0
@@ -241,6 +242,8 @@ async def answer_concurrently(
             yield item
     finally:
         reader.cancel()
+        for task in tasks:
+            task.cancel()
     if broken:
         raise broken[0]
 

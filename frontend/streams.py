@@ -7,7 +7,10 @@ stream open per coding service (EncodeStream, DecodeStream) and, with ``--triton
 per Triton instance (ModelStreamInfer). The stream opens on first use and again after it breaks; a break
 fails only the calls that were on it, as a failed call would (``grpc.aio.AioRpcError``, so callers handle
 both transports alike). A call's timeout is the caller's: the message is not withdrawn (a stream has no
-per-message cancel, and nothing is ever cancelled on Triton), its late answer is dropped.
+per-message cancel, and nothing is ever cancelled on Triton), its late answer is dropped. While the
+peer is down every call opens a stream that breaks at once: that is logged once per cause (the status
+code) in every :attr:`StreamCalls.LOG_EVERY_S`, with the count held back, and the first answer after it
+says so once.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import grpc
+
+from service_common.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +87,8 @@ class StreamCalls(Generic[Request, Response]):
     (None: not an answer to any call); by default both use the messages' ``id`` field.
     Create inside the running loop; :meth:`close` it."""
 
+    LOG_EVERY_S = 10.0
+
     def __init__(
         self,
         open_stream: Callable[[], grpc.aio.StreamStreamCall],
@@ -95,12 +102,14 @@ class StreamCalls(Generic[Request, Response]):
         self._answer_id = answer_id
         self._stream: _Stream[Response] | None = None
         self._ids = itertools.count(1)
+        self._breaks = RateLimitedLog(log, self.LOG_EVERY_S)
 
     def _current(self) -> _Stream[Response]:
         stream = self._stream
         if stream is None or stream.broken is not None:
             if stream is not None and stream.broken is not None:
-                log.info("%s: stream broke (%s); opening a new one", self._what, stream.broken.code().name)
+                code = stream.broken.code().name
+                self._breaks.log(logging.INFO, code, "%s: stream broke (%s); opening a new one", self._what, code)
             stream = self._stream = _Stream(self._open(), self._answer_id)
             stream.reader = asyncio.get_running_loop().create_task(stream.read())
         return stream
@@ -123,11 +132,14 @@ class StreamCalls(Generic[Request, Response]):
             except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
                 # The stream ended under the write (gRPC may call that INTERNAL): a transport failure,
                 # for this call and every other on the stream; the next call opens a new one.
-                stream.fail(rpc_error(grpc.StatusCode.UNAVAILABLE, f"the stream to {self._what} ended: {exc}"))
-            return await future
+                why = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
+                stream.fail(rpc_error(grpc.StatusCode.UNAVAILABLE, f"the stream to {self._what} ended: {why}"))
+            response = await future
         finally:
             timer.cancel()
             stream.pending.pop(tag, None)
+        self._breaks.resolved("%s: the stream answers again", self._what)
+        return response
 
     async def close(self, grace_s: float = 1.0) -> None:
         """End the stream: no more writes; answers still due are awaited for up to ``grace_s``."""

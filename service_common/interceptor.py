@@ -1,13 +1,27 @@
 """The one place where exceptions become gRPC statuses, and where every RPC is counted and timed.
 
-``codedserve_rpcs_total{method, code}`` counts each call once by the status it ends with (the gRPC
-name: ``OK``, ``DEADLINE_EXCEEDED``...), and each message of a stream answered with an error status
-once more, under the stream's method and the message's status (:func:`message_status`): an error is
+``codedserve_rpcs_total{method, code}`` counts each call once, by the status its client sees (the gRPC
+name: ``OK``, ``DEADLINE_EXCEEDED``...). That includes a call that ends under its handler: gRPC cancels
+the handler when the client's deadline passes (counted ``DEADLINE_EXCEEDED``) or the client cancels
+(``CANCELLED``; a call cut off by the server's own shutdown counts so too, while its client sees
+UNAVAILABLE), and an answer or error ready only after the deadline is counted ``DEADLINE_EXCEEDED``,
+as its client saw it. A call whose deadline passes before gRPC starts its handler is counted nowhere
+(the handler never runs). Each message of a stream answered with an error status is counted once
+more, under the stream's method and the message's status (:func:`message_status`): an error is
 counted the same whether it was a unary call or one message of a stream.
+``codedserve_rpcs_in_flight{method}`` is the number of handlers running.
+
+A call whose client has gone leaves no traceback: grpc.aio 1.81 raises ``ExecuteBatchError`` from
+``context.abort`` (and from sending an answer) on a call already ended, and ``context.cancelled()``
+and ``context.done()`` stay False then, so the time left tells a passed deadline from a client that
+cancelled. The handler then ends as gRPC's own cancellation does (``asyncio.CancelledError``), which
+gRPC logs at DEBUG only. An unexpected error is logged with its traceback, once per method and kind
+of error in every :data:`UNEXPECTED_LOG_EVERY_S` (the held-back ones counted in the next line).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -15,28 +29,78 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+from grpc._cython.cygrpc import ExecuteBatchError  # grpc.aio raises it, and exports only its base class
 
 from service_common import metrics
 from service_common.errors import InvalidArgument, status_of
+from service_common.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
+UNEXPECTED_LOG_EVERY_S = 10.0
+# The client's deadline is earlier than our copy of it by the time its request took to arrive (a few ms on a
+# loaded machine, measured: up to 4.5 ms with three busy processes on two cores) and gRPC's rounding.
+DEADLINE_SLACK_S = 0.01
+_unexpected = RateLimitedLog(log, UNEXPECTED_LOG_EVERY_S)
+_counts: dict[tuple[str, grpc.StatusCode], Any] = {}  # RPCS children, bound on first use
+
+
+def _count(method: str, code: grpc.StatusCode) -> None:
+    child = _counts.get((method, code))
+    if child is None:
+        child = _counts[method, code] = metrics.RPCS.labels(method=method, code=code.name)
+    child.inc()
+
 
 def message_status(exc: Exception, method: str | None, what: str) -> tuple[grpc.StatusCode, str]:
-    """The status ``exc`` maps to (an unexpected error is logged with its traceback and becomes INTERNAL
-    with a generic message), counted under ``method`` (when given): for a whole call, or for one
-    message of a stream."""
+    """The status ``exc`` maps to (an unexpected error is logged with its traceback, rate-limited, and
+    becomes INTERNAL with a generic message), counted under ``method`` (when given): for a whole call,
+    or for one message of a stream."""
     known = status_of(exc)
     if known is None:
-        log.exception("unexpected error in %s", what)
+        cause = (method or what, type(exc).__qualname__)
+        _unexpected.log(logging.ERROR, cause, "unexpected error in %s", what, exc_info=exc)
         known = (grpc.StatusCode.INTERNAL, "internal error; see the server log")
     if method is not None:
-        metrics.RPCS.labels(method=method, code=known[0].name).inc()
+        _count(method, known[0])
     return known
 
 
-async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
-    await context.abort(*message_status(exc, method, method))
+def _past_deadline(context: grpc.aio.ServicerContext) -> bool:
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
+
+
+def _ended(context: grpc.aio.ServicerContext, start: float) -> grpc.StatusCode:
+    """How a call that ended under its handler (started at ``start``) ended, as its client saw it:
+    DEADLINE_EXCEEDED once the deadline has passed or nearly, else CANCELLED. Nearly: the client gives
+    up at its own deadline, and the server's copy runs late by up to :data:`DEADLINE_SLACK_S` plus 1 %
+    of the timeout (gRPC rounds the timeout it sends up, to at most 3 digits of its unit)."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return grpc.StatusCode.CANCELLED
+    slack = DEADLINE_SLACK_S + (remaining + time.perf_counter() - start) / 100
+    return grpc.StatusCode.DEADLINE_EXCEEDED if remaining <= slack else grpc.StatusCode.CANCELLED
+
+
+def _gone(method: str, context: grpc.aio.ServicerContext, start: float) -> asyncio.CancelledError:
+    """Count a call whose client has gone; what its handler raises then (gRPC logs it at DEBUG)."""
+    _count(method, _ended(context, start))
+    return asyncio.CancelledError(f"{method}: the call ended before its handler answered")
+
+
+async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception, start: float) -> None:
+    """End the call with ``exc``'s status, counted; a call already over is counted as its client saw it."""
+    code, details = message_status(exc, None, method)
+    if not _past_deadline(context):
+        try:
+            await context.abort(code, details)
+        except grpc.aio.AbortError:
+            _count(method, code)
+            raise
+        except ExecuteBatchError:  # ended meanwhile: its deadline passed, or its client cancelled
+            pass
+    raise _gone(method, context, start)
 
 
 class _Unparsed:
@@ -61,18 +125,30 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
 
 def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     ok, seconds = metrics.RPCS.labels(method=method, code="OK"), metrics.RPC_SECONDS.labels(method=method)
+    in_flight = metrics.RPCS_IN_FLIGHT.labels(method=method)
 
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         start = time.perf_counter()
+        in_flight.inc()
         try:
             if isinstance(request, _Unparsed):
                 raise InvalidArgument(f"the {method} request is not well-formed (truncated?): {request.error}")
             response = await behavior(request, context)
-        except grpc.aio.AbortError:
+        except grpc.aio.AbortError:  # the behaviour ended the call itself (e.g. UNIMPLEMENTED)
+            _count(method, context.code() or grpc.StatusCode.UNKNOWN)
             raise
+        except asyncio.CancelledError:  # gRPC ended the call: its deadline passed, or its client cancelled
+            _count(method, _ended(context, start))
+            raise
+        except ExecuteBatchError:  # the behaviour's own abort, on a call already over
+            raise _gone(method, context, start) from None
         except Exception as exc:  # noqa: BLE001 - mapped to a status right here
-            await _abort(context, method, exc)
-            raise  # unreachable: abort raises
+            await _abort(context, method, exc, start)
+            raise  # unreachable: _abort raises
+        finally:
+            in_flight.dec()
+        if _past_deadline(context):  # its client has given up: sending would fail, and gRPC log that
+            raise _gone(method, context, start)
         ok.inc()
         seconds.observe(time.perf_counter() - start)
         return response
@@ -81,15 +157,31 @@ def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callabl
 
 
 def _wrap_stream(method: str, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    ok, in_flight = metrics.RPCS.labels(method=method, code="OK"), metrics.RPCS_IN_FLIGHT.labels(method=method)
+
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        start = time.perf_counter()
+        in_flight.inc()
         try:
             async for response in behavior(request, context):
+                if _past_deadline(context):  # nobody is left to send it to: end quietly, below
+                    break
                 yield response
         except grpc.aio.AbortError:
+            _count(method, context.code() or grpc.StatusCode.UNKNOWN)
             raise
+        except (asyncio.CancelledError, GeneratorExit):  # ended by gRPC, or by a failed send of an answer
+            _count(method, _ended(context, start))
+            raise
+        except ExecuteBatchError:  # reading or aborting a call already over
+            raise _gone(method, context, start) from None
         except Exception as exc:  # noqa: BLE001
-            await _abort(context, method, exc)
-        metrics.RPCS.labels(method=method, code="OK").inc()
+            await _abort(context, method, exc, start)
+        finally:
+            in_flight.dec()
+        if _past_deadline(context):
+            raise _gone(method, context, start)
+        ok.inc()
 
     return handler
 

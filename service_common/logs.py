@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -19,36 +20,48 @@ class _Cause:
 
 
 class RateLimitedLog:
-    """Warnings of a recurring cause (a dependency down: every call fails alike) at most once per
-    ``every_s`` per cause: the first at once, the next ones held back and counted in the next warning
-    let through. :meth:`resolved` says once that the causes are gone, with the count still held back."""
+    """Lines of a recurring cause (a dependency down: every call fails alike) at most once per ``every_s``
+    per cause: the first at once, the next ones held back and counted in the next line let through.
+    :meth:`resolved` says that the causes are gone, with the count still held back, at most once per
+    ``every_s`` too: a dependency that flaps between failing and answering logs at most one warning per
+    cause and one "answers again" per period, not a pair per flip."""
 
     def __init__(self, logger: logging.Logger, every_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
         self._log = logger
         self.every_s = every_s
         self._clock = clock
         self._causes: dict[Hashable, _Cause] = {}
+        self._unresolved = False  # a line was logged or held since the last resolved line
+        self._resolved_quiet_until = -math.inf
 
     def warning(self, cause: Hashable, msg: str, *args: object) -> None:
         self.log(logging.WARNING, cause, msg, *args)
 
-    def log(self, level: int, cause: Hashable, msg: str, *args: object) -> None:
-        """As :meth:`warning`, at ``level`` (e.g. INFO for a transition back to normal, rate-limited alike)."""
+    def log(self, level: int, cause: Hashable, msg: str, *args: object, exc_info: BaseException | None = None) -> None:
+        """As :meth:`warning`, at ``level`` (e.g. INFO for a transition back to normal, rate-limited alike);
+        ``exc_info``: an exception whose traceback the line carries."""
         now = self._clock()
+        self._unresolved = True
         state = self._causes.get(cause)
         if state is not None and now < state.quiet_until:
             state.held += 1
             return
         self._causes[cause] = _Cause(now + self.every_s)
         if state is not None and state.held:
-            self._log.log(level, msg + " (and %d more like it in the %.0f s before)", *args, state.held, self.every_s)
-        else:
-            self._log.log(level, msg, *args)
+            msg, args = msg + " (and %d more like it in the %.0f s before)", (*args, state.held, self.every_s)
+        self._log.log(level, msg, *args, exc_info=exc_info)
 
     def resolved(self, msg: str, *args: object) -> None:
-        """Every cause is gone (e.g. a call succeeded): log ``msg`` once, if anything was warned."""
-        if not self._causes:
+        """Every cause is gone (e.g. a call succeeded): log ``msg`` once, if anything was logged or held
+        since the last time, with the count held back. A cause that comes back within its period stays
+        held back (and counted) until the period is over."""
+        if not self._unresolved:  # first: this is called on every success
+            return
+        now = self._clock()
+        if now < self._resolved_quiet_until:
             return
         held = sum(state.held for state in self._causes.values())
-        self._causes.clear()
-        self._log.info(msg + " (%d warnings held back)", *args, held)
+        self._causes = {c: _Cause(s.quiet_until) for c, s in self._causes.items() if now < s.quiet_until}
+        self._unresolved = False
+        self._resolved_quiet_until = now + self.every_s
+        self._log.info(msg + " (%d failures not logged)", *args, held)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import errno
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RPCS = Counter(
     "codedserve_rpcs_total",
-    "RPCs handled, by method and status code (its gRPC name); a stream's failed messages count too",
+    "RPCs, each once by the status its client sees (its gRPC name; a passed deadline and a cancel too); "
+    "a stream's failed messages count too",
     ["method", "code"],
 )
 RPC_SECONDS = Histogram(
@@ -17,6 +18,7 @@ RPC_SECONDS = Histogram(
     ["method"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
 )
+RPCS_IN_FLIGHT = Gauge("codedserve_rpcs_in_flight", "RPCs whose handler is running, by method", ["method"])
 
 
 _BIND_REASONS: dict[int | None, str] = {

@@ -56,9 +56,29 @@ def test_when_the_cause_clears_it_says_so_once_with_the_count_held_back(caplog):
             limited.warning("UNAVAILABLE", "encoder down")
         limited.resolved("encoder answers again")
         limited.resolved("encoder answers again")
-        limited.warning("UNAVAILABLE", "encoder down")  # a new outage is warned at once
-    assert _messages(caplog, logging.INFO) == ["encoder answers again (3 warnings held back)"]
+        clock.now = 10.0
+        limited.warning("UNAVAILABLE", "encoder down")  # a new outage past the period is warned at once
+    assert _messages(caplog, logging.INFO) == ["encoder answers again (3 failures not logged)"]
     assert _messages(caplog) == ["encoder down", "encoder down"]
+
+
+def test_a_cause_that_flaps_logs_one_warning_and_one_recovery_per_period_not_a_pair_per_flip(caplog):
+    """Tiny client deadlines make every other encode time out: it was a WARNING and an INFO per flip."""
+    clock = Clock()
+    limited = RateLimitedLog(log, every_s=10.0, clock=clock)
+    with caplog.at_level(logging.INFO, logger=log.name):
+        for i in range(100):  # 0.0 .. 9.9 s
+            clock.now = i / 10
+            limited.warning("DEADLINE_EXCEEDED", "encoder slow")
+            limited.resolved("encoder answers again")
+        clock.now = 10.0
+        limited.warning("DEADLINE_EXCEEDED", "encoder slow")
+        limited.resolved("encoder answers again")
+    assert _messages(caplog) == ["encoder slow", "encoder slow (and 99 more like it in the 10 s before)"]
+    assert _messages(caplog, logging.INFO) == [
+        "encoder answers again (0 failures not logged)",
+        "encoder answers again (0 failures not logged)",
+    ]
 
 
 async def test_an_unreachable_encoder_is_warned_once_not_once_per_group(caplog):
