@@ -10,8 +10,11 @@ from typing import Any, TypeVar
 from google.protobuf.message import DecodeError
 
 from service_common.errors import InvalidArgument, status_of
+from service_common.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
+# One traceback per kind of error and period: a bug that fails every request must not log one per request.
+_unexpected = RateLimitedLog(log)
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -29,7 +32,8 @@ def answer_each(
         except Exception as exc:  # noqa: BLE001 - becomes this request's error, not the batch's
             known = status_of(exc)
             if known is None:
-                log.exception("request %d of a batch failed", i)
+                cause = type(exc).__qualname__
+                _unexpected.log(logging.ERROR, cause, "request %d of a batch failed", i, exc_info=exc)
             responses.append(failed(known[1] if known else "internal error; see the server log"))
     return responses
 
