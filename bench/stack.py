@@ -122,6 +122,10 @@ class Stack:
     kserve_ports: dict[str, int] = field(default_factory=dict)
     network: WorkerNetwork | None = None
     service_env: Mapping[str, str] = field(default_factory=dict)  # for every service, e.g. CODEDSERVE_SCHEME_MODULES
+    # Emulated accelerator time in every Triton (TritonConfig.service_time: "MODEL=LAW;..."; empty: off);
+    # Triton i draws with seed service_time_seed + i, so the Tritons' draws differ.
+    service_time: str = ""
+    service_time_seed: int = 0
 
     def __enter__(self) -> Stack:
         try:
@@ -158,6 +162,8 @@ class Stack:
                 grpc_port=next(ports),
                 http_port=next(ports),
                 metrics_port=next(ports),
+                service_time=self.service_time,
+                service_time_seed=self.service_time_seed + i,
             )
             self.tritons.append(TritonServer(config).start())
         for name in ("encoder", "decoder"):

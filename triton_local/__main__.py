@@ -10,6 +10,7 @@ from pathlib import Path
 from types import FrameType
 
 from service_common.tls import server_tls
+from triton_local import service_time
 from triton_local.server import DEFAULT_BUILD_DIR, TritonConfig, TritonServer, TritonStartError
 
 LOG = logging.getLogger("triton_local")
@@ -32,6 +33,25 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-file", type=Path, help="tritonserver output (default: <build-dir>/logs/...)")
     parser.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for readiness")
     parser.add_argument("--log-level", default="INFO")
+    emulation = parser.add_argument_group(
+        "emulated accelerator time (local benchmarks only; the model repository stays as a GPU cluster serves it)"
+    )
+    emulation.add_argument(
+        "--service-time",
+        default="",
+        metavar="MODEL=LAW[;MODEL=LAW...]",
+        help="hold each execution of MODEL's instance until a time drawn from LAW has passed since it began "
+        "('*' = every model not named). LAW: collage | samples:path=FILE (ms per line) | "
+        "lognormal:median=MS,p99=MS | fixed:ms=MS, optionally followed by ,batch=flat (a batch takes one draw) "
+        "or ,batch=linear:per_row=X (t(b) = t(1)*(1 + X*(b-1))). "
+        "E.g. 'mnist_cnn=lognormal:median=20,p99=60;*=collage' (default: off)",
+    )
+    emulation.add_argument(
+        "--service-time-seed",
+        type=int,
+        default=0,
+        help="seed of the draws, with model and instance (default %(default)s)",
+    )
     tls = parser.add_argument_group("TLS on the gRPC port (off when unset; HTTP and metrics stay plaintext)")
     tls.add_argument("--grpc-tls-cert", metavar="FILE", help="PEM certificate tritonserver presents on gRPC")
     tls.add_argument("--grpc-tls-key", metavar="FILE", help="PEM private key of --grpc-tls-cert")
@@ -42,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TritonConfig:
     """Flags -> one validated config; a bad value exits with the flag's name."""
     models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models is not None else None
+    try:
+        service_time.parse(args.service_time)
+    except service_time.ServiceTimeError as exc:
+        parser.error(f"--service-time: {exc}")
     try:
         tls = server_tls(args.grpc_tls_cert, args.grpc_tls_key, args.grpc_tls_client_ca, TLS_FLAGS)
         return TritonConfig(
@@ -55,6 +79,8 @@ def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Triton
             log_path=args.log_file,
             ready_timeout_s=args.ready_timeout,
             grpc_tls=tls,
+            service_time=args.service_time,
+            service_time_seed=args.service_time_seed,
         )
     except ValueError as exc:  # TLSConfigError too
         parser.error(str(exc))

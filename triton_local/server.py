@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service_common.tls import ServerTLS
-from triton_local import shm
+from triton_local import service_time, shm
 
 LOG = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ HOST = "127.0.0.1"  # tritonserver binds 0.0.0.0 unless told otherwise; local ru
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUILD_DIR = REPO_ROOT / ".triton"
 OUR_BACKEND = Path(__file__).resolve().parent / "backend" / "onnxruntime" / "model.py"
+OUR_LAWS = Path(service_time.__file__).resolve()  # imported by the backend, so copied beside it
 _PYTHON_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
 _STUB = "triton_python_backend_stub"
 PORT_FLAGS = ("--grpc-port", "--http-port", "--metrics-port")  # tritonserver's flags, and python -m triton_local's
@@ -81,6 +82,11 @@ class TritonConfig:
     launcher: tuple[str, ...] = ()
     # TLS on the gRPC port (mTLS with a client CA); HTTP and metrics stay plaintext (tritonserver has no TLS there).
     grpc_tls: ServerTLS | None = None
+    # Emulated accelerator time per model (triton_local.service_time: "MODEL=LAW;..."; empty: off), and the
+    # seed of its draws (with model and instance name: two servers of the same models and seed draw the same
+    # times, so give each its own). Kept as text, made canonical here (samples paths absolute) for the stubs.
+    service_time: str = ""
+    service_time_seed: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_repository", Path(self.model_repository).resolve())
@@ -94,6 +100,10 @@ class TritonConfig:
             object.__setattr__(self, "models", tuple(self.models))
             if any(not m or "," in m for m in self.models):
                 raise ValueError(f"models: names must be non-empty and comma-free, got {self.models}")
+        try:
+            object.__setattr__(self, "service_time", service_time.render(service_time.parse(self.service_time)))
+        except service_time.ServiceTimeError as exc:
+            raise ValueError(f"service_time: {exc}") from None
 
 
 def find_install() -> TritonInstall:
@@ -122,6 +132,7 @@ def build_backend_dir(install: TritonInstall, build_dir: Path = DEFAULT_BUILD_DI
     copies = [(install.python_backend / name, backends / "python" / name) for name in _PYTHON_BACKEND_FILES]
     copies.append((install.stub, backends / "python" / _STUB))
     copies.append((OUR_BACKEND, backends / "onnxruntime" / "model.py"))
+    copies.append((OUR_LAWS, backends / "onnxruntime" / OUR_LAWS.name))
     for source, dest in copies:
         _copy_if_changed(source, dest)
     return backends
@@ -192,12 +203,19 @@ def _listening_ports(pid: int) -> set[int]:
     return ports
 
 
-def server_env(install: TritonInstall) -> dict[str, str]:
+def server_env(install: TritonInstall, config: TritonConfig | None = None) -> dict[str, str]:
     """The venv's bin first on PATH (the stub's isolated interpreter finds the venv through ``python3`` on
-    PATH and ignores PYTHONPATH) and the wheel's bundled libraries on LD_LIBRARY_PATH."""
+    PATH and ignores PYTHONPATH) and the wheel's bundled libraries on LD_LIBRARY_PATH; the config's emulated
+    service times for the backend stubs, which inherit this environment (none unless the config names some,
+    whatever this process's environment holds)."""
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.prefix) / "bin"), env.get("PATH", "")])
     env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(install.libs), env.get("LD_LIBRARY_PATH")]))
+    env.pop(service_time.ENV_LAWS, None)
+    env.pop(service_time.ENV_SEED, None)
+    if config is not None and config.service_time:
+        env[service_time.ENV_LAWS] = config.service_time
+        env[service_time.ENV_SEED] = str(config.service_time_seed)
     return env
 
 
@@ -305,7 +323,7 @@ class TritonServer:
             self._proc = subprocess.Popen(
                 [*_die_with_parent(), *self.command(install, backends)], stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT,
-                env=server_env(install), start_new_session=True,
+                env=server_env(install, self.config), start_new_session=True,
             )  # fmt: skip
         self._started_at = time.monotonic()
         self._start_time = shm.start_time(self._proc.pid)

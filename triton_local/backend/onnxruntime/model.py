@@ -7,14 +7,21 @@ NGC image serves on a GPU cluster, unchanged. It mirrors what the C++ backend do
 outputs from the ONNX file, honours its thread-count parameters, and runs a dynamic batch as ONE session call.
 
 This file runs inside ``triton_python_backend_stub`` (an isolated interpreter that sees the venv's
-site-packages because the venv's ``bin`` is first on PATH), so it imports only numpy and onnxruntime.
+site-packages because the venv's ``bin`` is first on PATH), so it imports only numpy and onnxruntime, and
+``service_time`` (``triton_local/service_time.py``, stdlib only), which the launcher copies beside it.
+
+Emulated accelerator time, for local benchmarks only: when the launcher names a law for this model (in
+tritonserver's environment, which the stub inherits), each execution holds the instance until a time drawn
+from that law has passed since it began; see ``service_time``.
 """
 
 import json
 import os
+import time
 
 import numpy as np
 import onnxruntime as ort
+import service_time
 import triton_python_backend_utils as pb_utils
 
 # ORT element type -> (Triton config type, numpy dtype that ORT expects as input).
@@ -114,13 +121,24 @@ class TritonPythonModel:
         ort_inputs = {node.name: node.type for node in self._session.get_inputs()}
         self._inputs = {i["name"]: _ORT_TYPES[ort_inputs[i["name"]]][1] for i in config["input"]}
         self._outputs = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
+        self._clock = _clock(args)
+        emulated = f", emulated service time {self._clock.law}" if self._clock else ""
         pb_utils.Logger.log_info(
             f"onnxruntime {ort.__version__} serving {path} (intra_op_threads="
-            f"{self._session.get_session_options().intra_op_num_threads})"
+            f"{self._session.get_session_options().intra_op_num_threads}{emulated})"
         )
 
     def execute(self, requests):
-        """Run a dynamic batch as one session call; a bad request gets its own error response.
+        """Answer the requests; with an emulated service time, hold the instance until it has passed."""
+        started = time.monotonic()
+        responses, rows = self._answer(requests)
+        if self._clock is not None:
+            self._clock.hold(started, rows)
+        return responses
+
+    def _answer(self, requests):
+        """Run a dynamic batch as one session call; a bad request gets its own error response. Returns the
+        responses and the rows run (the batch size an accelerator would have seen).
 
         Requests whose inputs cannot be read are answered with an error and left out. If the batched run
         fails, each request is re-run alone so the failure lands on the request that caused it.
@@ -132,11 +150,12 @@ class TritonPythonModel:
                 feeds[index] = self._read_inputs(request)
             except Exception as exc:  # any bad input is that request's error, not the batch's
                 responses[index] = _error(exc)
+        rows = sum(len(next(iter(feed.values()), ())) for feed in feeds.values()) if self._batched else len(feeds)
         if self._batched and len(feeds) > 1:
             try:
                 for index, outputs in zip(feeds, self._run_batch(list(feeds.values())), strict=True):
                     responses[index] = _response(outputs)
-                return responses
+                return responses, rows
             except Exception:  # fall through to per-request runs, which attribute the error
                 pass
         for index, feed in feeds.items():
@@ -144,7 +163,7 @@ class TritonPythonModel:
                 responses[index] = _response(self._run(feed))
             except Exception as exc:  # that request's error response
                 responses[index] = _error(exc)
-        return responses
+        return responses, rows
 
     def finalize(self):
         """Drop the session so ORT frees its memory before the stub exits."""
@@ -176,6 +195,16 @@ class TritonPythonModel:
         cuts = np.cumsum(sizes)[:-1]
         split = {name: np.split(value, cuts) for name, value in outputs.items()}
         return [{name: parts[i] for name, parts in split.items()} for i in range(len(feeds))]
+
+
+def _clock(args):
+    """This instance's emulated service time, or None where the launcher named no law for its model."""
+    laws = service_time.parse(os.environ.get(service_time.ENV_LAWS, ""))
+    law = service_time.law_for(laws, args["model_name"])
+    if law is None:
+        return None
+    seed = int(os.environ.get(service_time.ENV_SEED) or 0)
+    return service_time.InstanceClock(law, seed, args["model_name"], args["model_instance_name"])
 
 
 def _response(outputs):
