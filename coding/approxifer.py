@@ -62,10 +62,14 @@ class ApproxiferScheme:
         """How many outputs a decode needs: N - S."""
         return self.workers - self.s
 
+    def rejects(self, shape: Shape) -> str | None:
+        """None: Berrut coding is element-wise, so a query may have any shape (C x H x W, a feature vector, ...)."""
+        return None
+
     def encode(self, group: np.ndarray) -> np.ndarray:
-        """``(k, C, H, W)`` queries -> ``(n, C, H, W)`` float32 coded queries, one per worker."""
-        if group.ndim != 4 or group.shape[0] != self.k:
-            raise CodingError(f"expected a coding group of shape (k={self.k}, C, H, W), got {list(group.shape)}")
+        """``(k, *query)`` queries of any shape -> ``(n, *query)`` float32 coded queries, one per worker."""
+        if group.ndim < 1 or group.shape[0] != self.k:
+            raise CodingError(f"expected a coding group of shape (k={self.k}, ...), got {list(group.shape)}")
         return berrut.encode(group, self.workers, self.systematic)
 
     def decode(self, outputs: np.ndarray, worker_indices: Sequence[int] | np.ndarray) -> np.ndarray:

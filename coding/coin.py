@@ -91,6 +91,9 @@ class CoinScheme:
     systematic = True
     encodes = False  # the coded model runs the query itself
 
+    def rejects(self, shape: Shape) -> str | None:
+        return None  # no encoding: the coded model takes whatever the members take
+
     def coded_inputs(self, inputs: np.ndarray) -> np.ndarray:
         return inputs[:1]
 

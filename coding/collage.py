@@ -1,12 +1,14 @@
 """Collage-CNN (Narra et al., 2019): s x s queries tiled into one collage; a collage model classifies every cell.
 
-The encoder is shared by training (torch) and serving (numpy): each query is resized to a ``t x t`` tile,
-``t = H // s`` (14 px for s = 2, 9 px for s = 3 on 28 x 28 data), with an exact *area* resize — each tile
-pixel is the mean of the source pixels it covers, fractions weighted, which is the antialiased resize
-(for s = 2 it is 2 x 2 average pooling). Tiles go row-major (cell j at row j // s, column j % s) into one
-collage of the query's own size; the ``H - s t`` pixels left over at the bottom and right (1 px for s = 3)
-stay 0. So a collage is one request of a query's own size covering s² queries: the extra load is
-1/s² requests (25% for s = 2, 11% for s = 3); its compute is the collage model's (docs/collage.md).
+The encoder is shared by training (torch) and serving (numpy) and is :mod:`coding.tiling`'s grid: each query
+of shape ``(..., H, W)`` is area-resized to a ``th x tw`` cell, ``th = H // s`` and ``tw = W // s`` (14 px for
+s = 2, 9 px for s = 3, 7 px for s = 4 on 28 x 28 data; 16, 10, 8 px on 32 x 32) — each cell pixel is the mean
+of the source pixels it covers, fractions weighted, the antialiased resize (for s = 2 on an even side, 2 x 2
+average pooling). Cells go row-major (cell j at row j // s, column j % s) into one collage of the query's own
+shape; the ``H - s th`` rows at the bottom and ``W - s tw`` columns at the right (1 px for s = 3 on 28 px) stay
+0. So a collage is one request of a query's own size covering s² queries: the extra load is 1/s² requests
+(25% for s = 2, 11% for s = 3, 6% for s = 4); its compute is the collage model's, whose output is s² score
+vectors, row j for cell j.
 
 A partial group (sealed by the fill timeout) fills its empty cells by repeating its own queries, as every
 group does (frontend.groups), so the collage is always full and cell j always holds data slot j: the
@@ -15,88 +17,55 @@ decoder reads a missing query's answer off its own cell's row, and never needs t
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
+from coding import tiling
 from coding.errors import CodingError
-from coding.scheme import DEPLOYED, Arrivals, Outputs, Shape, Slot, check_outputs
+from coding.scheme import DEPLOYED, Arrivals, Outputs, Shape, Slot, check_outputs, name_prefix
+from coding.tiling import area_matrix as area_matrix  # re-exported: export/ and the tests resize with it
 
 Array = Any  # numpy.ndarray or torch.Tensor
 COLLAGE = "collage"  # the role of the collage model
-SIDES = (2, 3)
-
-
-@lru_cache(maxsize=16)
-def area_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """``(n_out, n_in)`` float32 weights of an area resize along one axis: row i averages the input
-    interval [i n_in / n_out, (i + 1) n_in / n_out), counting partly covered pixels by their overlap."""
-    scale = n_in / n_out
-    weights = np.zeros((n_out, n_in), dtype=np.float64)
-    for i in range(n_out):
-        lo, hi = i * scale, (i + 1) * scale
-        for p in range(math.floor(lo), math.ceil(hi)):
-            weights[i, p] = min(hi, p + 1) - max(lo, p)
-    return (weights / scale).astype(np.float32)
+SIDES = (2, 3, 4)
 
 
 def tile_side(size: int, s: int) -> int:
+    """A cell's side along an axis of ``size`` pixels."""
     return size // s
 
 
-def _matrix_like(x: Array, m: np.ndarray) -> Array:
-    if isinstance(x, np.ndarray):
-        return m
-    import torch  # training only; serving never reaches this line
-
-    return torch.from_numpy(m).to(device=x.device, dtype=x.dtype)
+def problem(s: int, shape: Shape) -> str | None:
+    """Why queries of ``shape`` cannot make an s x s collage, or None."""
+    if s not in SIDES:
+        return f"collage supports s in {SIDES}, got s={s}"
+    grid = tiling.grid_problem(shape, s, s)
+    return f"collage s={s} {grid}" if grid else None
 
 
 def tile(group: Array, s: int) -> Array:
     """``(..., s², C, H, W)`` queries -> ``(..., C, H, W)`` collages (numpy or torch alike)."""
-    *lead, cells, c, h, w = group.shape
+    cells = group.shape[-4]
     if cells != s * s:
         raise CodingError(f"a {s}x{s} collage takes {s * s} queries, got {cells}")
-    th, tw = tile_side(h, s), tile_side(w, s)
-    rows, cols = _matrix_like(group, area_matrix(h, th)), _matrix_like(group, area_matrix(w, tw))
-    tiles = rows @ group @ cols.T  # (..., s², C, th, tw)
-    n = len(lead)
-    order = (*range(n), n + 2, n, n + 3, n + 1, n + 4)  # (..., row, col, C, th, tw) -> (..., C, row, th, col, tw)
-    grid = tiles.reshape(*lead, s, s, c, th, tw)
-    grid = grid.transpose(order) if isinstance(grid, np.ndarray) else grid.permute(*order)
-    body = grid.reshape(*lead, c, s * th, s * tw)
-    if (s * th, s * tw) == (h, w):
-        return body
-    if isinstance(body, np.ndarray):
-        pad = [(0, 0)] * (body.ndim - 2) + [(0, h - s * th), (0, w - s * tw)]
-        return np.pad(body, pad)
-    import torch.nn.functional as F
-
-    return F.pad(body, (0, w - s * tw, 0, h - s * th))
+    return tiling.tile(group, s, s)
 
 
 def cell(collage: Array, s: int, j: int) -> Array:
-    """The tile of cell ``j`` in a ``(..., C, H, W)`` collage: ``(..., C, t, t)``."""
-    h, w = collage.shape[-2:]
-    th, tw = tile_side(h, s), tile_side(w, s)
-    r, c = divmod(j, s)
-    return collage[..., r * th : (r + 1) * th, c * tw : (c + 1) * tw]
+    """The tile of cell ``j`` in a ``(..., C, H, W)`` collage: ``(..., C, th, tw)``."""
+    return tiling.cell(collage, s, s, j)
 
 
 def resized(image: Array, s: int) -> Array:
-    """What cell j of a collage holds for ``image`` (``(..., C, H, W)``): its area resize to a tile."""
-    h, w = image.shape[-2:]
-    rows = _matrix_like(image, area_matrix(h, tile_side(h, s)))
-    cols = _matrix_like(image, area_matrix(w, tile_side(w, s)))
-    return rows @ image @ cols.T
+    """What cell j of a collage holds for ``image`` (``(..., C, H, W)``): its area resize to a cell."""
+    return tiling.resized(image, s, s)
 
 
-def collage_model_name(dataset: str, s: int) -> str:
-    """The collage model of one (dataset, s), e.g. ``mnist_collage_s2``."""
-    return f"{dataset}_collage_s{s}"
+def collage_model_name(prefix: str, s: int) -> str:
+    """The collage model for side s of the models named ``prefix``, e.g. ``mnist_collage_s2``."""
+    return f"{prefix}_collage_s{s}"
 
 
 @dataclass(frozen=True)
@@ -111,6 +80,13 @@ class CollageScheme:
         if self.s not in SIDES:
             raise CodingError(f"collage supports s in {SIDES}, got s={self.s}")
 
+    def rejects(self, shape: Shape) -> str | None:
+        """Why queries of ``shape`` (one query, no batch axis) cannot be coded, or None: an s x s collage needs
+        (C, H, W) with H, W >= s."""
+        if len(shape) != 3:
+            return f"collage s={self.s} needs queries of shape (C, H, W), got {list(shape)}"
+        return problem(self.s, shape)
+
     @property
     def data_slots(self) -> tuple[Slot, ...]:
         return tuple(Slot(i, DEPLOYED) for i in range(self.s * self.s))
@@ -123,8 +99,11 @@ class CollageScheme:
     encodes = True
 
     def coded_inputs(self, inputs: np.ndarray) -> np.ndarray:
-        if inputs.ndim != 4 or len(inputs) != self.s * self.s:
+        if inputs.ndim < 1 or len(inputs) != self.s * self.s:
             raise CodingError(f"expected {self.s * self.s} queries (N, C, H, W), got {list(inputs.shape)}")
+        why = self.rejects(inputs.shape[1:])
+        if why:
+            raise CodingError(why)
         return tile(inputs.astype(np.float32, copy=False), self.s)[None].astype(np.float32, copy=False)
 
     def recoverable(self, arrivals: Arrivals) -> frozenset[int]:
@@ -144,5 +123,5 @@ class CollageScheme:
         return (self.s * self.s, *data_output_shape)
 
     def models(self, served: str) -> dict[str, str]:
-        collage = self.collage_model or collage_model_name(served.removesuffix("_cnn"), self.s)
+        collage = self.collage_model or collage_model_name(name_prefix(served), self.s)
         return {DEPLOYED: served, COLLAGE: collage}

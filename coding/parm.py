@@ -1,76 +1,67 @@
 """ParM encoders and the subtraction decoder (Kosaian et al., SOSP 2019).
 
-The same functions run on numpy arrays (serving) and torch tensors (training), so the
-parity query a model was trained on is bit-for-bit the one it is served.
+The same functions run on numpy arrays (serving) and torch tensors (training), so the parity query a model was
+trained on is bit-for-bit the one it is served.
 
-Shapes: a coding group is ``(k, C, H, W)``; a batch of groups is ``(B, k, C, H, W)``.
-Outputs (logits) of a group are ``(k, num_classes)``.
+Shapes: a coding group is ``(k, *query)``; a batch of groups is ``(B, k, *query)``. The encoders take the
+number of query axes (``query_ndim``, 3 for C x H x W, the default); the addition encoder takes any query
+shape, the concatenation encoder any with H and W as its last two axes. Outputs (logits) of a group are
+``(k, num_classes)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from coding import spec
+from coding import tiling
 from coding.errors import CodingError
-from coding.scheme import DEPLOYED, Arrivals, Outputs, Shape, Slot, check_outputs
+from coding.scheme import DEPLOYED, Arrivals, Outputs, Shape, Slot, check_outputs, name_prefix
 
 Array = Any  # numpy.ndarray or torch.Tensor: only operations both share are used here
 
-
-def _concat(parts: Sequence[Array], axis: int) -> Array:
-    first = parts[0]
-    if isinstance(first, np.ndarray):
-        return np.concatenate(parts, axis=axis)
-    import torch  # training only; serving never reaches this line
-
-    return torch.cat(list(parts), dim=axis)
+# The concatenation encoder's grid (rows, cols) per k: side by side for k = 2, quadrants for k = 3 and 4.
+CONCAT_GRIDS = {2: (1, 2), 3: (2, 2), 4: (2, 2)}
 
 
-def _halve_width(x: Array) -> Array:
-    """Average each pair of neighbouring columns: an exact 'area' resize to half the width. Written as
-    two strided views and one add (no reduction call): the same values as a mean over pairs, and the
-    encoder runs on every coding group, where each array call counts."""
-    if x.shape[-1] % 2:
-        raise ValueError(f"image width {x.shape[-1]} is odd: it cannot be halved")
-    return (x[..., 0::2] + x[..., 1::2]) / 2
+def add_encode(group: Array, query_ndim: int = 3) -> Array:
+    """Addition encoder: P = sum_i X_i over the k axis (``-(query_ndim + 1)``)."""
+    return group.sum(-(query_ndim + 1))
 
 
-def _halve_height(x: Array) -> Array:
-    """Average each pair of neighbouring rows (see :func:`_halve_width`)."""
-    if x.shape[-2] % 2:
-        raise ValueError(f"image height {x.shape[-2]} is odd: it cannot be halved")
-    return (x[..., 0::2, :] + x[..., 1::2, :]) / 2
+def concat_encode(group: Array, query_ndim: int = 3) -> Array:
+    """Image-concatenation encoder: each query is downsampled and the k of them tiled into one input of a
+    query's own size, so the parity model shares the deployed model's architecture (ParM's construction).
 
-
-def add_encode(group: Array) -> Array:
-    """Addition encoder: P = sum_i X_i over the k axis (axis -4)."""
-    return group.sum(-4)
-
-
-def concat_encode(group: Array) -> Array:
-    """Image-concatenation encoder: k=2 side by side (H x W/2 tiles), k=4 in quadrants (TL, TR, BL, BR).
-
-    The parity query has the same shape as one query, so the parity model shares the deployed
-    model's architecture.
+    k = 2: side by side, each query area-resized to H x ⌊W/2⌋ (left: X_1, right: X_2). k = 4: quadrants TL,
+    TR, BL, BR, each ⌊H/2⌋ x ⌊W/2⌋. k = 3 (not in the paper, which stops at 2 and 4): the quadrants TL, TR,
+    BL hold X_1..X_3 and BR holds zeros. For even H and W a tile pixel is the mean of a 2-pixel (k = 2) or
+    2 x 2 (k = 3, 4) block; an odd side leaves its last row or column of the parity 0 (the layout is
+    :mod:`coding.tiling`'s). Leading query axes (channels) are carried along: channel c of a tile is channel
+    c of its query.
     """
-    k = group.shape[-4]
-    if k == 2:
-        tiles = _halve_width(group)
-        return _concat([tiles[..., 0, :, :, :], tiles[..., 1, :, :, :]], axis=-1)
-    if k == 4:
-        tiles = _halve_height(_halve_width(group))
-        top = _concat([tiles[..., 0, :, :, :], tiles[..., 1, :, :, :]], axis=-1)
-        bottom = _concat([tiles[..., 2, :, :, :], tiles[..., 3, :, :, :]], axis=-1)
-        return _concat([top, bottom], axis=-2)
-    raise ValueError(f"the concatenation encoder supports k in (2, 4), got k={k}")
+    k = group.shape[-(query_ndim + 1)]
+    if k not in CONCAT_GRIDS:
+        raise ValueError(f"the concatenation encoder supports k in {tuple(CONCAT_GRIDS)}, got k={k}")
+    return tiling.tile(group, *CONCAT_GRIDS[k], query_ndim=query_ndim)
 
 
 ENCODERS = {"add": add_encode, "concat": concat_encode}
+
+
+def concat_problem(k: int, shape: Shape) -> str | None:
+    """Why the concatenation encoder cannot code k queries of ``shape``, or None."""
+    if k not in CONCAT_GRIDS:
+        return f"concat supports k in {tuple(CONCAT_GRIDS)}, got k={k}"
+    problem = tiling.grid_problem(shape, *CONCAT_GRIDS[k])
+    return f"concat k={k} {problem}" if problem else None
+
+
+def parity_model_name(prefix: str, encoder: str, k: int) -> str:
+    """The ParM parity model for one (encoder, k) of the models named ``prefix``, e.g. ``mnist_parm_add_k2``."""
+    return f"{prefix}_parm_{encoder}_k{k}"
 
 
 def parity_target(outputs: Array) -> Array:
@@ -99,7 +90,7 @@ class ParmScheme:
     """ParM: k queries on the deployed model, one parity query on a learned parity model (r = 1).
 
     ``parity_model`` names the parity model on Triton; empty: the export naming
-    (:func:`coding.spec.parity_model_name`, e.g. ``mnist_parm_add_k2`` for ``mnist_cnn``).
+    (:func:`parity_model_name` of :func:`coding.scheme.name_prefix`, e.g. ``mnist_parm_add_k2`` for ``mnist_cnn``).
     """
 
     encoder: str
@@ -113,18 +104,24 @@ class ParmScheme:
             raise CodingError(f"unknown ParM encoder {self.encoder!r}; known: {sorted(ENCODERS)}")
         if self.k < 2:
             raise CodingError(f"ParM needs k >= 2, got k={self.k}")
-        if self.encoder == "concat" and self.k not in (2, 4):
-            raise CodingError(f"the concatenation encoder supports k in (2, 4), got k={self.k}")
+        if self.encoder == "concat" and self.k not in CONCAT_GRIDS:
+            raise CodingError(f"the concatenation encoder supports k in {tuple(CONCAT_GRIDS)}, got k={self.k}")
+
+    def rejects(self, shape: Shape) -> str | None:
+        """Why queries of ``shape`` (one query, no batch axis) cannot be coded, or None: the addition encoder
+        takes any shape; the concatenation encoder needs (..., H, W) with H, W at least the grid's sides."""
+        return concat_problem(self.k, shape) if self.encoder == "concat" else None
 
     # ---- the math ---------------------------------------------------------------------------
 
     def encode(self, group: np.ndarray) -> np.ndarray:
-        """``(k, C, H, W)`` float32 queries -> ``(r, C, H, W)`` parity queries."""
-        if group.ndim < 2 or group.shape[0] != self.k:
+        """``(k, *query)`` float32 queries -> ``(r, *query)`` parity queries."""
+        if group.ndim < 1 or group.shape[0] != self.k:
             raise CodingError(f"expected a coding group of k={self.k} queries, got shape {list(group.shape)}")
-        if self.encoder == "concat" and (group.ndim != 4 or group.shape[-1] % 2 or group.shape[-2] % 2):
-            raise CodingError(f"the concatenation encoder needs (k, C, H, W) with even H, W; got {list(group.shape)}")
-        parity = ENCODERS[self.encoder](group.astype(np.float32, copy=False))
+        problem = self.rejects(group.shape[1:])
+        if problem:
+            raise CodingError(f"parm: {problem}")
+        parity = ENCODERS[self.encoder](group.astype(np.float32, copy=False), group.ndim - 1)
         return parity[None].astype(np.float32, copy=False)
 
     def decode(self, slot_outputs: np.ndarray, present: np.ndarray, parity_outputs: np.ndarray) -> np.ndarray:
@@ -184,5 +181,5 @@ class ParmScheme:
         return data_output_shape  # the parity model learns the sum of k outputs: the same shape
 
     def models(self, served: str) -> dict[str, str]:
-        parity = self.parity_model or spec.parity_model_name(served.removesuffix("_cnn"), self.encoder, self.k)
+        parity = self.parity_model or parity_model_name(name_prefix(served), self.encoder, self.k)
         return {DEPLOYED: served, PARITY: parity}

@@ -25,6 +25,12 @@ from coding.errors import CodingError
 DEPLOYED = "deployed"  # the role of the model clients name in their queries
 
 
+def name_prefix(served: str) -> str:
+    """What a route's default model names start with: the served name less a trailing ``_cnn`` (the built-in
+    deployed models' suffix: ``mnist`` for ``mnist_cnn``). A route that names its models needs none of it."""
+    return served.removesuffix("_cnn")
+
+
 def member_role(i: int) -> str:
     """The role of member i of a *set*: one query answered by several models (COIN)."""
     return f"member{i}"
@@ -89,6 +95,12 @@ class Scheme(Protocol):
         """Coded inputs come from :meth:`coded_inputs`; False: the encoding is the identity (no encoder call)."""
         ...
 
+    def rejects(self, shape: Shape) -> str | None:
+        """Why queries of ``shape`` (one query, no batch axis, e.g. ``(3, 32, 32)``) cannot be coded, or None
+        when they can. :meth:`coded_inputs` raises :class:`CodingError` with this reason; export asks it
+        before training a model for the scheme, and a frontend may ask it once it knows a model's input."""
+        ...
+
     def coded_inputs(self, inputs: np.ndarray) -> np.ndarray:
         """``(group_size, ...)`` queries (padded) -> one coded input per coded slot ``(r, ...)``."""
         ...
@@ -114,6 +126,13 @@ class Scheme(Protocol):
 def group_size(scheme: Scheme) -> int:
     """How many queries fill one group."""
     return max(slot.input for slot in scheme.data_slots) + 1
+
+
+def check_shape(scheme: Scheme, shape: Shape) -> None:
+    """Raise :class:`CodingError` naming the scheme and the reason unless it can code queries of ``shape``."""
+    problem = scheme.rejects(tuple(shape))
+    if problem:
+        raise CodingError(f"{scheme.name}: {problem}")
 
 
 def check_outputs(scheme: Scheme, data_outputs: Outputs, coded_outputs: Outputs) -> None:
@@ -147,6 +166,9 @@ class Uncoded:
 
     systematic = True
     encodes = False
+
+    def rejects(self, shape: Shape) -> str | None:
+        return None  # nothing is coded: any query the model takes
 
     def coded_inputs(self, inputs: np.ndarray) -> np.ndarray:
         raise CodingError(f"{self.name} has no coded queries")

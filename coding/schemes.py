@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from coding.approxifer import ApproxiferScheme
 from coding.coin import CoinScheme
-from coding.collage import CollageScheme
+from coding.collage import SIDES, CollageScheme
 from coding.errors import CodingError
 from coding.parm import ParmScheme
 from coding.scheme import Scheme
@@ -54,7 +54,7 @@ def _collage(k: int, params: Mapping[str, str]) -> CollageScheme:
     check_params("collage", params, ("s", "collage_model"))
     s = int_param(params, "s") if "s" in params else math.isqrt(k)
     if "s" not in params and s * s != k:
-        raise CodingError(f"collage needs s (2 or 3) or a square k = s², got k={k}")
+        raise CodingError(f"collage needs s (one of {SIDES}) or a square k = s², got k={k}")
     return CollageScheme(s, collage_model=params.get("collage_model", ""))
 
 

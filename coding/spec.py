@@ -1,28 +1,32 @@
-"""Tensor names, shapes and model names shared by export/, the services, the bench and the tests.
+"""Moved: tensor names, the built-in models' shapes, classes and data sets live in :mod:`export.spec`, and
+the parity models' naming rule in :func:`coding.parm.parity_model_name`.
 
-One place so the ONNX files, the config.pbtxt files and every client agree.
+Nothing in the coding library uses them (a scheme takes any shape its method allows: ``Scheme.rejects``).
+This module only forwards the old names, imported on first use, for callers not yet moved to export.spec.
 """
 
 from __future__ import annotations
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
-INPUT_DTYPE = "float32"  # pixels scaled to [0, 1]; the model normalizes inside
-TRITON_INPUT_DTYPE = "FP32"
-IMAGE_SHAPE = (1, 28, 28)  # C, H, W for MNIST and Fashion-MNIST
-NUM_CLASSES = 10
-MAX_BATCH_SIZE = 64
+import importlib
+from typing import Any
 
-DATASETS = ("mnist", "fashion")
-PARM_ENCODERS = ("add", "concat")
-PARM_K = {"add": (2, 3, 4), "concat": (2, 4)}
+_MOVED = {
+    "INPUT_NAME": "export.spec",
+    "OUTPUT_NAME": "export.spec",
+    "INPUT_DTYPE": "export.spec",
+    "TRITON_INPUT_DTYPE": "export.spec",
+    "MAX_BATCH_SIZE": "export.spec",
+    "IMAGE_SHAPE": "export.spec",
+    "NUM_CLASSES": "export.spec",
+    "DATASETS": "export.spec",
+    "PARM_ENCODERS": "export.spec",
+    "PARM_K": "export.spec",
+    "deployed_model_name": "export.spec",
+    "parity_model_name": "coding.parm",
+}
 
 
-def deployed_model_name(dataset: str) -> str:
-    """The model every query is sent to, e.g. ``mnist_cnn``."""
-    return f"{dataset}_cnn"
-
-
-def parity_model_name(dataset: str, encoder: str, k: int) -> str:
-    """The ParM parity model for one (dataset, encoder, k), e.g. ``mnist_parm_add_k2``."""
-    return f"{dataset}_parm_{encoder}_k{k}"
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from coding.spec import deployed_model_name
+from export.spec import deployed_model_name
 
 
 def _deployed_of(m: dict) -> str:

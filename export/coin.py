@@ -50,11 +50,11 @@ from onnx import numpy_helper
 from torch import nn
 
 from coding.coin import CODED, SPACES, coded_model_name, decode_member, member_model_name, softmax
-from coding.spec import NUM_CLASSES, deployed_model_name
 from export import fisher, train
 from export.manifest import RunInfo, model_entry, update_manifest
 from export.models import build_model
 from export.onnx_export import check_onnx, write_model
+from export.spec import NUM_CLASSES, deployed_model_name
 from export.train import TrainConfig
 
 log = logging.getLogger("export.coin")

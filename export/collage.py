@@ -33,11 +33,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from coding import collage
-from coding.spec import IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, deployed_model_name
 from export import train
 from export.manifest import RunInfo, model_entry, update_manifest
 from export.models import multiply_accumulates
 from export.onnx_export import onnx_providers, write_model
+from export.spec import DATASETS, IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, deployed_model_name
 from export.train import TrainConfig
 
 log = logging.getLogger("export.collage")
@@ -46,20 +46,35 @@ LAYOUTS = ("resized", "full")  # served: resized (coding.collage.tile); full: an
 
 
 class CollageNet(nn.Module):
-    """``(B, 1, s t, s t)`` collages -> ``(B, s², classes)`` logits, one shared CNN per t-pixel cell
-    (t = H // s for the served, resized layout; t = H for the full-resolution one)."""
+    """``(B, C, H, W)`` collages -> ``(B, s², classes)`` logits, one shared CNN per ``th x tw`` cell
+    (``th, tw = H // s, W // s`` for the served, resized layout, coding.collage's; the query's own H x W for the
+    full-resolution one, whose collage is ``s H x s W``). ``shape`` is one query's (C, H, W)."""
 
     mean: torch.Tensor
     std: torch.Tensor
 
     def __init__(
-        self, s: int, mean: float = 0.0, std: float = 1.0, width: int = 64, hidden: int = 128, layout: str = "resized"
+        self,
+        s: int,
+        mean: float = 0.0,
+        std: float = 1.0,
+        width: int = 64,
+        hidden: int = 128,
+        layout: str = "resized",
+        shape: tuple[int, ...] = IMAGE_SHAPE,
+        classes: int = NUM_CLASSES,
     ) -> None:
         super().__init__()
-        self.s, self.t = s, collage.tile_side(IMAGE_SHAPE[1], s) if layout == "resized" else IMAGE_SHAPE[1]
+        problem = collage.CollageScheme(s).rejects(shape)
+        if problem:
+            raise ValueError(problem)
+        c, h, w = shape
+        self.s, self.shape, self.classes = s, shape, classes
+        self.cell = (h // s, w // s) if layout == "resized" else (h, w)
+        if min(self.cell) < 2:
+            raise ValueError(f"the per-cell CNN pools 2x2: cells of {self.cell[0]}x{self.cell[1]} px are too small")
         self.register_buffer("mean", torch.tensor(float(mean)))
         self.register_buffer("std", torch.tensor(float(std)))
-        c = IMAGE_SHAPE[0]
         self.features = nn.Sequential(
             nn.Conv2d(c, width // 2, 3, padding=1, bias=False),
             nn.BatchNorm2d(width // 2),
@@ -69,33 +84,33 @@ class CollageNet(nn.Module):
             nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
         )
-        side = self.t // 2
+        th, tw = self.cell
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(width * side * side, hidden),
+            nn.Linear(width * (th // 2) * (tw // 2), hidden),
             nn.ReLU(inplace=True),
-            nn.Linear(hidden, NUM_CLASSES),
+            nn.Linear(hidden, classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s, t = self.s, self.t
-        body = ((x - self.mean) / self.std)[:, :, : s * t, : s * t]
-        cells = body.reshape(-1, IMAGE_SHAPE[0], s, t, s, t).permute(0, 2, 4, 1, 3, 5)
-        logits = self.classifier(self.features(cells.reshape(-1, IMAGE_SHAPE[0], t, t)))
-        return logits.reshape(-1, s * s, NUM_CLASSES)
+        s, (th, tw), c = self.s, self.cell, self.shape[0]
+        body = ((x - self.mean) / self.std)[:, :, : s * th, : s * tw]
+        cells = body.reshape(-1, c, s, th, s, tw).permute(0, 2, 4, 1, 3, 5)
+        logits = self.classifier(self.features(cells.reshape(-1, c, th, tw)))
+        return logits.reshape(-1, s * s, self.classes)
 
 
 def collages(
     images: torch.Tensor, groups: torch.Tensor, s: int, shift: bool = False, layout: str = "resized"
 ) -> torch.Tensor:
-    """Collages ``(G, 1, H, W)`` of coding groups ``(G, s²)`` of indices into uint8 ``images``
-    (``layout="full"``: ``(G, 1, s H, s W)``, the queries unresized)."""
-    x = train.pixels(images[groups])  # (G, s², 1, H, W)
+    """Collages ``(G, C, H, W)`` of coding groups ``(G, s²)`` of indices into uint8 ``images`` ``(N, C, H, W)``
+    (``layout="full"``: ``(G, C, s H, s W)``, the queries unresized)."""
+    x = train.pixels(images[groups])  # (G, s², C, H, W)
+    c, h, w = x.shape[-3:]
     if shift:
-        x = train.random_shift(x.reshape(-1, *IMAGE_SHAPE)).reshape(x.shape)
+        x = train.random_shift(x.reshape(-1, c, h, w)).reshape(x.shape)
     if layout == "resized":
         return collage.tile(x, s)
-    c, h, w = IMAGE_SHAPE
     return x.reshape(-1, s, s, c, h, w).permute(0, 3, 1, 4, 2, 5).reshape(-1, c, s * h, s * w)
 
 
@@ -137,7 +152,10 @@ def train_collage(
     tr, device = data.train, data.train.images.device
     sample = train.pixels(tr.images[:4096])
     torch.manual_seed(cfg.seed)
-    model = CollageNet(s, mean=sample.mean().item(), std=sample.std().item(), width=width, layout=layout).to(device)
+    shape = tuple(tr.images.shape[1:])  # one query's (C, H, W)
+    model = CollageNet(
+        s, sample.mean().item(), sample.std().item(), width, layout=layout, shape=shape, classes=NUM_CLASSES
+    ).to(device)
     hard = F.one_hot(tr.labels, NUM_CLASSES).float()
     targets = hard if soft is None or not soft_weight else (1 - soft_weight) * hard + soft_weight * soft
 
@@ -214,10 +232,16 @@ def export_collage(
 
 def collage_macs(model: nn.Module, s: int, layout: str = "resized") -> int:
     """One collage's multiply-accumulates on ``model`` (the deployed model's: models.multiply_accumulates)."""
-    side = IMAGE_SHAPE[1] * (s if layout == "full" else 1)
-    return multiply_accumulates(
-        model, torch.zeros(1, IMAGE_SHAPE[0], side, side, device=next(model.parameters()).device)
-    )
+    assert isinstance(model, CollageNet)
+    c, h, w = model.shape
+    scale = s if layout == "full" else 1
+    return multiply_accumulates(model, torch.zeros(1, c, h * scale, w * scale, device=next(model.parameters()).device))
+
+
+def _collage_pixels(shape: tuple[int, ...], s: int, layout: str) -> int:
+    """Pixels per channel of one collage, the bottom and right rows left 0 not counted."""
+    h, w = shape[-2:]
+    return s * h * s * w if layout == "full" else s * (h // s) * s * (w // s)
 
 
 def evaluate_variant(
@@ -243,7 +267,7 @@ def evaluate_variant(
         "epochs": cfg.epochs,
         "best_epoch": result.best_epoch,
         "cell_accuracy": round(cell_accuracy(result.model, data.test, s, rounds=4, layout=layout), 4),
-        "collage_pixels": (s * (IMAGE_SHAPE[1] if layout == "full" else collage.tile_side(IMAGE_SHAPE[1], s))) ** 2,
+        "collage_pixels": _collage_pixels(tuple(data.test.images.shape[1:]), s, layout),
         "train_seconds": round(result.seconds, 1),
     }
 
@@ -252,13 +276,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="python -m export.collage", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--dataset", default="mnist", choices=("mnist", "fashion"))
-    p.add_argument("--s", default="2,3", help="comma-separated collage sides (2, 3)")
+    p.add_argument("--dataset", default="mnist", choices=DATASETS)
+    p.add_argument("--s", default="2,3", help=f"comma-separated collage sides, of {collage.SIDES}")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--batch-size", type=int, default=64, help="collages per step")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--limit", type=int, default=None, help="images per split (smoke tests)")
-    p.add_argument("--layout", choices=LAYOUTS, default="resized", help="full: an s·28-pixel collage (evaluate only)")
+    p.add_argument("--layout", choices=LAYOUTS, default="resized", help="full: an s·H x s·W collage (evaluate only)")
     p.add_argument("--soft-weight", type=float, default=0.0, help="share of the deployed model's soft labels")
     p.add_argument("--width", type=int, default=64, help="channels of the per-cell CNN's second conv")
     p.add_argument(

@@ -21,9 +21,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from coding.spec import IMAGE_SHAPE, INPUT_NAME, MAX_BATCH_SIZE, OUTPUT_NAME
 from export.models import ARCHS, build_model, multiply_accumulates
 from export.onnx_export import export_onnx
+from export.spec import IMAGE_SHAPE, INPUT_NAME, MAX_BATCH_SIZE, OUTPUT_NAME
 
 
 def session(path: Path, threads: int = 1) -> ort.InferenceSession:

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from coding import berrut, spec
+from coding import berrut
 from coding.approxifer import ApproxiferScheme
-from export import datasets
+from export import datasets, spec
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,14 @@ The Fisher of one input x is E_y[(∂ log p_θ(y|x) / ∂θ)²], element-wise:
   model is unsure or wrong).
 
 Both are averaged over a sample of inputs. Gradients are taken in eval mode, so BatchNorm normalises with its
-running statistics and the Fisher is that of the function the model serves; BatchNorm's running statistics
-are buffers, not parameters, and get no Fisher (the caller decides how to merge them).
+running statistics and the Fisher is that of the function the model serves.
+
+Layers: Linear (on ``(B, features)``), Conv2d of any kernel, stride, dilation, padding (mode) and groups, and
+BatchNorm — what a torchvision-style ResNet or ResNeXt is made of; any other layer with parameters is refused
+by name. BatchNorm, which the COIN paper as summarised does not treat: its affine γ and β are parameters, so
+they are Fisher-merged like any weight; its running mean and variance are buffers with no Fisher, which the
+caller merges (export/coin.py: averaged with the coding weights λ — plain averaging for uniform λ — or
+recomputed on training images after merging, ``--bn``).
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ def diagonal_fisher(
             targets = [(torch.full((len(x),), c, device=x.device), probs[:, c]) for c in range(log_p.shape[-1])]
         for i, (y, weight) in enumerate(targets):
             out_grads = torch.autograd.grad(
-                log_p.gather(1, y[:, None]).sum(), taps.outputs, retain_graph=i < len(targets) - 1
+                log_p.gather(1, y[:, None]).sum(), taps.outputs, retain_graph=i < len(targets) - 1, allow_unused=True
             )
             for name, sq in taps.squared_grads(out_grads, weight).items():
                 total[name] += sq
@@ -70,18 +76,21 @@ def diagonal_fisher(
 class _LayerTaps:
     """Forward hooks on each parameterised layer that keep its output and what its per-example gradients need
     of its input (:func:`_input_features`, computed once per batch for all classes). The output is handed on
-    as a copy, so an in-place op after the layer, such as ``ReLU(inplace=True)``, leaves the kept one intact."""
+    as a copy, so an in-place op after the layer, such as ``ReLU(inplace=True)``, leaves the kept one intact.
+
+    Kept per layer, not in call order: a block may call its layers in another order than it declares them
+    (a shortcut declared before the body it is added to). A layer must run exactly once per forward pass:
+    a layer called twice (shared weights) has no per-example rule here."""
 
     def __init__(self, model: nn.Module) -> None:
         self.layers = [(name, m) for name, m in model.named_modules() if list(m.parameters(recurse=False))]
-        self.features: list[torch.Tensor] = []
-        self.outputs: list[torch.Tensor] = []
+        self.kept: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
         self._handles: list = []
 
     def __enter__(self) -> _LayerTaps:
-        for _, module in self.layers:
+        for name, module in self.layers:
             if not isinstance(module, _LAYERS):
-                raise TypeError(f"no per-example gradient rule for {type(module).__name__}")
+                raise TypeError(f"no per-example gradient rule for {name} ({type(module).__name__})")
             self._handles.append(module.register_forward_hook(self._keep))
         return self
 
@@ -90,42 +99,62 @@ class _LayerTaps:
             handle.remove()
 
     def _keep(self, module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
-        self.features.append(_input_features(module, args[0].detach()))
-        self.outputs.append(output)
+        if module in self.kept:
+            raise TypeError(f"{type(module).__name__} ran twice in one forward pass: shared layers are not supported")
+        self.kept[module] = (_input_features(module, args[0].detach()), output)
         return output.clone()
 
-    def squared_grads(self, out_grads: Sequence[torch.Tensor], weight: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Σ_b weight_b (∂ℓ_b / ∂θ)² per parameter, from each layer's input and per-example output gradient."""
+    @property
+    def used(self) -> list[tuple[str, nn.Module]]:
+        """The layers that ran (one whose output the model ignores still ran; one never called gets no Fisher)."""
+        return [(name, m) for name, m in self.layers if m in self.kept]
+
+    @property
+    def outputs(self) -> list[torch.Tensor]:
+        return [self.kept[m][1] for _, m in self.used]
+
+    def squared_grads(self, out_grads: Sequence[torch.Tensor | None], weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Σ_b weight_b (∂ℓ_b / ∂θ)² per parameter, from each layer's input and per-example output gradient
+        (None: the output does not reach the loss, so every gradient is 0 and the layer is left out)."""
         result = {}
-        for (prefix, module), features, delta in zip(self.layers, self.features, out_grads, strict=True):
-            for name, sq in _squared_grads(module, features, delta, weight).items():
-                result[f"{prefix}.{name}"] = sq
+        for (prefix, module), delta in zip(self.used, out_grads, strict=True):
+            if delta is None:
+                continue
+            for name, sq in _squared_grads(module, self.kept[module][0], delta, weight).items():
+                result[f"{prefix}.{name}" if prefix else name] = sq
         return result
 
 
 def _input_features(module: nn.Module, a: torch.Tensor) -> torch.Tensor:
-    """Linear: the squared input; Conv2d: the unfolded input patches ``(B, C_in k², L)``; BatchNorm: the input
-    normalised by the running statistics."""
+    """Linear: the squared input; Conv2d: the unfolded input patches ``(B, C_in k_h k_w, L)``; BatchNorm: the
+    input normalised by the running statistics."""
     if isinstance(module, nn.Linear):
-        assert a.dim() == 2, "a Linear layer on a (B, features) input"
+        if a.dim() != 2:
+            raise TypeError(f"a Linear layer on a {a.dim()}-D input: only (B, features) has a per-example rule here")
         return a.square()
     if isinstance(module, nn.Conv2d):
         return _patches(a, module)
     assert isinstance(module, nn.modules.batchnorm._BatchNorm)
-    assert module.running_mean is not None and module.running_var is not None
+    if module.running_mean is None or module.running_var is None:
+        raise TypeError("a BatchNorm without running statistics (track_running_stats=False) depends on the batch")
     shape = (1, -1) + (1,) * (a.dim() - 2)
     return (a - module.running_mean.view(shape)) / (module.running_var.view(shape) + module.eps).sqrt()
 
 
 def _patches(a: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """``F.unfold``'s patches ``(B, C_in k_h k_w, H W)`` of a stride-1 conv's input, from shifted slices
-    (CPU ``im2col`` is some 50x slower here)."""
-    assert conv.groups == 1 and conv.stride == (1, 1) and conv.dilation == (1, 1), "a plain stride-1 conv"
-    assert isinstance(conv.padding, tuple), "numeric padding"
-    (kh, kw), (ph, pw) = conv.kernel_size, conv.padding
-    padded = F.pad(a, (pw, pw, ph, ph))
-    h, w = padded.shape[2] - kh + 1, padded.shape[3] - kw + 1
-    shifted = [padded[:, :, u : u + h, v : v + w] for u in range(kh) for v in range(kw)]
+    """``F.unfold``'s patches ``(B, C_in k_h k_w, L)`` of a conv's input (any stride, dilation, padding and
+    padding mode), from strided slices of the padded input (CPU ``im2col`` is some 50x slower here)."""
+    (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
+    pad = conv._reversed_padding_repeated_twice  # (left, right, top, bottom), also for padding="same"
+    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+    padded = F.pad(a, list(pad), mode=mode) if any(pad) else a
+    h = (padded.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    w = (padded.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    shifted = [
+        padded[:, :, u * dh : u * dh + sh * (h - 1) + 1 : sh, v * dw : v * dw + sw * (w - 1) + 1 : sw]
+        for u in range(kh)
+        for v in range(kw)
+    ]
     return torch.stack(shifted, 2).flatten(1, 2).flatten(2)
 
 
@@ -137,8 +166,11 @@ def _squared_grads(
     if isinstance(module, nn.Linear):  # g_b = δ_b a_bᵀ, so Σ_b w_b g_b² = (w δ²)ᵀ a²: never (B, out, in)
         weighted = w[:, None] * delta.square()
         return {"weight": weighted.T @ features, **({"bias": weighted.sum(0)} if module.bias is not None else {})}
-    if isinstance(module, nn.Conv2d):  # g_b = δ_b (C_out, L) times the patches (L, C_in k²)
-        per_example = torch.bmm(delta.flatten(2), features.transpose(1, 2)).view(-1, *module.weight.shape)
+    if isinstance(module, nn.Conv2d):  # g_b = δ_b (C_out, L) times the patches (L, C_in k²), group by group
+        g, b = module.groups, delta.shape[0]
+        out_g = delta.flatten(2).view(b, g, -1, delta.shape[2] * delta.shape[3])  # (B, g, C_out/g, L)
+        in_g = features.view(b, g, -1, features.shape[2])  # (B, g, C_in/g k², L): channel-major, as unfold
+        per_example = torch.einsum("bgol,bgil->bgoi", out_g, in_g).reshape(-1, *module.weight.shape)
         grads = {"weight": per_example, **({"bias": delta.sum((2, 3))} if module.bias is not None else {})}
     else:  # eval-mode BatchNorm: the per-channel affine map γ x̂ + β
         per_channel = (delta * features).reshape(*delta.shape[:2], -1).sum(-1)

@@ -1,8 +1,9 @@
 """The small CNN used both as the deployed model and as the ParM parity model (ParM keeps the architecture), and
 a small ResNet (issue 15: a stronger deployed model, and parity models with more capacity than the CNN's).
 
-Input: float32 pixels in [0, 1] (a parity model gets the encoder's output instead), shape ``(B, 1, 28, 28)``;
-the model normalizes inside with constants fitted on its training inputs. Output: raw logits ``(B, 10)``.
+Input: float32 pixels in [0, 1] (a parity model gets the encoder's output instead), shape ``(B, C, H, W)``
+(the built-in models' ``(B, 1, 28, 28)``); the model normalizes inside with constants fitted on its training
+inputs. Output: raw logits ``(B, classes)``.
 ``forward`` is export-clean (no data-dependent control flow) and device-agnostic.
 """
 
@@ -13,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from coding.spec import IMAGE_SHAPE, NUM_CLASSES
+from export.spec import IMAGE_SHAPE, NUM_CLASSES
 
 
 @dataclass(frozen=True)
@@ -65,23 +66,32 @@ class SmallCNN(nn.Module):
     mean: torch.Tensor  # buffers: exported as constants
     std: torch.Tensor
 
-    def __init__(self, arch: Arch = Arch(), mean: float = 0.0, std: float = 1.0) -> None:
+    def __init__(
+        self,
+        arch: Arch = Arch(),
+        mean: float = 0.0,
+        std: float = 1.0,
+        shape: tuple[int, ...] = IMAGE_SHAPE,
+        classes: int = NUM_CLASSES,
+    ) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(float(mean)))
         self.register_buffer("std", torch.tensor(float(std)))
         layers: list[nn.Module] = []
-        c_in, side = IMAGE_SHAPE[0], IMAGE_SHAPE[1]
+        c_in, h, w = shape
         for stage in arch.stages:
             for i, c_out in enumerate(stage):
                 layers += _conv_bn_relu(c_in, c_out, pool=i == len(stage) - 1)
                 c_in = c_out
-            side //= 2
+            h, w = h // 2, w // 2
+        if not h or not w:
+            raise ValueError(f"{len(arch.stages)} 2x2 poolings leave nothing of a {shape[1]}x{shape[2]} input")
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(c_in * side * side, arch.hidden),
+            nn.Linear(c_in * h * w, arch.hidden),
             nn.ReLU(inplace=True),
-            nn.Linear(arch.hidden, NUM_CLASSES),
+            nn.Linear(arch.hidden, classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,13 +124,20 @@ class ResNet(nn.Module):
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, arch: ResArch = ResArch(), mean: float = 0.0, std: float = 1.0) -> None:
+    def __init__(
+        self,
+        arch: ResArch = ResArch(),
+        mean: float = 0.0,
+        std: float = 1.0,
+        shape: tuple[int, ...] = IMAGE_SHAPE,
+        classes: int = NUM_CLASSES,
+    ) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(float(mean)))
         self.register_buffer("std", torch.tensor(float(std)))
         c_in = arch.widths[0]
         layers: list[nn.Module] = [
-            nn.Conv2d(IMAGE_SHAPE[0], c_in, 3, padding=1, bias=False),
+            nn.Conv2d(shape[0], c_in, 3, padding=1, bias=False),
             nn.BatchNorm2d(c_in),
             nn.ReLU(inplace=True),
         ]
@@ -129,7 +146,7 @@ class ResNet(nn.Module):
                 layers.append(BasicBlock(c_in, c_out, stride=2 if stage and not block else 1))
                 c_in = c_out
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(c_in, NUM_CLASSES)
+        self.classifier = nn.Linear(c_in, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # mean over H, W (ONNX ReduceMean) rather than AdaptiveAvgPool2d: the same op on every exporter
@@ -162,10 +179,17 @@ def multiply_accumulates(model: nn.Module, example: torch.Tensor) -> int:
     return total
 
 
-def build_model(arch: str = "cnn", mean: float = 0.0, std: float = 1.0) -> nn.Module:
+def build_model(
+    arch: str = "cnn",
+    mean: float = 0.0,
+    std: float = 1.0,
+    shape: tuple[int, ...] = IMAGE_SHAPE,
+    classes: int = NUM_CLASSES,
+) -> nn.Module:
+    """Architecture ``arch`` of :data:`ARCHS` for inputs of ``shape`` (C, H, W) and ``classes`` outputs."""
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; known: {sorted(ARCHS)}")
     spec = ARCHS[arch]
     if isinstance(spec, ResArch):
-        return ResNet(spec, mean=mean, std=std)
-    return SmallCNN(spec, mean=mean, std=std)
+        return ResNet(spec, mean=mean, std=std, shape=shape, classes=classes)
+    return SmallCNN(spec, mean=mean, std=std, shape=shape, classes=classes)

@@ -1,7 +1,7 @@
 """ONNX export and Triton model-repository entries (``<repo>/<name>/1/model.onnx`` + ``config.pbtxt``).
 
 Follows Triton's ``python_backend/examples/preprocessing/onnx_exporter.py``: explicit tensor names from
-``coding.spec``, a dynamic batch axis, a pinned opset, and an onnxruntime-vs-torch check of every file written.
+``export.spec``, a dynamic batch axis, a pinned opset, and an onnxruntime-vs-torch check of every file written.
 ``config.pbtxt`` is CPU-safe (an instance group with no kind: CPU locally, GPU on a GPU node);
 ``configs/gpu.pbtxt`` pins KIND_GPU and is picked with ``tritonserver --model-config-name=gpu``.
 """
@@ -18,7 +18,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from coding.spec import IMAGE_SHAPE, INPUT_NAME, MAX_BATCH_SIZE, NUM_CLASSES, OUTPUT_NAME
+from export.spec import IMAGE_SHAPE, INPUT_NAME, MAX_BATCH_SIZE, NUM_CLASSES, OUTPUT_NAME
 
 OPSET = 17
 ATOL = 1e-4
@@ -30,8 +30,9 @@ def _cpu_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).to(device="cpu", memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
 
 
-def export_onnx(model: nn.Module, path: Path) -> None:
-    """Write ``model`` (a CPU copy in eval mode) as ONNX with a dynamic batch axis on input and output."""
+def export_onnx(model: nn.Module, path: Path, input_shape: tuple[int, ...] = IMAGE_SHAPE) -> None:
+    """Write ``model`` (a CPU copy in eval mode) as ONNX with a dynamic batch axis on input and output;
+    ``input_shape`` is one input's, batch axis excluded."""
     cpu_model = _cpu_copy(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
@@ -40,7 +41,7 @@ def export_onnx(model: nn.Module, path: Path) -> None:
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             cpu_model,
-            (torch.zeros(2, *IMAGE_SHAPE),),
+            (torch.zeros(2, *input_shape),),
             str(path),
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
@@ -119,14 +120,16 @@ def write_model(
     check_batch: np.ndarray,
     output_dims: tuple[int, ...] = (NUM_CLASSES,),
 ) -> dict:
-    """Export ``model`` as ``<repository>/<name>/1/model.onnx`` with its configs; return the file's facts."""
+    """Export ``model`` as ``<repository>/<name>/1/model.onnx`` with its configs; return the file's facts.
+    The input's shape is ``check_batch``'s (batch axis excluded)."""
     model_dir = repository / name
     onnx_path = model_dir / "1" / "model.onnx"
-    export_onnx(model, onnx_path)
+    input_dims = tuple(check_batch.shape[1:])
+    export_onnx(model, onnx_path, input_dims)
     max_diff = check_onnx(model, onnx_path, check_batch)
-    (model_dir / "config.pbtxt").write_text(config_text(name, output_dims=output_dims))
+    (model_dir / "config.pbtxt").write_text(config_text(name, input_dims=input_dims, output_dims=output_dims))
     (model_dir / "configs").mkdir(exist_ok=True)
-    gpu_config = config_text(name, kind="KIND_GPU", output_dims=output_dims)
+    gpu_config = config_text(name, kind="KIND_GPU", input_dims=input_dims, output_dims=output_dims)
     (model_dir / "configs" / f"{GPU_CONFIG_NAME}.pbtxt").write_text(gpu_config)
     return {
         "path": str(onnx_path.relative_to(repository)),

@@ -111,7 +111,7 @@ def load_data(dataset: str, root: str, device: torch.device, seed: int = 0, limi
 
 
 def pixels(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float32 in [0, 1]: the serving input convention (spec.INPUT_DTYPE)."""
+    """uint8 images -> float32 in [0, 1]: the serving input convention (export.spec.INPUT_DTYPE)."""
     return images.float().div_(255.0)
 
 
@@ -143,7 +143,7 @@ def image_batches(images: torch.Tensor) -> Iterator[torch.Tensor]:
 
 
 def parity_inputs(images: torch.Tensor, groups: torch.Tensor, encoder: str) -> torch.Tensor:
-    """Parity queries ``(G, 1, 28, 28)`` for coding groups ``(G, k)`` of indices into ``images``."""
+    """Parity queries ``(G, C, H, W)`` for coding groups ``(G, k)`` of indices into ``images`` ``(N, C, H, W)``."""
     return parm.ENCODERS[encoder](pixels(images[groups]))
 
 
@@ -218,7 +218,7 @@ def _fit(
 def _new_model(cfg: TrainConfig, sample: torch.Tensor, device: torch.device) -> nn.Module:
     """A fresh model whose input normalization constants are the mean/std of ``sample`` (float pixels)."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.arch, mean=sample.mean().item(), std=sample.std().item())
+    model = build_model(cfg.arch, mean=sample.mean().item(), std=sample.std().item(), shape=tuple(sample.shape[1:]))
     return model.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
@@ -300,6 +300,9 @@ def train_parity(
     With ``cfg.warm_start`` the weights start as ``deployed``'s (the input normalization stays the parity's own).
     """
     train, device = data.train, data.train.images.device
+    problem = parm.ParmScheme(encoder, k).rejects(tuple(train.images.shape[1:]))
+    if problem:
+        raise ValueError(f"no parity model for these images: {problem}")
     val_groups = random_groups(len(data.val), k, device, torch.Generator().manual_seed(cfg.seed))
     sample_groups = random_groups(len(train), k, device, torch.Generator().manual_seed(cfg.seed))[:4096]
     model = _new_model(cfg, parity_inputs(train.images, sample_groups, encoder), device)

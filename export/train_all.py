@@ -30,11 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from coding.spec import DATASETS, PARM_K, deployed_model_name, parity_model_name
+from coding.parm import parity_model_name
 from export import train
 from export.manifest import RunInfo, model_entry, update_manifest
 from export.models import ARCHS
 from export.onnx_export import write_model
+from export.spec import DATASETS, PARM_K, deployed_model_name
 from export.train import TrainConfig
 
 log = logging.getLogger("export.train_all")

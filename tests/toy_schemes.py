@@ -46,6 +46,9 @@ class TileScheme:
     systematic = True
     encodes = True
 
+    def rejects(self, shape: Shape) -> str | None:
+        return None if len(shape) == 3 and shape[0] == 1 else f"tiles: expected (1, H, W) queries, got {list(shape)}"
+
     def coded_inputs(self, inputs: np.ndarray) -> np.ndarray:
         """``(k, 1, H, W)`` -> ``(1, k, H, W)``: the queries as the channels of one coded input."""
         if inputs.ndim != 4 or inputs.shape[:2] != (self.k, 1):
@@ -83,6 +86,9 @@ class EnsembleScheme:
 
     systematic = True
     encodes = False
+
+    def rejects(self, shape: Shape) -> str | None:
+        return None
 
     def coded_inputs(self, inputs: np.ndarray) -> np.ndarray:
         return inputs[:1]

@@ -77,7 +77,9 @@ def test_decoding_a_linear_model_converges_as_n_grows(k, seed):
         outputs = berrut.encode(queries, n).astype(np.float64) @ weights.T
         decoded = berrut.decode(outputs, np.arange(n), k, n)
         errors.append(np.linalg.norm(decoded - true) / np.linalg.norm(true))
-    assert all(later < earlier for earlier, later in zip(errors, errors[1:], strict=False)), errors
+    # From N = K + 1 to 2K the error may rise a little (3 draws in 4,200 over K = 3..16, e.g. K = 14, seed 1267:
+    # .033 -> .036); from 2K on it falls at every step, and from 4K on it is below N = K + 1's.
+    assert errors[3] < errors[2] < errors[1] and errors[2] < errors[0], errors
     assert errors[-1] < 0.02, errors
 
 
@@ -98,6 +100,48 @@ def test_encode_shapes_and_dtypes():
     assert coded.shape == (5, 1, 28, 28) and coded.dtype == np.float32
     decoded = scheme.decode(np.ones((4, 10), np.float32), [0, 1, 3, 4])
     assert decoded.shape == (4, 10) and decoded.dtype == np.float32
+
+
+QUERY_SHAPES = st.lists(st.integers(1, 6), max_size=4).map(tuple)  # scalars, vectors, C x H x W, ...
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=QUERY_SHAPES, k=st.integers(1, 6), seed=st.integers(0, 2**16))
+def test_interpolation_reproduces_its_nodes_for_any_shape(shape, k, seed):
+    """The interpolant through (alpha_j, X_j) is X_j at alpha_j exactly, whatever X_j's shape; systematic
+    encoding hands the originals to workers 0..k-1 unchanged."""
+    queries = np.random.default_rng(seed).random((k, *shape), dtype=np.float32)
+    alpha = berrut.data_nodes(k)
+    back = berrut.interpolate(alpha, queries, alpha)
+    assert back.shape == (k, *shape)
+    np.testing.assert_array_equal(back, queries)
+    scheme = ApproxiferScheme(k=k, s=1, systematic=True)
+    assert scheme.rejects(shape) is None
+    np.testing.assert_array_equal(scheme.encode(queries)[:k], queries)
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (2, 5, 7), (1, 9, 4), (17,)])
+def test_every_element_of_any_shape_is_coded_with_the_same_weights(shape):
+    """Coded query i is Σ_j G_ij X_j element by element (G = Berrut's basis from alpha to the worker nodes), so a
+    linear model's outputs on the coded queries are G times its outputs on the originals, and decoding them from
+    every worker equals decoding G F(X) — for 3 x 32 x 32, non-square and flat queries alike."""
+    k, n = 5, 7
+    rng = np.random.default_rng(0)
+    queries = rng.random((k, *shape), dtype=np.float32)
+    scheme = ApproxiferScheme(k=k, n=n, s=1)
+    coded = scheme.encode(queries)
+    assert coded.shape == (n, *shape) and coded.dtype == np.float32
+    gram = berrut.berrut_weights(berrut.data_nodes(k), berrut.worker_nodes(n))
+    np.testing.assert_allclose(coded, np.tensordot(gram, queries, axes=1), rtol=1e-5, atol=1e-6)
+    weights = rng.normal(size=(10, int(np.prod(shape))))
+    model = lambda x: x.reshape(len(x), -1).astype(np.float64) @ weights.T  # noqa: E731
+    np.testing.assert_allclose(model(coded), gram @ model(queries), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        scheme.decode(model(coded).astype(np.float32), np.arange(n)),
+        berrut.decode(gram @ model(queries), np.arange(n), k, n),
+        rtol=1e-4,
+        atol=1e-4,
+    )
 
 
 def test_systematic_serves_the_originals_and_interpolates_only_the_missing():
@@ -180,8 +224,8 @@ OUT = np.zeros((4, 10), np.float32)
         (lambda: ApproxiferScheme(k=4, a=-2), "must be >= 0"),
         (lambda: ApproxiferScheme(k=4, n=4, s=1), "need n >= k+s = 5"),
         (lambda: ApproxiferScheme(k=12, n=25, s=1, a=1), "need n >= 2k+2a+s-1 = 26"),
-        (lambda: ApproxiferScheme(k=4).encode(np.zeros((3, 1, 28, 28))), "shape (k=4, C, H, W)"),
-        (lambda: ApproxiferScheme(k=4).encode(np.zeros((4, 28, 28))), "shape (k=4, C, H, W)"),
+        (lambda: ApproxiferScheme(k=4).encode(np.zeros((3, 1, 28, 28))), "shape (k=4, ...), got [3, 1, 28, 28]"),
+        (lambda: ApproxiferScheme(k=4).encode(np.zeros(())), "shape (k=4, ...), got []"),
         (lambda: ApproxiferScheme(k=4).decode(OUT, [0, 1, 1, 2]), "duplicate worker indices"),
         (lambda: ApproxiferScheme(k=4).decode(OUT, [0, 1, 2, 5]), "must lie in [0, n=5)"),
         (lambda: ApproxiferScheme(k=4).decode(OUT, [-1, 1, 2, 3]), "must lie in [0, n=5)"),

@@ -97,7 +97,7 @@ def test_routes_parse_baselines_and_reject_nonsense():
     assert route.coded and route.parity_model == "" and route.param_dict == {"s": "2"}
     assert route.models == {"deployed": "mnist_cnn"} and len(route.code.coded_slots) == 10  # N = K + S
     assert parse_route("m=parm:k=2,parity_model=x").models == {"deployed": "m", "parity": "x"}
-    bad_routes = ("m", "m=hedge:copies=2", "m=replicate:copies=1", "m=parm:k=3,encoder=concat", "m=zzz", "m=parm:x=1")
+    bad_routes = ("m", "m=hedge:copies=2", "m=replicate:copies=1", "m=parm:k=5,encoder=concat", "m=zzz", "m=parm:x=1")
     for bad in bad_routes:
         with pytest.raises(ValueError, match="route"):
             parse_route(bad)

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coding.approxifer import ApproxiferScheme
+from coding.collage import SIDES, CollageScheme
 from coding.parm import ParmScheme
 from coding.scheme import Uncoded, group_size
 from frontend.actions import Answer, Decode, Encode, Fail, Infer
@@ -22,7 +23,8 @@ from tests.toy_schemes import EnsembleScheme, TileScheme
 
 CLASSES = 10
 SCHEMES = st.one_of(
-    st.builds(ParmScheme, encoder=st.just("add"), k=st.integers(2, 4)),
+    st.builds(ParmScheme, encoder=st.sampled_from(["add", "concat"]), k=st.integers(2, 4)),
+    st.builds(CollageScheme, s=st.sampled_from(SIDES)),
     st.builds(
         ApproxiferScheme,
         k=st.integers(1, 3),
@@ -33,7 +35,7 @@ SCHEMES = st.one_of(
     st.just(EnsembleScheme()),
     st.just(Uncoded()),
 )
-ROLES = ("deployed", "parity", "tiles", "member0", "member1", "coded")
+ROLES = ("deployed", "parity", "collage", "tiles", "member0", "member1", "coded")
 
 
 class Simulation:
