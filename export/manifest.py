@@ -98,3 +98,18 @@ def update_manifest(repository: Path, entries: list[dict]) -> dict:
     repository.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def read_manifest(repository: Path) -> dict:
+    """``<repository>/manifest.json``'s models by name (empty when there is none)."""
+    path = repository / MANIFEST_NAME
+    return json.loads(path.read_text())["models"] if path.is_file() else {}
+
+
+def entry_of(repository: Path, name: str) -> dict:
+    """The manifest entry of model ``name``; a clear error naming the repository when it has none."""
+    models = read_manifest(repository)
+    if name not in models:
+        known = ", ".join(sorted(models)) or "none"
+        raise ValueError(f"{repository / MANIFEST_NAME} has no model {name!r} (known: {known}); import it first")
+    return models[name]

@@ -111,8 +111,9 @@ def load_data(dataset: str, root: str, device: torch.device, seed: int = 0, limi
 
 
 def pixels(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float32 in [0, 1]: the serving input convention (export.spec.INPUT_DTYPE)."""
-    return images.float().div_(255.0)
+    """uint8 images -> float32 in [0, 1]: the serving input convention (export.spec.INPUT_DTYPE). Float images
+    are a user's model's inputs already (export.user_data preprocessed them) and pass through unchanged."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
 
 
 def random_shift(x: torch.Tensor, max_shift: int = 2) -> torch.Tensor:

@@ -1,0 +1,218 @@
+"""``python -m export``: your own model, served with coded redundancy.
+
+    python -m export import   --model model.py:build --checkpoint weights.pt --data images/ --name shapes
+    python -m export parity   --name shapes --k 2 --encoder add
+    python -m export collage  --name shapes --s 2
+    python -m export coin     --like shapes --name shapes_set --model model.py:build --checkpoints a.pt b.pt
+    python -m export evaluate --name shapes
+    python -m export route    --name shapes --scheme parm --k 2
+
+Every command takes ``--out`` (the model repository, default ``model_repository``). docs/own-model.md walks
+through them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from coding.parm import ENCODERS
+from export import degraded, own_coded, own_import, own_route
+from export.manifest import RunInfo
+from export.own_coded import device_of
+from export.train import TrainConfig
+from export.user_data import LAYOUTS, DataError, DataSpec, Preprocessing
+from export.user_model import ModelError
+
+log = logging.getLogger("export")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(","))
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected C,H,W (three positive numbers)")
+    return shape
+
+
+def _common(p: argparse.ArgumentParser, name_help: str = "the imported (served) model's name") -> None:
+    p.add_argument("--name", required=True, help=name_help)
+    p.add_argument("--out", type=Path, default=Path("model_repository"), help="the model repository")
+
+
+def _data_args(p: argparse.ArgumentParser, recorded: bool = True) -> None:
+    p.add_argument(
+        "--data",
+        help="image folder (one subfolder per class; or train/ and test/ of those) or .npz (x, y)"
+        + ("; default: the one recorded at import" if recorded else ""),
+    )
+
+
+def _train_args(p: argparse.ArgumentParser, epochs: int, batch: int, lr: float = 2e-3) -> None:
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch-size", type=int, default=batch, help="coding groups (or images) per step")
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--time-budget-s", type=float, default=None, help="stop (annealed) after this many seconds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (CUDA where torch sees one)")
+
+
+def _config(args: argparse.Namespace, **extra) -> TrainConfig:
+    return TrainConfig(
+        args.epochs, args.batch_size, lr=args.lr, time_budget_s=args.time_budget_s, seed=args.seed, **extra
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="python -m export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = root.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("import", help="your PyTorch model or ONNX file into the repository, with its configs")
+    _common(p, "the name clients and routes use")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="package.module:factory or path/to/model.py:factory (returns an nn.Module)")
+    source.add_argument("--onnx", type=Path, help="an ONNX file (one image input, one output of scores)")
+    p.add_argument("--checkpoint", type=Path, help="the model's state_dict (torch.save)")
+    p.add_argument("--input-shape", type=_shape, help="C,H,W (default: the data's)")
+    _data_args(p, recorded=False)
+    p.add_argument("--layout", choices=LAYOUTS, default="auto", help=".npz images: N x C x H x W or N x H x W x C")
+    p.add_argument("--seed", type=int, default=0, help="draws the splits where the data has none")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--scale", type=float, default=1 / 255, help="pixels are multiplied by this first")
+    p.add_argument("--mean", type=_floats, default=(0.0,), help="then this is subtracted (one, or one per channel)")
+    p.add_argument("--std", type=_floats, default=(1.0,), help="and the result divided by this")
+
+    p = sub.add_parser("parity", help="a ParM parity model for k and an encoder")
+    _common(p)
+    p.add_argument("--k", type=int, default=2)
+    p.add_argument("--encoder", choices=sorted(ENCODERS), default="add")
+    p.add_argument("--parity-model", help="the parity model's factory (default: the deployed model's)")
+    p.add_argument("--helper-weight", type=float, default=0.0, help="adds the decoded outputs' cross-entropy")
+    p.add_argument("--warm-start", action="store_true", help="start from the deployed weights (needs --checkpoint)")
+    p.add_argument("--checkpoint", type=Path, help="the deployed model's checkpoint, for --warm-start")
+    _train_args(p, epochs=20, batch=64)
+    _data_args(p)
+
+    p = sub.add_parser("collage", help="a Collage-CNN collage model for s x s queries")
+    _common(p)
+    p.add_argument("--s", type=int, default=2, help="cells a side: 2, 3 or 4")
+    p.add_argument("--width", type=int, default=64, help="channels of the per-cell CNN")
+    p.add_argument("--shift", action="store_true", help="shift each image by up to 2 px while training")
+    _train_args(p, epochs=20, batch=64)
+    _data_args(p)
+
+    p = sub.add_parser("coin", help="COIN: k member models and their coded model")
+    _common(p, "the set's name: members NAME_m0.., the coded model NAME_k{k}_{method}")
+    p.add_argument("--like", required=True, help="an imported model whose input, preprocessing and data to share")
+    p.add_argument("--model", required=True, help="the members' factory")
+    p.add_argument("--checkpoints", type=Path, nargs="+", required=True, help="one per member (k >= 2)")
+    p.add_argument("--method", choices=own_coded.COIN_METHODS, default="fisher")
+    p.add_argument("--fisher-samples", type=int, default=512)
+    p.add_argument("--bn", choices=("average", "recompute"), default="average", help="BatchNorm statistics")
+    _train_args(p, epochs=10, batch=128, lr=1e-3)
+    _data_args(p)
+
+    p = sub.add_parser("evaluate", help="every scheme's degraded-mode accuracy on the test split (onnxruntime)")
+    _common(p)
+    p.add_argument("--rounds", type=int, default=2, help="random partitions into coding groups")
+    p.add_argument("--approxifer", default="2,1;4,1;8,1;8,2", help="K,S settings, ';'-separated ('' for none)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N test images")
+    p.add_argument("--seed", type=int, default=0)
+    _data_args(p)
+
+    p = sub.add_parser("route", help="the frontend's --route and the models to load for a scheme")
+    _common(p, "the served model (COIN: the set's name)")
+    p.add_argument("--scheme", choices=own_route.SCHEMES, required=True)
+    p.add_argument("--k", type=int, default=2, help="queries per group (collage: s², COIN: members)")
+    p.add_argument("--option", action="append", default=[], help="KEY=VALUE scheme option, e.g. encoder=concat")
+    return root
+
+
+def run_import(args: argparse.Namespace, run: RunInfo) -> None:
+    if args.onnx and (args.checkpoint or args.input_shape):
+        raise ModelError("--onnx takes neither --checkpoint nor --input-shape (the file declares its input)")
+    data = DataSpec(args.data, args.layout, args.seed, args.val_fraction, args.test_fraction) if args.data else None
+    prep = Preprocessing(args.scale, args.mean, args.std)
+    spec = own_import.ImportArgs(
+        args.name, args.out, prep, args.model, args.checkpoint, args.onnx, args.input_shape, data
+    )
+    entry = own_import.import_model(spec, run)
+    user = entry["user"]
+    print(
+        f"{args.name}: input {user['input_shape']} float32, {user['classes']} classes, "
+        f"preprocessing {user['preprocessing']}"
+    )
+    print(
+        f"wrote {args.out / entry['onnx']['path']} (sha256 {entry['onnx']['sha256'][:16]}…), config.pbtxt, "
+        "configs/gpu.pbtxt"
+    )
+    if entry["metrics"]:
+        print(f"test accuracy {entry['metrics']['test_accuracy']:.2%}")
+
+
+def _print_coded(entry: dict, what: str) -> None:
+    print(f"{entry['name']}: {what}; wrote {entry['onnx']['path']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    device = device_of(getattr(args, "device", "cpu"))
+    run = RunInfo.current("user", device, argv=sys.argv[1:] if argv is None else argv, module="export")
+    try:
+        _dispatch(args, run)
+    except (ModelError, DataError, ValueError, FileNotFoundError) as exc:
+        print(f"python -m export {args.command}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _dispatch(args: argparse.Namespace, run: RunInfo) -> None:
+    if args.command == "import":
+        run_import(args, run)
+    elif args.command == "parity":
+        cfg = _config(args, decode_ce_weight=args.helper_weight, warm_start=args.warm_start, augment=False)
+        spec = own_coded.ParityArgs(
+            args.name, args.out, args.encoder, args.k, cfg, args.device, args.parity_model, args.checkpoint, args.data
+        )
+        e = own_coded.parity(spec, run)
+        m = e["metrics"]
+        _print_coded(e, f"A_a {m['deployed_accuracy']:.2%}, A_d {m['degraded_accuracy']:.2%} (test, every slot erased)")
+    elif args.command == "collage":
+        cfg = _config(args, augment=args.shift)
+        e = own_coded.collage(
+            own_coded.CollageArgs(args.name, args.out, args.s, cfg, args.width, args.device, args.data), run
+        )
+        _print_coded(e, f"per-cell test accuracy {e['metrics']['cell_accuracy']:.2%}")
+    elif args.command == "coin":
+        coin = own_coded.CoinArgs(
+            args.name,
+            args.out,
+            args.like,
+            args.model,
+            tuple(args.checkpoints),
+            args.method,
+            _config(args, augment=False),
+            args.fisher_samples,
+            args.bn,
+            args.device,
+            args.data,
+        )
+        for e in own_coded.coin(coin, run):
+            _print_coded(e, e["role"])
+    elif args.command == "evaluate":
+        settings = [tuple(int(v) for v in s.split(",")) for s in args.approxifer.split(";") if s]
+        acc, rows = degraded.evaluate(args.out, args.name, args.data, args.rounds, args.seed, settings, args.limit)  # type: ignore[arg-type]
+        n = min(args.limit or 10**12, len(own_import.Served.of(args.out, args.name).load_data(args.data).test))
+        print(degraded.markdown(args.name, acc, rows, n))
+    elif args.command == "route":
+        options = dict(o.split("=", 1) for o in args.option)
+        print("\n".join(own_route.route(args.name, args.scheme, args.k, args.out, options).lines(args.out)))

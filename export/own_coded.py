@@ -1,0 +1,346 @@
+"""``python -m export parity | collage | coin``: the coded models of an imported model, trained on the user's data.
+
+Each builds on what ``import`` recorded (input shape, classes, preprocessing, data) and on the training code of
+the built-in models: export.train's epoch loop (tqdm progress bars, best epoch on the validation split), ParM's
+loss, the collage model (export.collage.CollageNet) and COIN's merge (export.coin / export.fisher). The
+deployed model's outputs, ParM's and the distilled coded model's targets, are read off the *served* ONNX file
+with onnxruntime, so a parity model learns what Triton answers, whether the user brought PyTorch or ONNX.
+
+- parity: ParM (Kosaian et al., 2019). Architecture: the deployed model's factory (a fresh copy) by default, or
+  any ``--parity-model`` factory; an ONNX import names one. Objective: MSE of the parity output to the sum of
+  the deployed model's k outputs; ``--helper-weight`` adds the decoded outputs' cross-entropy, ``--warm-start``
+  starts from the deployed weights.
+- collage: Collage-CNN (Narra et al., 2019), s x s cells, one shared CNN per cell, trained on true labels.
+- coin: COIN's coded model from k member checkpoints (one factory): Fisher-weighted, plain average, or
+  distilled (MSE to Σ λ_i f_i, starting from the average). The members are exported too.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from coding import collage as collage_code
+from coding import parm
+from coding.coin import coded_model_name, member_model_name
+from coding.scheme import name_prefix
+from export import fisher, train, user_model
+from export.coin import merged_model
+from export.collage import CollageNet, collages
+from export.manifest import RunInfo, model_entry, update_manifest
+from export.onnx_export import write_model
+from export.own_import import OnnxModel, Served, user_fields
+from export.train import TrainConfig, Trained
+from export.user_data import UserData
+
+
+def device_of(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device here")
+    return torch.device(name)
+
+
+def torch_data(data: UserData, device: torch.device) -> train.Data:
+    """The splits as export.train's tensors (float inputs on ``device``: train.pixels passes them through)."""
+
+    def split(s) -> train.Split:
+        return train.Split(torch.from_numpy(s.x).to(device), torch.from_numpy(s.y).to(device))
+
+    return train.Data(split(data.train), split(data.val if len(data.val) else data.train), split(data.test))
+
+
+def teacher(served: OnnxModel, data: UserData, device: torch.device) -> train.Teacher:
+    """The served model's logits on every split (ParM's targets)."""
+    val = data.val if len(data.val) else data.train
+    return train.Teacher(*(torch.from_numpy(served(s.x)).to(device) for s in (data.train, val, data.test)))
+
+
+def _run(served: Served, device: torch.device, data_path: str | None) -> tuple[UserData, train.Data]:
+    data = served.load_data(data_path)
+    return data, torch_data(data, device)
+
+
+# ---- ParM ------------------------------------------------------------------------------------------------
+
+
+def train_parity(
+    data: train.Data,
+    targets: train.Teacher,
+    encoder: str,
+    k: int,
+    cfg: TrainConfig,
+    model: nn.Module,
+    deployed: nn.Module | None = None,
+) -> Trained:
+    """export.train.train_parity's objective and validation for any architecture ``model`` (fresh weights)."""
+    problem = parm.ParmScheme(encoder, k).rejects(tuple(data.train.images.shape[1:]))
+    if problem:
+        raise user_model.ModelError(f"no parity model for these inputs: {problem}")
+    device = data.train.images.device
+    if cfg.warm_start:
+        if deployed is None:
+            raise user_model.ModelError("--warm-start needs the deployed model's PyTorch factory and checkpoint")
+        model.load_state_dict(deployed.state_dict())
+    model = model.to(device)
+    val_groups = train.random_groups(len(data.val), k, device, torch.Generator().manual_seed(cfg.seed))
+
+    def loss_fn(groups: torch.Tensor) -> torch.Tensor:
+        x = train.parity_inputs(data.train.images, groups, encoder)
+        return train.parity_loss(model(x), targets.train[groups], cfg.decode_ce_weight, cfg.distill_temperature)
+
+    def validate() -> float:
+        return train.degraded_metrics(model, encoder, data.val, targets.val, [val_groups])["degraded_accuracy"]
+
+    def batches() -> list[torch.Tensor]:
+        return list(train.random_groups(len(data.train), k, device).split(cfg.batch_size))
+
+    return train._fit(model, cfg, batches, loss_fn, validate, f"parity {encoder} k={k}")
+
+
+@dataclass(frozen=True)
+class ParityArgs:
+    name: str
+    repository: Path
+    encoder: str
+    k: int
+    cfg: TrainConfig
+    device: str = "auto"
+    parity_model: str | None = None  # a factory; None: the deployed model's
+    checkpoint: Path | None = None  # the deployed model's, for --warm-start
+    data: str | None = None
+
+
+def parity(args: ParityArgs, run: RunInfo) -> dict:
+    served, device = Served.of(args.repository, args.name), device_of(args.device)
+    factory = args.parity_model or served.factory
+    if factory is None:
+        raise user_model.ModelError(f"{args.name} was imported from ONNX: name the parity model's --parity-model")
+    user, data = _run(served, device, args.data)
+    targets = teacher(served.model(), user, device)
+    torch.manual_seed(args.cfg.seed)
+    model = user_model.load_factory(factory)()
+    deployed = (
+        user_model.load_torch(served.factory, args.checkpoint) if args.cfg.warm_start and served.factory else None
+    )
+    result = train_parity(data, targets, args.encoder, args.k, args.cfg, model, deployed)
+    name = parm.parity_model_name(name_prefix(args.name), args.encoder, args.k)
+    metrics = train.evaluate_parity(result.model, targets, args.encoder, args.k, data.test)
+    check = train.parity_inputs(data.test.images, torch.arange(4 * args.k, device=device).view(4, -1), args.encoder)
+    entry = _export(result, name, args.repository, check, (served.classes,), run, served, user)
+    entry |= {"role": "parity", "encoder": args.encoder, "k": args.k, "metrics": metrics}
+    entry["training"]["config"]["arch"] = factory
+    update_manifest(args.repository, [entry])
+    return entry
+
+
+def _export(
+    result: Trained,
+    name: str,
+    repository: Path,
+    check: torch.Tensor,
+    output_dims: tuple[int, ...],
+    run: RunInfo,
+    served: Served,
+    data: UserData,
+) -> dict:
+    facts = write_model(result.model, name, repository, check.cpu().numpy(), output_dims=output_dims)
+    training = {
+        "epochs": result.epochs,
+        "best_epoch": result.best_epoch,
+        "val_metric": result.val_metric,
+        "seconds": round(result.seconds, 1),
+        "history": result.history,
+        "config": {},
+    }
+    entry = model_entry(
+        name=name,
+        dataset=served.data.path if served.data else "",
+        role="",
+        encoder=None,
+        k=None,
+        run=run,
+        onnx_facts=facts,
+        training=training,
+        metrics={},
+        deployed_model=served.name,
+    )
+    entry["user"] = user_fields(served.shape, served.classes, served.preprocessing, data)
+    return entry
+
+
+# ---- Collage ---------------------------------------------------------------------------------------------
+
+
+def train_collage(data: train.Data, s: int, classes: int, cfg: TrainConfig, width: int = 64) -> Trained:
+    """export.collage.train_collage for any input shape and classes (true labels, no soft ones)."""
+    tr, device = data.train, data.train.images.device
+    torch.manual_seed(cfg.seed)
+    shape = tuple(tr.images.shape[1:])
+    model = CollageNet(s, 0.0, 1.0, width, shape=shape, classes=classes).to(device)  # inputs come normalised
+
+    def loss_fn(groups: torch.Tensor) -> torch.Tensor:
+        logits = model(collages(tr.images, groups, s, shift=cfg.augment))
+        return F.cross_entropy(logits.reshape(-1, classes), tr.labels[groups].reshape(-1))
+
+    def batches() -> list[torch.Tensor]:
+        return list(train.random_groups(len(tr), s * s, device).split(cfg.batch_size))
+
+    def validate() -> float:
+        return cell_accuracy(model, data.val, s)
+
+    return train._fit(model, cfg, batches, loss_fn, validate, f"collage s={s}")
+
+
+def cell_accuracy(model: nn.Module, split: train.Split, s: int, rounds: int = 2) -> float:
+    from export.collage import cell_accuracy as built_in
+
+    return built_in(model, split, s, rounds=rounds)
+
+
+@dataclass(frozen=True)
+class CollageArgs:
+    name: str
+    repository: Path
+    s: int
+    cfg: TrainConfig
+    width: int = 64
+    device: str = "auto"
+    data: str | None = None
+
+
+def collage(args: CollageArgs, run: RunInfo) -> dict:
+    served, device = Served.of(args.repository, args.name), device_of(args.device)
+    problem = collage_code.CollageScheme(args.s).rejects(served.shape)
+    if problem:
+        raise user_model.ModelError(problem)
+    user, data = _run(served, device, args.data)
+    result = train_collage(data, args.s, served.classes, args.cfg, args.width)
+    name = collage_code.collage_model_name(name_prefix(args.name), args.s)
+    check = collages(data.test.images, torch.arange(4 * args.s**2, device=device).view(4, -1) % len(data.test), args.s)
+    entry = _export(result, name, args.repository, check, (args.s**2, served.classes), run, served, user)
+    metrics = {"cell_accuracy": cell_accuracy(result.model, data.test, args.s, rounds=4), "extra_load": 1 / args.s**2}
+    entry |= {"role": "collage", "encoder": "tile", "k": args.s**2, "metrics": metrics}
+    entry["training"]["config"] = {**args.cfg.as_dict(), "arch": "collage_cnn", "width": args.width}
+    update_manifest(args.repository, [entry])
+    return entry
+
+
+# ---- COIN ------------------------------------------------------------------------------------------------
+
+
+COIN_METHODS = ("fisher", "average", "distill")
+
+
+def coded_model(
+    members: Sequence[nn.Module],
+    method: str,
+    data: train.Data,
+    fisher_samples: int,
+    distill_cfg: TrainConfig,
+    bn: str = "average",
+) -> Trained:
+    """COIN's coded model of ``members`` with λ = 1/k: Fisher-merged, averaged, or distilled from the average."""
+    lambdas = [1.0 / len(members)] * len(members)
+    x = data.train.images[:fisher_samples]
+    fishers = [fisher.diagonal_fisher(m, x) for m in members] if method == "fisher" else None
+    model = merged_model(members, lambdas, fishers, bn, data.train.images)
+    if method != "distill":
+        return Trained(model, 0, 0, float("nan"), 0.0, [])
+    return distill(model, members, lambdas, data, distill_cfg)
+
+
+def distill(
+    start: nn.Module, members: Sequence[nn.Module], lambdas: Sequence[float], data: train.Data, cfg: TrainConfig
+) -> Trained:
+    """MSE of the coded model's logits to Σ λ_i f_i; best epoch by the decoded members' agreement (val)."""
+    model = copy.deepcopy(start)
+    tr = data.train
+    outs = [train.predict(m, train.image_batches(tr.images)) for m in members]
+    target = sum(lam * o for lam, o in zip(lambdas, outs, strict=True))
+    val_outs = [train.predict(m, train.image_batches(data.val.images)) for m in members]
+
+    def loss_fn(idx: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(model(tr.images[idx]), target[idx])  # type: ignore[index]
+
+    def validate() -> float:
+        coded = train.predict(model, train.image_batches(data.val.images))
+        return float(np.mean(decoded_agreement(coded, val_outs, lambdas)))
+
+    def batches() -> list[torch.Tensor]:
+        return list(torch.randperm(len(tr), device=tr.images.device).split(cfg.batch_size))
+
+    return train._fit(model, cfg, batches, loss_fn, validate, f"distill k={len(members)}")
+
+
+def decoded_agreement(coded: torch.Tensor, members: Sequence[torch.Tensor], lambdas: Sequence[float]) -> list[float]:
+    """Per member j: how often its output decoded from the coded and the other members' logits has its argmax."""
+    hits = []
+    for j, own in enumerate(members):
+        rest = sum((lam * m for i, (lam, m) in enumerate(zip(lambdas, members, strict=True)) if i != j))
+        decoded = (coded - rest) / lambdas[j]
+        hits.append((decoded.argmax(-1) == own.argmax(-1)).float().mean().item())
+    return hits
+
+
+@dataclass(frozen=True)
+class CoinArgs:
+    name: str  # the set's served name: members are NAME_m0.., the coded model NAME_k{k}_{method}
+    repository: Path
+    like: str  # an imported model whose input shape, preprocessing and data the members share
+    factory: str
+    checkpoints: tuple[Path, ...]
+    method: str
+    cfg: TrainConfig
+    fisher_samples: int = 512
+    bn: str = "average"
+    device: str = "auto"
+    data: str | None = None
+
+
+def coin(args: CoinArgs, run: RunInfo) -> list[dict]:
+    """Export the k members and their coded model; return their manifest entries."""
+    if len(args.checkpoints) < 2:
+        raise user_model.ModelError(f"COIN codes k >= 2 member models; got {len(args.checkpoints)} checkpoint")
+    if args.method not in COIN_METHODS:
+        raise user_model.ModelError(f"--method must be one of {COIN_METHODS}, got {args.method!r}")
+    served, device = Served.of(args.repository, args.like), device_of(args.device)
+    user, data = _run(served, device, args.data)
+    members = [user_model.load_torch(args.factory, c).to(device) for c in args.checkpoints]
+    entries = []
+    check = data.test.images[:8]
+    for i, member in enumerate(members):
+        name = member_model_name(args.name, i)
+        entry = _export(
+            Trained(member, 0, 0, float("nan"), 0.0, []),
+            name,
+            args.repository,
+            check,
+            (served.classes,),
+            run,
+            served,
+            user,
+        )
+        accuracy = train.accuracy(train.predict(member, train.image_batches(data.test.images)), data.test.labels)
+        entry |= {"role": "coin_member", "k": len(members), "metrics": {"test_accuracy": accuracy}}
+        entry["onnx"]["checkpoint"] = str(args.checkpoints[i])
+        entry["user"]["factory"] = args.factory
+        entries.append(entry)
+    result = coded_model(members, args.method, data, args.fisher_samples, args.cfg, args.bn)
+    name = coded_model_name(args.name, len(members), args.method)
+    entry = _export(result, name, args.repository, check, (served.classes,), run, served, user)
+    entry |= {"role": "coin_coded", "encoder": args.method, "k": len(members), "members": [e["name"] for e in entries]}
+    for e in (*entries, entry):
+        e["coin_set"] = args.name
+    entry["training"]["config"] = {"method": args.method, "bn": args.bn, "fisher_samples": args.fisher_samples}
+    entries.append(entry)
+    update_manifest(args.repository, entries)
+    return entries
