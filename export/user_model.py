@@ -71,7 +71,7 @@ def load_checkpoint(model: nn.Module, checkpoint: Path) -> nn.Module:
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [
-        f"{k}: checkpoint {list(state[k].shape)}, model {list(own[k].shape)}"
+        f"{k} (checkpoint {list(state[k].shape)}, model {list(own[k].shape)})"
         for k in sorted(set(own) & set(state))
         if state[k].shape != own[k].shape
     ]
