@@ -9,9 +9,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from frontend.app import RouteError
 from frontend.batching import DEFAULT_ESTIMATE_MAX_AGE_S
-from frontend.config import FaultPlan, FrontendConfig, parse_route
+from frontend.config import FaultPlan, FrontendConfig, RouteError, parse_route
 from frontend.deadlines import DeadlinePolicy
 from frontend.injection import parse_fault_metadata
 from frontend.server import create_server

@@ -10,7 +10,7 @@ import numpy as np
 from coding.scheme import group_size
 from frontend.admission import Admission, Admitted
 from frontend.coding_clients import Coder, CodingClients, LocalCoding
-from frontend.config import FrontendConfig, Route
+from frontend.config import FrontendConfig, Route, RouteError
 from frontend.coordinator import ModelServer
 from frontend.deadlines import RouteDeadlines
 from frontend.discovery import Discovery, Source, resolver_for
@@ -108,7 +108,8 @@ class FrontendApp:
     async def load_until_ready(self, retry_s: float = 1.0, give_up_s: float | None = None) -> None:
         """Check every routed model against Triton's repository, then read their signatures, retrying
         while Triton starts up (one log line per cause and 10 s). Raises :class:`RouteError` at once for
-        a model that Triton will not serve (:meth:`check_repository`): waiting would not bring it."""
+        a model that Triton will not serve (:meth:`check_repository`), or a route its models do not fit
+        (:meth:`ModelServer.load`): waiting would not mend either."""
         loop = asyncio.get_running_loop()
         deadline = None if give_up_s is None else loop.time() + give_up_s
         waiting = RateLimitedLog(log)
@@ -189,10 +190,6 @@ class FrontendApp:
         model = min(server.route.data_models)
         wait_s = self.pool.wait_s(model, self.placer.ready(model), queries) if self.config.refuse_by_wait else 0.0
         return self.admission.admit(client, queries, time_left_s, wait_s)
-
-
-class RouteError(Exception):
-    """A route names a model that Triton will not serve: a configuration error, found at start-up."""
 
 
 def _not_served(entry: tuple[str, str] | None) -> str | None:

@@ -74,6 +74,11 @@ class Route:
         return next((m for m in coded if m not in self.data_models), "")
 
 
+class RouteError(Exception):
+    """A route that cannot be served as configured: a model Triton will not serve, a scheme that cannot code
+    the deployed model's queries, a parity model of the wrong shape. Found at start-up; the frontend exits."""
+
+
 def parse_route(text: str) -> Route:
     """``MODEL=SCHEME[:key=value,...]``. Coded: ``mnist_cnn=parm:k=2,encoder=concat`` (any scheme of
     :mod:`coding.schemes`; its own parameters, e.g. ParM's ``parity_model=``). Baselines:

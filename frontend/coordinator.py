@@ -23,7 +23,7 @@ import numpy as np
 from frontend import metrics
 from frontend.actions import Action, Answer, Decode, Discarded, Encode, Fail, Infer
 from frontend.coding_clients import Coder, CodingServiceError
-from frontend.config import Route
+from frontend.config import Route, RouteError
 from frontend.deadlines import RouteDeadlines
 from frontend.dispatch import Dispatcher
 from frontend.groups import CodingGroup, Query
@@ -101,18 +101,24 @@ class ModelServer:
         self.signature: ModelSignature | None = None  # of the queries clients send; set = ready
 
     async def load(self) -> None:
-        """Fetch every model's signature from Triton (raises WorkerError while one is not ready)."""
+        """Fetch every model's signature from Triton (raises WorkerError while one is not ready, RouteError
+        when the models do not fit the route: different inputs, a shape the scheme cannot code, a coded
+        model answering the wrong shape)."""
         signatures = {}
         for model in dict.fromkeys(self.models.values()):
             signatures[model] = await self._pool.signature(model, self._placer.serving(model)[0])
         data = [signatures[self.models[s.role]] for s in self.scheme.data_slots]
         if len({(s.shape, s.dtype) for s in data}) != 1:
-            raise WorkerError(f"route {self.route.model}: its models take different inputs: {data}")
+            raise RouteError(f"route {self.route.model}: its models take different inputs: {data}")
+        problem = self.scheme.rejects(data[0].shape)
+        if problem:
+            where = f"route {self.route.model}={self.route.scheme}"
+            raise RouteError(f"{where}: {problem} (its deployed model takes {list(data[0].shape)})")
         for i, slot in enumerate(self.scheme.coded_slots):
             model = self.models[slot.role]
             expected = self.scheme.coded_output_shape(i, data[0].output_shape)
             if signatures[model].output_shape != expected:
-                raise WorkerError(
+                raise RouteError(
                     f"route {self.route.model}: {model} answers shape {list(signatures[model].output_shape)} "
                     f"but {self.scheme.name} expects {list(expected)} from coded slot {i}"
                 )

@@ -4,7 +4,7 @@ keep the route not-ready (a regression: the deployed signature alone used to mar
 import numpy as np
 import pytest
 
-from frontend.config import parse_route
+from frontend.config import RouteError, parse_route
 from frontend.coordinator import ModelServer
 from frontend.placement import Placer
 from frontend.workers import ModelSignature, WorkerError
@@ -15,14 +15,14 @@ SIG = ModelSignature("input", "logits", (1, 28, 28), np.dtype("float32"), (10,))
 class FakePool:
     """Instance 0 serves the deployed model, instance 1 the parity model, once ``ready`` says so."""
 
-    def __init__(self, ready: set[str], output_shapes: dict[str, tuple[int, ...]] | None = None):
-        self.ready, self.output_shapes, self.asked = ready, output_shapes or {}, []
+    def __init__(self, ready: set[str], output_shapes: dict[str, tuple[int, ...]] | None = None, shape=(1, 28, 28)):
+        self.ready, self.output_shapes, self.asked, self.shape = ready, output_shapes or {}, [], shape
 
     async def signature(self, model, instance):
         self.asked.append((model, instance))
         if model not in self.ready:
             raise WorkerError(f"model {model!r} is not ready")
-        return ModelSignature("input", "logits", (1, 28, 28), np.dtype("float32"), self.output_shapes.get(model, (10,)))
+        return ModelSignature("input", "logits", self.shape, np.dtype("float32"), self.output_shapes.get(model, (10,)))
 
 
 def _server(route, pool):
@@ -46,6 +46,16 @@ async def test_a_route_is_not_ready_until_its_parity_model_is():
 async def test_a_coded_model_whose_output_shape_the_scheme_does_not_expect_keeps_the_route_not_ready():
     route = parse_route("mnist_cnn=parm:k=2,encoder=add")
     server = _server(route, FakePool({"mnist_cnn", route.parity_model}, {route.parity_model: (4, 10)}))
-    with pytest.raises(WorkerError, match=r"answers shape \[4, 10\] but parm expects \[10\]"):
+    with pytest.raises(RouteError, match=r"answers shape \[4, 10\] but parm expects \[10\]"):
+        await server.load()
+    assert server.signature is None
+
+
+async def test_a_scheme_that_cannot_code_the_deployed_models_queries_is_a_route_error_naming_why():
+    """Collage s = 3 needs at least 3x3 pixels: a 2x2 model is refused at start-up, not served and failed."""
+    route = parse_route("tiny_cnn=collage:s=3")
+    pool = FakePool(set(route.models.values()), {route.models["collage"]: (9, 10)}, shape=(1, 2, 2))
+    server = _server(route, pool)
+    with pytest.raises(RouteError, match=r"route tiny_cnn=collage: collage s=3 needs H >= 3 and W >= 3, got 2x2"):
         await server.load()
     assert server.signature is None
