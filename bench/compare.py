@@ -47,7 +47,7 @@ import numpy as np
 import tritonclient.grpc.aio as triton_aio
 from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 
-from bench import plots
+from bench import plots, stats
 from bench.faults import FRONTEND_FLAGS, PROFILES
 from bench.load import Record, Sender, frontend_sender, run_load, triton_sender
 from bench.netns import WorkerNetwork, unavailable
@@ -91,6 +91,8 @@ class SchemeRun:
     cpu_s: float = 0.0  # the whole machine's busy CPU time while this scheme's load ran (every process)
     calls_needed: int = 1  # Triton calls one query needs without redundancy (a COIN set: one per member)
     rounds: tuple[RoundFigures, ...] = ()  # in round order
+    # every query's latency, for the headline's intervals (bench.stats)
+    latencies_ms: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0), compare=False, repr=False)
 
     @property
     def cpu_ms_per_query(self) -> float:
@@ -293,7 +295,9 @@ def run_all(args: argparse.Namespace) -> list[SchemeRun]:
         for name in args.schemes:
             summary = summarize(name, records[name], truth)
             needed = len(coin_models(coin_set(model))) - 1 if name in COIN_SCHEMES else 1
-            runs.append(SchemeRun(summary, calls[name], events[name], cpu[name], needed, tuple(rounds[name])))
+            latencies_ms = 1e3 * np.array([r.latency_s for r in records[name]])
+            run = SchemeRun(summary, calls[name], events[name], cpu[name], needed, tuple(rounds[name]), latencies_ms)
+            runs.append(run)
             log.info(
                 "%s: p50 %.2f ms, p99.9 %.2f ms, %d reconstructed, %d fault events",
                 name,
@@ -328,14 +332,15 @@ def write_report(args: argparse.Namespace, runs: list[SchemeRun]) -> Path:
         markdown_table([r.summary for r in runs]),
         "",
         "| scheme | Triton calls per query | extra load | CPU ms per query (whole machine) | fault events "
-        "| p99.9 - p50 (ms) |",
+        "| p99.9 - p50 (ms) [95% interval] |",
         "|---|---|---|---|---|---|",
     ]
     for r in runs:
         s = r.summary
+        gap = s.intervals[stats.GAP].format(2) if stats.GAP in s.intervals else f"{s.p999_ms - s.p50_ms:.2f}"
         lines.append(
             f"| {s.name} | {r.triton_calls / s.queries:.3f} | {r.extra_load:+.1%} | {r.cpu_ms_per_query:.2f} "
-            f"| {r.fault_events} | {s.p999_ms - s.p50_ms:.2f} |"
+            f"| {r.fault_events} | {gap} |"
         )
     lines += ["", *_per_round(runs), "", *_headline(by)]
     path = args.out / f"{args.tag}.md"
@@ -381,16 +386,27 @@ def _per_round(runs: list[SchemeRun]) -> list[str]:
 
 
 def _headline(by: dict[str, SchemeRun]) -> list[str]:
-    """(p99.9 - p50) of each coded scheme against each baseline, and the medians side by side."""
+    """(p99.9 - p50) of each coded scheme against each baseline, and the medians side by side. Each ratio
+    has a 95% bootstrap interval, both runs resampled independently (bench.stats)."""
     gap = {n: r.summary.p999_ms - r.summary.p50_ms for n, r in by.items()}
+    boots = {
+        n: stats.Bootstrap.of(r.latencies_ms, seed=i) for i, (n, r) in enumerate(by.items()) if len(r.latencies_ms)
+    }
     out = []
     for coded in (c for c in CODED if c in by and gap[c] > 0):
-        out += ["", f"Headline for {coded} (ratios of p99.9 - p50; > 1 means {coded}'s tail is tighter):", ""]
+        out += [
+            "",
+            f"Headline for {coded} (ratios of p99.9 - p50, 95% interval; > 1 means {coded}'s tail is tighter):",
+            "",
+        ]
         bases = ("none", "equal", "hedge2", "hedge3", "replicate", "direct")
         for base in (f"coin_{b}" for b in bases) if coded == "coin" else bases:  # a set against the set
             if base in gap:
+                ratio = f"{gap[base] / gap[coded]:.2f}x"
+                if base in boots and coded in boots:
+                    ratio = boots[base].ratio(boots[coded]).format(2, unit="x")
                 out.append(
-                    f"- {base}: {gap[base]:.2f} ms vs {coded} {gap[coded]:.2f} ms -> {gap[base] / gap[coded]:.2f}x; "
+                    f"- {base}: {gap[base]:.2f} ms vs {coded} {gap[coded]:.2f} ms -> {ratio}; "
                     f"median {by[base].summary.p50_ms:.2f} vs {by[coded].summary.p50_ms:.2f} ms"
                 )
     return out

@@ -135,7 +135,7 @@ class ModelServer:
         waiter: asyncio.Future[Answer] = loop.create_future()
         self.deadlines.arrival(loop.time())
         group, query = self._admit(x, loop.time() + timeout_s, waiter, annotation)
-        if group.coded:
+        if group.coded and not group.eager_decode:  # eager: nothing waits for the deadline
             loop.call_later(self.deadlines.straggler_s(), self._on_straggler_deadline, group, query)
             resend_s = self.deadlines.resend_s()
             if resend_s is not None:
@@ -168,7 +168,8 @@ class ModelServer:
         self, x: np.ndarray, deadline: float, waiter: asyncio.Future[Answer], annotation: Any
     ) -> tuple[CodingGroup, Query]:
         if self._open is None:
-            self._open = CodingGroup(next(self._group_ids), self.scheme, self.models, self._placer)
+            eager = self.route.decode == "eager"
+            self._open = CodingGroup(next(self._group_ids), self.scheme, self.models, self._placer, eager)
             if self._open.coded and self._open.size > 1:
                 asyncio.get_running_loop().call_later(self.deadlines.fill_s(), self._seal_on_timeout, self._open)
         group = self._open

@@ -13,6 +13,9 @@ Fixed (the default): ``--straggler-timeout-ms`` and ``--fill-timeout-ms``. Adapt
 Optional, off by default: a second deadline, ``--resend-after-ms``, after which a query whose own
 output is still missing and which its group cannot rebuild yet is sent once more to another instance
 (Collage-CNN's fallback: its master resends a slow image only when the collage is slow too).
+
+A coded route with ``decode=eager`` (:func:`frontend.config.parse_route`) has no straggler deadline: its
+groups decode an absent output as soon as the arrivals can rebuild it (:mod:`frontend.groups`).
 """
 
 from __future__ import annotations

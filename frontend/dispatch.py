@@ -4,7 +4,8 @@ Every call of a route goes through its Dispatcher. Data calls follow the route's
 are sent once (their redundancy is the code's). The first successful copy wins. Losing copies are
 left to finish and are discarded (cancelling in-flight calls crashes the local Triton 2.51). Extra
 copies go to instances the call does not use yet. Outcomes travel as completion callbacks
-(:mod:`frontend.completion`), so a hedge costs a timer, not a task.
+(:mod:`frontend.completion`), so a hedge costs a timer, not a task. A route may cap its hedges with a
+budget (:class:`HedgeBudget`), as budgeted hedging in public RPC libraries does.
 """
 
 from __future__ import annotations
@@ -22,7 +23,33 @@ from frontend.latency import LatencyWindow
 from frontend.placement import Placer
 from frontend.workers import CallInfo, ModelSignature, Pool
 
-HEDGE_QUANTILE = 0.95  # The Tail at Scale: hedge after about the p95 of normal latency
+BUDGET_WINDOW = 100  # calls: a hedging budget saves up at most the hedges of this many calls
+
+
+class HedgeBudget:
+    """At most ``share`` of the deployed calls get a hedge copy: a token bucket. Every deployed call adds
+    ``share`` of a token and every hedge spends a whole one; the bucket starts with one token and holds at
+    most the tokens of :data:`BUDGET_WINDOW` calls (at least one). So from the start hedges never exceed
+    ``share`` × calls + 1, and over any stretch of calls ``share`` × (calls + BUDGET_WINDOW): a quiet
+    stretch lets a later burst of stragglers be hedged, but only what the stretch before it paid for."""
+
+    _EPSILON = 1e-9  # twenty deposits of 0.05 make one token, whatever the float rounding
+
+    def __init__(self, share: float, window: int = BUDGET_WINDOW) -> None:
+        self._share = share
+        self._cap = max(1.0, share * window)
+        self._tokens = 1.0
+
+    def deposit(self) -> None:
+        """A deployed call was made."""
+        self._tokens = min(self._cap, self._tokens + self._share)
+
+    def spend(self) -> bool:
+        """A hedge is wanted: True (and one token spent) when the budget allows it."""
+        if self._tokens < 1.0 - self._EPSILON:
+            return False
+        self._tokens -= 1.0
+        return True
 
 
 class Dispatcher:
@@ -31,7 +58,10 @@ class Dispatcher:
         self._placer = placer
         self._policy = policy
         self.latency = LatencyWindow()  # of the data calls: what the hedging delay adapts to
+        self._budget = HedgeBudget(policy.hedge_budget) if policy.hedge_budget is not None else None
         self._outcomes = metrics.Bound(lambda key: metrics.WORKER_CALLS.labels(*key))
+        self._hedged = metrics.Bound(lambda model: metrics.HEDGES.labels(model))
+        self._withheld = metrics.Bound(lambda model: metrics.HEDGES_WITHHELD.labels(model))
 
     async def call(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature) -> np.ndarray:
         """The output of ``batch`` on ``call.model``: :meth:`send`, awaited."""
@@ -46,10 +76,24 @@ class Dispatcher:
         else:
             _Race(self, call, batch, signature, done)
 
-    def _hedge_delay_s(self) -> float:
+    def hedge_delay_s(self) -> float:
+        """How long a hedged call waits for its first copy: fixed, or the chosen quantile of recent data calls."""
         if self._policy.hedge_delay_ms is not None:
             return self._policy.hedge_delay_ms / 1e3
-        return self.latency.quantile(HEDGE_QUANTILE)
+        return self.latency.quantile(self._policy.hedge_quantile)
+
+    def _deployed(self) -> None:
+        """A hedged data call starts: it pays into the budget."""
+        if self._budget is not None:
+            self._budget.deposit()
+
+    def _may_hedge(self, model: str) -> bool:
+        """A hedge copy is wanted: counted as sent, or as withheld when the budget is spent."""
+        if self._budget is None or self._budget.spend():
+            self._hedged[model].inc()
+            return True
+        self._withheld[model].inc()
+        return False
 
     def _one(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature, done: Done) -> None:
         start = time.perf_counter()
@@ -69,8 +113,9 @@ class Dispatcher:
 class _Race:
     """One replicated or hedged data call: its copies race and the first success goes to ``done``.
     Replication sends every copy at once; hedging sends a second one when the first has not answered
-    within the hedge delay, or at once when it fails. Losers finish and are dropped (Triton calls are
-    never cancelled: see frontend.workers); ``done`` gets the last error only if every copy failed."""
+    within the hedge delay, or at once when it fails, unless the route's hedging budget is spent. Losers
+    finish and are dropped (Triton calls are never cancelled: see frontend.workers); ``done`` gets the
+    last error only if every copy sent failed."""
 
     def __init__(
         self, dispatcher: Dispatcher, call: CallInfo, batch: np.ndarray, signature: ModelSignature, done: Done
@@ -83,7 +128,8 @@ class _Race:
         self._send(call)
         policy = dispatcher._policy
         if policy.mode == "hedge":
-            self._hedge = asyncio.get_running_loop().call_later(dispatcher._hedge_delay_s(), self._send_hedge)
+            dispatcher._deployed()
+            self._hedge = asyncio.get_running_loop().call_later(dispatcher.hedge_delay_s(), self._send_hedge)
         else:
             for _ in range(policy.copies - 1):
                 self._send_copy()
@@ -99,8 +145,7 @@ class _Race:
 
     def _send_hedge(self) -> None:
         self._hedge = None
-        if self._done is not None:
-            metrics.HEDGES.labels(self._call.model).inc()
+        if self._done is not None and self._dispatcher._may_hedge(self._call.model):
             self._send_copy()
 
     def _finished(self, result: np.ndarray | None, error: BaseException | None) -> None:
@@ -114,9 +159,10 @@ class _Race:
                 self._hedge.cancel()
                 self._hedge = None
             done(result, None)
-        elif self._hedge is not None:  # the first copy failed before the hedge delay: hedge at once
+            return
+        if self._hedge is not None:  # the first copy failed before the hedge delay: hedge at once
             self._hedge.cancel()
-            self._send_hedge()
-        elif not self._out:
+            self._send_hedge()  # may be withheld by the budget, or fail at once (re-entering here)
+        if not self._out and self._done is not None:
             self._done = None
             done(None, error)

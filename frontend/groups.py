@@ -11,6 +11,11 @@ data slots, each a query on a model, and coded slots. Slots holding the same que
 Triton instance (:mod:`frontend.placement`), never one it already uses while another is free.
 Systematic codes send every data call at once and decode only the missing ones; a non-systematic
 code (ApproxIFER) sends none and decodes every answer.
+
+When a systematic code decodes an own output still out: at the query's straggler deadline, once the
+arrivals can rebuild it (the default), or, with ``eager_decode``, as soon as they can (ParM's own
+policy: the parity and the other k - 1 outputs are in). Either way the original, if it comes first,
+answers; if it comes after the reconstruction, it is discarded.
 """
 
 from __future__ import annotations
@@ -74,9 +79,12 @@ class DecodeHandle:
 class CodingGroup:
     """Up to ``group_size(scheme)`` queries (in arrival order) and the slots the scheme makes of them."""
 
-    def __init__(self, group_id: int, scheme: Scheme, models: Mapping[str, str], placer: Placer) -> None:
+    def __init__(
+        self, group_id: int, scheme: Scheme, models: Mapping[str, str], placer: Placer, eager_decode: bool = False
+    ) -> None:
         self.group_id = group_id
         self.scheme = scheme
+        self.eager_decode = eager_decode and scheme.systematic  # a non-systematic code decodes every answer
         self.size = group_size(scheme)
         self.queries: list[Query] = []
         self.sealed = False
@@ -279,7 +287,7 @@ class CodingGroup:
         return actions
 
     def _should_decode(self, call: Call, query: Query) -> bool:
-        if call.decoding or call.decode_failed or not (call.failed or query.straggling):
+        if call.decoding or call.decode_failed or not (call.failed or query.straggling or self.eager_decode):
             return False
         if not (self.sealed and self._coded):
             return False

@@ -27,6 +27,11 @@ LATE_DISCARDED = Counter(
 DECODE_SECONDS = Histogram("codedserve_decode_seconds", "Decoder round trip", ["model"], buckets=_LATENCY_BUCKETS)
 GROUPS = Counter("codedserve_groups_total", "Coding groups sealed, by how they filled", ["model", "fill"])
 HEDGES = Counter("codedserve_hedged_calls_total", "Deployed calls that sent a hedge copy", ["model"])
+HEDGES_WITHHELD = Counter(
+    "codedserve_hedges_withheld_total",
+    "Hedge copies not sent because the route's hedging budget was spent (the first copy was late or failed)",
+    ["model"],
+)
 RESENDS = Counter(
     "codedserve_resent_calls_total", "Own calls sent again at the resend deadline (Collage's fallback)", ["model"]
 )

@@ -36,6 +36,15 @@ FRONTENDS = {
         str(1 << 20),
     ],
     "uncoded": ["--route", f"{linear_models.DEPLOYED}=none", "--allow-fault-metadata"],
+    "eager": [
+        "--route",
+        f"{linear_models.DEPLOYED}=parm:k=2,encoder=add,parity_model={linear_models.parity_name(2)},decode=eager",
+        "--straggler-timeout-ms",
+        "5000",  # never waited for: an eager route decodes as soon as it can
+        "--fill-timeout-ms",
+        "2000",
+        "--allow-fault-metadata",
+    ],
 }
 
 
@@ -98,6 +107,13 @@ def test_a_straggler_is_reconstructed_exactly_and_before_it_would_have_answered(
     np.testing.assert_allclose(straggler.logits, linear_models.reference(_query(1))[0], rtol=1e-3, atol=1e-3)
     assert seconds[1] < 1.0, f"reconstruction took {seconds[1]:.3f} s; the straggler needed 3 s"
     assert seconds[1] >= STRAGGLER_MS / 1e3 or fault == "fail"
+
+
+def test_eager_decode_rebuilds_a_straggler_without_waiting_for_its_deadline(stack):
+    replies, seconds = asyncio.run(_classify_group(stack.address("eager"), [None, "delay=3000"]))
+    assert replies[1].reconstructed and replies[0].group_id == replies[1].group_id
+    np.testing.assert_allclose(replies[1].logits, linear_models.reference(_query(1))[0], rtol=1e-3, atol=1e-3)
+    assert seconds[1] < 1.0, f"took {seconds[1]:.3f} s: the route's straggler deadline (5 s) was waited for"
 
 
 def test_a_partial_group_is_sealed_by_the_fill_timeout_and_still_protected(stack):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.compare import RoundFigures, SchemeRun, _per_round, _rotated
+from bench.compare import RoundFigures, SchemeRun, _headline, _per_round, _rotated
 from bench.load import Record
 from bench.report import markdown_table, summarize
 
@@ -104,3 +104,30 @@ def test_cpu_breakdown_table_keeps_busy_processes_and_totals_each_scheme():
         "| triton | 1.00 | 2.50 |",
         "| total | 3.00 | 5.50 |",
     ]
+
+
+def test_the_table_shows_each_tail_figure_with_its_interval_and_the_tail_it_rests_on():
+    latencies = np.arange(1, 1001, dtype=float)  # 10 queries beyond p99, 1 beyond p99.9
+    s = summarize("x", _records(latencies), np.zeros(1000, dtype=int), resamples=200)
+    assert s.intervals["p99"].value == pytest.approx(s.p99_ms) and s.intervals["p99"].beyond == 10
+    cells = markdown_table([s]).splitlines()[2].split(" | ")
+    assert cells[4] == s.intervals["p50"].format(2) and cells[4].endswith("(n>q=500)")
+    assert cells[6] == s.intervals["p99"].format(2) and cells[6].endswith("(n>q=10, thin)")
+    assert cells[7] == s.intervals["p99.9"].format(2)
+
+
+def test_each_headline_ratio_carries_its_interval():
+    rng = np.random.default_rng(0)
+    fast = rng.exponential(size=3000)
+
+    def run(name: str, latencies_ms: np.ndarray) -> SchemeRun:
+        records = _records(list(latencies_ms))
+        return SchemeRun(
+            summarize(name, records, np.zeros(3000, dtype=int), resamples=50), 3000, 0, latencies_ms=latencies_ms
+        )
+
+    lines = _headline({"hedge2": run("hedge2", 2 * fast), "parm": run("parm", fast)})
+    (line,) = [line for line in lines if line.startswith("- hedge2")]
+    ratio = line.split("-> ")[1].split(";")[0]
+    low, high = (float(v) for v in ratio.split("[")[1].split("]")[0].split(", "))
+    assert ratio.startswith("2.00x [") and low < 2.0 < high and "(n>q=3, thin)" in ratio

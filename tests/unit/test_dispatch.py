@@ -1,14 +1,15 @@
 """Dispatch policies (single, replicate, hedge) against a fake pool: first success wins, losers finish;
-routes parse into schemes and their models."""
+a hedging budget caps the share of calls hedged; routes parse into schemes and their models."""
 
 import asyncio
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from frontend.completion import run_then
 from frontend.config import Dispatch, parse_route
-from frontend.dispatch import Dispatcher
+from frontend.dispatch import BUDGET_WINDOW, Dispatcher
 from frontend.placement import Placer
 from frontend.workers import CallInfo, ModelSignature, WorkerError
 
@@ -99,5 +100,99 @@ def test_routes_parse_baselines_and_reject_nonsense():
     assert parse_route("m=parm:k=2,parity_model=x").models == {"deployed": "m", "parity": "x"}
     bad_routes = ("m", "m=hedge:copies=2", "m=replicate:copies=1", "m=parm:k=5,encoder=concat", "m=zzz", "m=parm:x=1")
     for bad in bad_routes:
+        with pytest.raises(ValueError, match="route"):
+            parse_route(bad)
+
+
+def _counted(name, model="m"):
+    return REGISTRY.get_sample_value(f"codedserve_{name}_total", {"model": model}) or 0.0
+
+
+async def _hedged_calls(dispatcher, pool, n):
+    """``n`` sequential calls; how many hedges the pool saw and the metrics counted, sent and withheld."""
+    before = _counted("hedged_calls"), _counted("hedges_withheld")
+    for _ in range(n):
+        await _call(dispatcher)
+    hedges = pool.calls.count(1)
+    return hedges, _counted("hedged_calls") - before[0], _counted("hedges_withheld") - before[1]
+
+
+async def test_without_a_budget_every_slow_call_is_hedged():
+    pool = FakePool([0.01, 0.0])  # the first copy is always later than the 1 ms delay
+    hedges, sent, withheld = await _hedged_calls(_dispatcher(pool, Dispatch("hedge", hedge_delay_ms=1)), pool, 100)
+    assert hedges == sent == 100 and withheld == 0
+
+
+async def test_a_budget_caps_hedges_at_its_share_of_calls_and_counts_the_rest_withheld():
+    pool = FakePool([0.01, 0.0])
+    dispatcher = _dispatcher(pool, Dispatch("hedge", hedge_delay_ms=1, hedge_budget=0.05))
+    hedges, sent, withheld = await _hedged_calls(dispatcher, pool, 200)
+    assert 0.05 * 200 - 1 <= hedges <= 0.05 * 200 + 1  # the budget is spent, never overspent
+    assert sent == hedges and withheld == 200 - hedges
+
+
+async def test_a_quiet_stretch_saves_at_most_the_budget_of_its_last_calls():
+    pool = FakePool([0.0, 0.0])
+    dispatcher = _dispatcher(pool, Dispatch("hedge", hedge_delay_ms=30, hedge_budget=0.05))
+    for _ in range(1000):  # fast calls: no hedge, each pays into the budget
+        await _call(dispatcher)
+    assert pool.calls == [0] * 1000
+    pool.delays[0] = 0.1  # then a burst of 40 concurrent stragglers
+    await asyncio.gather(*(_call(dispatcher) for _ in range(40)))
+    assert pool.calls.count(1) == BUDGET_WINDOW * 0.05  # what 100 calls paid for, not 1000
+
+
+async def test_a_withheld_hedge_after_a_failure_fails_the_call():
+    pool = FakePool([0.0, 0.0], failing={0})
+    dispatcher = _dispatcher(pool, Dispatch("hedge", hedge_delay_ms=1000, hedge_budget=0.05))
+    assert (await _call(dispatcher))[0, 0] == 1  # the budget's first token hedges the failure
+    with pytest.raises(WorkerError):
+        await _call(dispatcher)  # no token left: the error, not a hang
+    assert pool.calls == [0, 1, 0]
+
+
+async def test_the_adaptive_delay_is_the_chosen_quantile_of_recent_calls():
+    latencies = np.arange(1, 101) / 1e3  # 1..100 ms
+    for q, policy in (
+        (0.5, Dispatch("hedge", hedge_quantile=0.5)),
+        (0.9, Dispatch("hedge", hedge_quantile=0.9)),
+        (0.99, Dispatch("hedge", hedge_quantile=0.99)),
+        (0.95, Dispatch("hedge")),
+    ):
+        dispatcher = _dispatcher(FakePool([0.0, 0.0]), policy)
+        for seconds in latencies:
+            dispatcher.latency.record(seconds)
+        assert dispatcher.hedge_delay_s() == pytest.approx(np.quantile(latencies, q)), q
+
+
+async def test_a_lower_delay_quantile_hedges_a_call_the_default_waits_for():
+    answered_by = {}
+    for policy in (Dispatch("hedge", hedge_quantile=0.5), Dispatch("hedge")):
+        pool = FakePool([0.1, 0.0])  # the first copy takes 100 ms
+        dispatcher = _dispatcher(pool, policy)
+        for seconds in [0.01] * 60 + [0.3] * 40:  # p50 10 ms, p95 300 ms
+            dispatcher.latency.record(seconds)
+        answered_by[policy.hedge_quantile] = (await _call(dispatcher))[0, 0]
+    assert answered_by == {0.5: 1, 0.95: 0}  # hedged after 10 ms; at p95 the first copy answers first
+
+
+def test_hedge_routes_parse_budget_and_delay_quantile():
+    assert parse_route("m=hedge").dispatch == Dispatch("hedge", hedge_quantile=0.95, hedge_budget=None)
+    route = parse_route("m=hedge:delay_q=0.9,budget=0.05")
+    assert route.dispatch == Dispatch("hedge", hedge_quantile=0.9, hedge_budget=0.05)
+    assert parse_route("m=hedge:delay_ms=8,budget=0.1").dispatch == Dispatch(
+        "hedge", hedge_delay_ms=8.0, hedge_budget=0.1
+    )
+    bad = ("m=hedge:delay_q=0.3", "m=hedge:delay_q=0.999", "m=hedge:budget=0", "m=hedge:budget=2")
+    for text in (*bad, "m=hedge:delay_ms=8,delay_q=0.9", "m=replicate:budget=0.1"):
+        with pytest.raises(ValueError, match="route"):
+            parse_route(text)
+
+
+def test_coded_routes_parse_the_decode_policy():
+    assert parse_route("m=parm:k=2").decode == "deadline"
+    route = parse_route("m=parm:k=2,decode=eager")
+    assert route.decode == "eager" and "decode" not in route.param_dict  # not a scheme parameter
+    for bad in ("m=parm:k=2,decode=soon", "m=approxifer:k=2,s=1,decode=eager"):
         with pytest.raises(ValueError, match="route"):
             parse_route(bad)

@@ -20,9 +20,10 @@ MODELS = {"deployed": "m", "parity": "p", "tiles": "t", "member0": "a", "member1
 class Driver:
     """A group and the actions it returned, with helpers to answer its calls."""
 
-    def __init__(self, scheme, instances=4, placer=None):
+    def __init__(self, scheme, instances=4, placer=None, eager=False):
         everything = tuple(range(instances))
-        self.group = CodingGroup(7, scheme, MODELS, placer or Placer({m: everything for m in MODELS.values()}))
+        placer = placer or Placer({m: everything for m in MODELS.values()})
+        self.group = CodingGroup(7, scheme, MODELS, placer, eager_decode=eager)
         self.actions = []
         self.queries = []
 
@@ -125,6 +126,55 @@ def test_a_late_query_is_not_decoded_before_its_straggler_deadline():
     d.do(d.group.encoded(np.zeros((1, 1, 2, 2), np.float32)))
     d.group.arrived(d.data(0), _out(1))
     assert d.group.arrived(d.coded(), _out(3)) == []  # q1 is merely not back yet
+
+
+def _parm_with_parity_and_one_output(eager):
+    """ParM k = 2: query 0's own output and the parity are in, query 1's is still out."""
+    d = Driver(ParmScheme("add", 2), eager=eager).add(2).seal()
+    d.do(d.group.encoded(np.zeros((1, 1, 2, 2), np.float32)))
+    assert list(_answers(d.group.arrived(d.data(0), _out(1)))) == [0]
+    return d, d.group.arrived(d.coded(), _out(3))
+
+
+def test_eager_decode_rebuilds_as_soon_as_the_parity_and_the_other_outputs_are_in():
+    d, actions = _parm_with_parity_and_one_output(eager=True)
+    (decode,) = actions  # no straggler deadline needed
+    assert isinstance(decode, Decode) and [c.query.index for c in decode.handle.calls] == [1]
+    assert d.group.straggler_deadline(d.queries[1]) == []  # the deadline, if it comes, starts nothing more
+    (answer,) = d.group.decoded(decode.handle, [_out(1), _out(2)], [])
+    assert answer.ticket == 1 and answer.outputs[0].reconstructed
+    assert [type(a) for a in d.group.arrived(d.data(1), _out(2))] == [Discarded]  # the late original: dropped
+
+
+def test_deadline_decode_waits_for_the_straggler_deadline():
+    d, actions = _parm_with_parity_and_one_output(eager=False)
+    assert actions == []
+    (decode,) = d.group.straggler_deadline(d.queries[1])
+    assert isinstance(decode, Decode)
+
+
+def test_eager_decode_still_answers_with_the_original_when_it_wins_the_race():
+    d, (decode,) = _parm_with_parity_and_one_output(eager=True)
+    (answer,) = d.group.arrived(d.data(1), _out(2))
+    assert answer.ticket == 1 and not answer.outputs[0].reconstructed
+    assert d.group.decoded(decode.handle, [_out(1), _out(2)], []) == []  # never twice
+
+
+def test_eager_decode_waits_for_what_the_decode_needs():
+    d = Driver(ParmScheme("add", 3), eager=True).add(3).seal()
+    d.do(d.group.encoded(np.zeros((1, 1, 2, 2), np.float32)))
+    d.group.arrived(d.data(0), _out(1))
+    assert d.group.arrived(d.coded(), _out(3)) == []  # two outputs out: nothing can be rebuilt yet
+    answer, decode = d.group.arrived(d.data(2), _out(2))  # query 2 answered, query 1 rebuilt at once
+    assert answer.ticket == 2 and [c.query.index for c in decode.handle.calls] == [1]
+
+
+def test_eager_decode_does_not_apply_to_a_non_systematic_code():
+    d = Driver(ApproxiferScheme(2, s=1), eager=True).add(2).seal()
+    assert not d.group.eager_decode
+    d.do(d.group.encoded(np.zeros((3, 1, 2, 2), np.float32)))
+    d.group.arrived(d.coded(0), _out(1))
+    assert d.group.arrived(d.coded(1), _out(2)) == []  # still waits for the third until the deadline
 
 
 def test_a_failed_query_with_a_lost_parity_fails_instead_of_hanging():

@@ -3,7 +3,8 @@ which outputs, failures, straggler and resend deadlines, encodes and decodes hap
 
 - no two calls of a group share an instance while enough instances exist (else they spread evenly);
 - every query is closed at most once, and exactly once when every call eventually answers or fails;
-- an own output is answered as it came; every decode the group asks for is one its scheme can do.
+- an own output is answered as it came; every decode the group asks for is one its scheme can do;
+- with eager decoding, a straggler deadline never starts a decode: everything decodable already was.
 """
 
 from __future__ import annotations
@@ -48,12 +49,14 @@ class Simulation:
         placer = Placer(serving)
         for i in data.draw(st.lists(st.integers(0, instances - 1), max_size=12), label="earlier calls"):
             placer.place(f"only{i}", {})
-        self.group = CodingGroup(0, scheme, {role: role for role in ROLES}, placer)
+        eager = data.draw(st.booleans(), label="eager decode")
+        self.group = CodingGroup(0, scheme, {role: role for role in ROLES}, placer, eager_decode=eager)
         self.pending: list[tuple] = []
         self.closed: dict[int, list] = {}
         self.own: dict[int, list[np.ndarray]] = {}
         self.hung = False
         self.queries = []
+        self.deadline_decodes = 0  # decodes a straggler deadline started
 
     def run(self, n_queries: int) -> None:
         for i in range(n_queries):
@@ -78,7 +81,9 @@ class Simulation:
         if kind == "seal":
             return group.seal()
         if kind == "straggler":
-            return group.straggler_deadline(subject)
+            actions = group.straggler_deadline(subject)
+            self.deadline_decodes += sum(isinstance(a, Decode) for a in actions)
+            return actions
         if kind == "resend":
             return group.resend_deadline(subject)
         if kind == "close":
@@ -141,6 +146,8 @@ def test_placement_and_exactly_once_hold_whatever_happens(scheme, instances, dat
             for output in close.outputs:
                 if not output.reconstructed:
                     assert any(np.array_equal(output.logits, own) for own in sim.own[ticket])
+    if sim.group.eager_decode:
+        assert sim.deadline_decodes == 0, "an eager group left a decodable output for its straggler deadline"
     if not sim.hung:
         given_up = {q.index for q in sim.queries if q.closed and q.index not in sim.closed}
         assert set(sim.closed) | given_up == set(range(n_queries)), "a query was left without an answer"
