@@ -96,8 +96,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", choices=sorted(ENCODERS), default="add")
     p.add_argument("--parity-model", help="the parity model's factory (default: the deployed model's)")
     p.add_argument("--helper-weight", type=float, default=0.0, help="adds the decoded outputs' cross-entropy")
-    p.add_argument("--warm-start", action="store_true", help="start from the deployed weights (needs --checkpoint)")
-    p.add_argument("--checkpoint", type=Path, help="the deployed model's checkpoint, for --warm-start")
+    p.add_argument("--warm-start", action="store_true", help="start from the deployed model's weights")
+    p.add_argument("--checkpoint", type=Path, help="--warm-start's weights (default: those imported)")
     _train_args(p, epochs=20, batch=64)
     _data_args(p)
 
@@ -146,15 +146,14 @@ def run_import(args: argparse.Namespace, run: RunInfo) -> None:
     )
     entry = own_import.import_model(spec, run)
     user = entry["user"]
-    print(
-        f"{args.name}: input {user['input_shape']} float32, {user['classes']} classes, "
-        f"preprocessing {user['preprocessing']}"
-    )
-    print(
-        f"wrote {args.out / entry['onnx']['path']} (sha256 {entry['onnx']['sha256'][:16]}…), config.pbtxt, "
-        "configs/gpu.pbtxt"
-    )
+    print(f"{args.name}: input {user['input_shape']} float32, {user['classes']} classes {user['class_names'] or ''}")
+    print(f"preprocessing: (pixels * {prep.scale:.6g} - mean {list(prep.mean)}) / std {list(prep.std)}")
+    print(f"wrote {args.out / entry['onnx']['path']} (sha256 {entry['onnx']['sha256'][:16]}…)")
+    print(f"wrote {args.out / args.name / 'config.pbtxt'} and configs/gpu.pbtxt")
     if entry["metrics"]:
+        sizes = ", ".join(f"{part} {n}" for part, n in user["splits"].items())
+        drawn = "as given" if user["given_splits"] else f"drawn with seed {user['data']['seed']}"
+        print(f"splits: {sizes} images ({drawn})")
         print(f"test accuracy {entry['metrics']['test_accuracy']:.2%}")
 
 
@@ -165,9 +164,9 @@ def _print_coded(entry: dict, what: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    device = device_of(getattr(args, "device", "cpu"))
-    run = RunInfo.current("user", device, argv=sys.argv[1:] if argv is None else argv, module="export")
     try:
+        device = device_of(getattr(args, "device", "cpu"))
+        run = RunInfo.current("user", device, argv=sys.argv[1:] if argv is None else argv, module="export")
         _dispatch(args, run)
     except (ModelError, DataError, ValueError, FileNotFoundError) as exc:
         print(f"python -m export {args.command}: {exc}", file=sys.stderr)
@@ -207,7 +206,17 @@ def _dispatch(args: argparse.Namespace, run: RunInfo) -> None:
             args.data,
         )
         for e in own_coded.coin(coin, run):
-            _print_coded(e, e["role"])
+            if e["role"] == "coin_member":
+                _print_coded(e, f"member, test accuracy {e['metrics']['test_accuracy']:.2%}")
+            else:
+                agree = ", ".join(f"{a:.2%}" for a in e["metrics"]["decoded_agrees_with_member"])
+                _print_coded(e, f"coded model ({e['encoder']}); a missing member decoded agrees with it: {agree}")
+                if min(e["metrics"]["decoded_agrees_with_member"]) < 0.5:
+                    print(
+                        "warning: members trained from different starting points do not merge; COIN's members "
+                        "are fine-tunes of one base model",
+                        file=sys.stderr,
+                    )
     elif args.command == "evaluate":
         settings = [tuple(int(v) for v in s.split(",")) for s in args.approxifer.split(";") if s]
         acc, rows = degraded.evaluate(args.out, args.name, args.data, args.rounds, args.seed, settings, args.limit)  # type: ignore[arg-type]

@@ -115,7 +115,7 @@ class ParityArgs:
     cfg: TrainConfig
     device: str = "auto"
     parity_model: str | None = None  # a factory; None: the deployed model's
-    checkpoint: Path | None = None  # the deployed model's, for --warm-start
+    checkpoint: Path | None = None  # the deployed model's, for --warm-start (default: the imported one)
     data: str | None = None
 
 
@@ -128,9 +128,7 @@ def parity(args: ParityArgs, run: RunInfo) -> dict:
     targets = teacher(served.model(), user, device)
     torch.manual_seed(args.cfg.seed)
     model = user_model.load_factory(factory)()
-    deployed = (
-        user_model.load_torch(served.factory, args.checkpoint) if args.cfg.warm_start and served.factory else None
-    )
+    deployed = _warm_start_from(served, args.checkpoint) if args.cfg.warm_start else None
     result = train_parity(data, targets, args.encoder, args.k, args.cfg, model, deployed)
     name = parm.parity_model_name(name_prefix(args.name), args.encoder, args.k)
     metrics = train.evaluate_parity(result.model, targets, args.encoder, args.k, data.test)
@@ -140,6 +138,17 @@ def parity(args: ParityArgs, run: RunInfo) -> dict:
     entry["training"]["config"]["arch"] = factory
     update_manifest(args.repository, [entry])
     return entry
+
+
+def _warm_start_from(served: Served, checkpoint: Path | None) -> nn.Module:
+    """The deployed model in PyTorch: its factory with ``checkpoint``, or the one it was imported with."""
+    checkpoint = checkpoint or served.checkpoint
+    if served.factory is None or checkpoint is None:
+        raise user_model.ModelError(
+            f"--warm-start needs {served.name}'s PyTorch factory and weights; it was imported "
+            + ("from ONNX" if served.factory is None else "without --checkpoint: pass --checkpoint")
+        )
+    return user_model.load_torch(served.factory, checkpoint)
 
 
 def _export(
@@ -337,7 +346,12 @@ def coin(args: CoinArgs, run: RunInfo) -> list[dict]:
     result = coded_model(members, args.method, data, args.fisher_samples, args.cfg, args.bn)
     name = coded_model_name(args.name, len(members), args.method)
     entry = _export(result, name, args.repository, check, (served.classes,), run, served, user)
-    entry |= {"role": "coin_coded", "encoder": args.method, "k": len(members), "members": [e["name"] for e in entries]}
+    test_outs = [train.predict(m, train.image_batches(data.test.images)) for m in members]
+    coded_out = train.predict(result.model, train.image_batches(data.test.images))
+    agreement = decoded_agreement(coded_out, test_outs, [1.0 / len(members)] * len(members))
+    metrics = {"decoded_agrees_with_member": agreement}
+    entry |= {"role": "coin_coded", "encoder": args.method, "k": len(members), "metrics": metrics}
+    entry["members"] = [e["name"] for e in entries]
     for e in (*entries, entry):
         e["coin_set"] = args.name
     entry["training"]["config"] = {"method": args.method, "bn": args.bn, "fisher_samples": args.fisher_samples}

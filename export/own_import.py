@@ -57,16 +57,28 @@ class Served:
     preprocessing: Preprocessing
     data: DataSpec | None
     factory: str | None
+    checkpoint: Path | None = None  # the one imported with the factory
 
     @classmethod
     def of(cls, repository: Path, name: str) -> Served:
-        user = entry_of(repository, name).get("user")
+        entry = entry_of(repository, name)
+        user = entry.get("user")
         if user is None:
             raise ValueError(f"{name} was not imported with `python -m export import` (no input shape recorded)")
         data = DataSpec(**user["data"]) if user.get("data") else None
         prep = Preprocessing.from_dict(user["preprocessing"])
         shape = tuple(user["input_shape"])
-        return cls(name, repository, shape, user["classes"], prep, data, user.get("factory"))
+        checkpoint = entry["onnx"].get("checkpoint")
+        return cls(
+            name,
+            repository,
+            shape,
+            user["classes"],
+            prep,
+            data,
+            user.get("factory"),
+            Path(checkpoint) if checkpoint else None,
+        )
 
     def load_data(self, path: str | None = None) -> UserData:
         """The data recorded at import (or at ``path``, split the same way), preprocessed as recorded."""
@@ -141,6 +153,8 @@ def user_fields(
         "class_names": list(data.classes) if data else None,
         "preprocessing": prep.as_dict(),
         "data": data.spec.as_dict() if data else None,
+        "splits": {name: len(getattr(data, name)) for name in ("train", "val", "test")} if data else None,
+        "given_splits": data.given_splits if data else None,
         "factory": factory,
     }
 
