@@ -51,11 +51,15 @@ def deployed_table(models: list[dict]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for m in sorted((m for m in models if m["role"] == "deployed"), key=lambda m: m["name"]):
-        cfg, tr = m["training"]["config"], m["training"]
+        cfg, tr = m["training"].get("config", {}), m["training"]
         options = [f"{k}={cfg[k]}" for k in ("hflip", "mixup_alpha", "label_smoothing") if cfg.get(k)]
+        # a model brought to `python -m export import` was trained elsewhere: its factory (or ONNX file)
+        arch = cfg.get("arch") or m["onnx"].get("factory") or m["onnx"].get("source", "imported")
+        epochs = f"{tr['epochs']} ({tr['best_epoch']})" if "epochs" in tr else "imported"
+        accuracy = m["metrics"].get("test_accuracy")
         rows.append(
-            f"| {m['name']} | {cfg['arch']} | {m['metrics']['test_accuracy']:.2%} | {', '.join(options) or '–'}"
-            f" | {tr['epochs']} ({tr['best_epoch']}) | {tr['seconds']} | {m.get('device_name', m.get('device'))} |"
+            f"| {m['name']} | {arch} | {'–' if accuracy is None else f'{accuracy:.2%}'} | {', '.join(options) or '–'}"
+            f" | {epochs} | {tr.get('seconds', '–')} | {m.get('device_name', m.get('device'))} |"
         )
     return "\n".join(rows)
 

@@ -135,7 +135,7 @@ def parity(args: ParityArgs, run: RunInfo) -> dict:
     check = train.parity_inputs(data.test.images, torch.arange(4 * args.k, device=device).view(4, -1), args.encoder)
     entry = _export(result, name, args.repository, check, (served.classes,), run, served, user)
     entry |= {"role": "parity", "encoder": args.encoder, "k": args.k, "metrics": metrics}
-    entry["training"]["config"]["arch"] = factory
+    entry["training"]["config"] = {**args.cfg.as_dict(), "arch": factory}
     update_manifest(args.repository, [entry])
     return entry
 

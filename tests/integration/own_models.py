@@ -5,6 +5,7 @@
   in one folder per class.
 - ``tiny_mlp``: an MLP on 1 x 20 x 24 images, 3 classes: a bright band in the top, middle or bottom third, in
   an ``.npz`` (``x`` N x H x W x C uint8, ``y``).
+- ``linear``: an exact oracle for the decoders.
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ def tiny_resnet() -> nn.Module:
 
 def tiny_mlp() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(20 * 24, 32), nn.ReLU(), nn.Linear(32, 3))
+
+
+def linear() -> nn.Module:
+    """A linear classifier on 2 x 6 x 5 inputs, 3 classes: ParM with a bias-scaled copy, and COIN's plain
+    average, decode it exactly."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(2 * 6 * 5, 3))
 
 
 def quadrant_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
