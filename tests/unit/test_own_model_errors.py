@@ -88,3 +88,10 @@ def test_the_cli_reports_a_model_error_in_one_line(tmp_path, capsys):
     path = _onnx(tmp_path / "m.onnx", ["batch", 8], ["batch", 8])
     assert cli.main(["import", "--onnx", str(path), "--name", "m", "--out", str(tmp_path / "repo")]) == 2
     assert "python -m export import: the ONNX input 'x' has dims" in capsys.readouterr().err
+
+
+def test_a_factory_is_found_by_file_path_as_well_as_by_import_path(tmp_path):
+    (tmp_path / "net.py").write_text("from torch import nn\n\ndef build():\n    return nn.Linear(4, 2)\n")
+    assert isinstance(load_factory(f"{tmp_path / 'net.py'}:build")(), nn.Linear)
+    with pytest.raises(ModelError, match="no file"):
+        load_factory(f"{tmp_path / 'absent.py'}:build")
