@@ -68,13 +68,7 @@ def _config(args: argparse.Namespace, **extra) -> TrainConfig:
     )
 
 
-def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(
-        prog="python -m export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = root.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("import", help="your PyTorch model or ONNX file into the repository, with its configs")
+def _add_import(p: argparse.ArgumentParser) -> None:
     _common(p, "the name clients and routes use")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="package.module:factory or path/to/model.py:factory (returns an nn.Module)")
@@ -90,7 +84,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mean", type=_floats, default=(0.0,), help="then this is subtracted (one, or one per channel)")
     p.add_argument("--std", type=_floats, default=(1.0,), help="and the result divided by this")
 
-    p = sub.add_parser("parity", help="a ParM parity model for k and an encoder")
+
+def _add_parity(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--k", type=int, default=2)
     p.add_argument("--encoder", choices=sorted(ENCODERS), default="add")
@@ -101,7 +96,8 @@ def parser() -> argparse.ArgumentParser:
     _train_args(p, epochs=20, batch=64)
     _data_args(p)
 
-    p = sub.add_parser("collage", help="a Collage-CNN collage model for s x s queries")
+
+def _add_collage(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--s", type=int, default=2, help="cells a side: 2, 3 or 4")
     p.add_argument("--width", type=int, default=64, help="channels of the per-cell CNN")
@@ -109,7 +105,8 @@ def parser() -> argparse.ArgumentParser:
     _train_args(p, epochs=20, batch=64)
     _data_args(p)
 
-    p = sub.add_parser("coin", help="COIN: k member models and their coded model")
+
+def _add_coin(p: argparse.ArgumentParser) -> None:
     _common(p, "the set's name: members NAME_m0.., the coded model NAME_k{k}_{method}")
     p.add_argument("--like", required=True, help="an imported model whose input, preprocessing and data to share")
     p.add_argument("--model", required=True, help="the members' factory")
@@ -120,7 +117,8 @@ def parser() -> argparse.ArgumentParser:
     _train_args(p, epochs=10, batch=128, lr=1e-3)
     _data_args(p)
 
-    p = sub.add_parser("evaluate", help="every scheme's degraded-mode accuracy on the test split (onnxruntime)")
+
+def _add_evaluate(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--rounds", type=int, default=2, help="random partitions into coding groups")
     p.add_argument("--approxifer", default="2,1;4,1;8,1;8,2", help="K,S settings, ';'-separated ('' for none)")
@@ -128,12 +126,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _data_args(p)
 
-    p = sub.add_parser("route", help="the frontend's --route and the models to load for a scheme")
+
+def _add_route(p: argparse.ArgumentParser) -> None:
     _common(p, "the served model (COIN: the set's name)")
     p.add_argument("--scheme", choices=own_route.SCHEMES, required=True)
     p.add_argument("--k", type=int, default=2, help="queries per group (collage: s², COIN: members)")
     p.add_argument("--option", action="append", default=[], help="KEY=VALUE scheme option, e.g. encoder=concat")
-    return root
 
 
 def run_import(args: argparse.Namespace, run: RunInfo) -> None:
@@ -167,61 +165,87 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = device_of(getattr(args, "device", "cpu"))
         run = RunInfo.current("user", device, argv=sys.argv[1:] if argv is None else argv, module="export")
-        _dispatch(args, run)
+        COMMANDS[args.command][2](args, run)
     except (ModelError, DataError, ValueError, FileNotFoundError) as exc:
         print(f"python -m export {args.command}: {exc}", file=sys.stderr)
         return 2
     return 0
 
 
-def _dispatch(args: argparse.Namespace, run: RunInfo) -> None:
-    if args.command == "import":
-        run_import(args, run)
-    elif args.command == "parity":
-        cfg = _config(args, decode_ce_weight=args.helper_weight, warm_start=args.warm_start, augment=False)
-        spec = own_coded.ParityArgs(
-            args.name, args.out, args.encoder, args.k, cfg, args.device, args.parity_model, args.checkpoint, args.data
-        )
-        e = own_coded.parity(spec, run)
-        m = e["metrics"]
-        _print_coded(e, f"A_a {m['deployed_accuracy']:.2%}, A_d {m['degraded_accuracy']:.2%} (test, every slot erased)")
-    elif args.command == "collage":
-        cfg = _config(args, augment=args.shift)
-        e = own_coded.collage(
-            own_coded.CollageArgs(args.name, args.out, args.s, cfg, args.width, args.device, args.data), run
-        )
-        _print_coded(e, f"per-cell test accuracy {e['metrics']['cell_accuracy']:.2%}")
-    elif args.command == "coin":
-        coin = own_coded.CoinArgs(
-            args.name,
-            args.out,
-            args.like,
-            args.model,
-            tuple(args.checkpoints),
-            args.method,
-            _config(args, augment=False),
-            args.fisher_samples,
-            args.bn,
-            args.device,
-            args.data,
-        )
-        for e in own_coded.coin(coin, run):
-            if e["role"] == "coin_member":
-                _print_coded(e, f"member, test accuracy {e['metrics']['test_accuracy']:.2%}")
-            else:
-                agree = ", ".join(f"{a:.2%}" for a in e["metrics"]["decoded_agrees_with_member"])
-                _print_coded(e, f"coded model ({e['encoder']}); a missing member decoded agrees with it: {agree}")
-                if min(e["metrics"]["decoded_agrees_with_member"]) < 0.5:
-                    print(
-                        "warning: members trained from different starting points do not merge; COIN's members "
-                        "are fine-tunes of one base model",
-                        file=sys.stderr,
-                    )
-    elif args.command == "evaluate":
-        settings = [tuple(int(v) for v in s.split(",")) for s in args.approxifer.split(";") if s]
-        acc, rows = degraded.evaluate(args.out, args.name, args.data, args.rounds, args.seed, settings, args.limit)  # type: ignore[arg-type]
-        n = min(args.limit or 10**12, len(own_import.Served.of(args.out, args.name).load_data(args.data).test))
-        print(degraded.markdown(args.name, acc, rows, n))
-    elif args.command == "route":
-        options = dict(o.split("=", 1) for o in args.option)
-        print("\n".join(own_route.route(args.name, args.scheme, args.k, args.out, options).lines(args.out)))
+def run_parity(args: argparse.Namespace, run: RunInfo) -> None:
+    cfg = _config(args, decode_ce_weight=args.helper_weight, warm_start=args.warm_start, augment=False)
+    spec = own_coded.ParityArgs(
+        args.name, args.out, args.encoder, args.k, cfg, args.device, args.parity_model, args.checkpoint, args.data
+    )
+    e = own_coded.parity(spec, run)
+    m = e["metrics"]
+    _print_coded(e, f"A_a {m['deployed_accuracy']:.2%}, A_d {m['degraded_accuracy']:.2%} (test, every slot erased)")
+
+
+def run_collage(args: argparse.Namespace, run: RunInfo) -> None:
+    spec = own_coded.CollageArgs(
+        args.name, args.out, args.s, _config(args, augment=args.shift), args.width, args.device, args.data
+    )
+    e = own_coded.collage(spec, run)
+    _print_coded(e, f"per-cell test accuracy {e['metrics']['cell_accuracy']:.2%}")
+
+
+def run_coin(args: argparse.Namespace, run: RunInfo) -> None:
+    cfg = _config(args, augment=False)
+    spec = own_coded.CoinArgs(
+        args.name,
+        args.out,
+        args.like,
+        args.model,
+        tuple(args.checkpoints),
+        args.method,
+        cfg,
+        args.fisher_samples,
+        args.bn,
+        args.device,
+        args.data,
+    )
+    for e in own_coded.coin(spec, run):
+        if e["role"] == "coin_member":
+            _print_coded(e, f"member, test accuracy {e['metrics']['test_accuracy']:.2%}")
+            continue
+        agree = e["metrics"]["decoded_agrees_with_member"]
+        text = ", ".join(f"{a:.2%}" for a in agree)
+        _print_coded(e, f"coded model ({e['encoder']}); a missing member decoded agrees with it: {text}")
+        if min(agree) < 0.5:
+            print(
+                "warning: members trained from different starting points do not merge; COIN's members are "
+                "fine-tunes of one base model",
+                file=sys.stderr,
+            )
+
+
+def run_evaluate(args: argparse.Namespace, run: RunInfo) -> None:
+    settings = [(int(k), int(s)) for k, s in (item.split(",") for item in args.approxifer.split(";") if item)]
+    result = degraded.evaluate(args.out, args.name, args.data, args.rounds, args.seed, settings, args.limit)
+    print(degraded.markdown(args.name, result))
+
+
+def run_route(args: argparse.Namespace, run: RunInfo) -> None:
+    options = dict(o.split("=", 1) for o in args.option)
+    print("\n".join(own_route.route(args.name, args.scheme, args.k, args.out, options).lines(args.out)))
+
+
+COMMANDS = {
+    "import": ("your PyTorch model or ONNX file into the repository, with its configs", _add_import, run_import),
+    "parity": ("a ParM parity model for k and an encoder", _add_parity, run_parity),
+    "collage": ("a Collage-CNN collage model for s x s queries", _add_collage, run_collage),
+    "coin": ("COIN: k member models and their coded model", _add_coin, run_coin),
+    "evaluate": ("every scheme's degraded-mode accuracy on the test split (onnxruntime)", _add_evaluate, run_evaluate),
+    "route": ("the frontend's --route and the models to load for a scheme", _add_route, run_route),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="python -m export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = root.add_subparsers(dest="command", required=True)
+    for name, (help_text, add, _) in COMMANDS.items():
+        add(sub.add_parser(name, help=help_text))
+    return root

@@ -53,6 +53,13 @@ class Row:
         )
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    accuracy: float  # the deployed model's, on the images evaluated
+    images: int
+    rows: list[Row]
+
+
 HEADER = (
     "| scheme | coded models | k | extra load | A_a (all answers in) | A_d (degraded) | A_a − A_d | "
     "agrees with deployed | decoded answers |\n|---|---|---|---|---|---|---|---|---|"
@@ -155,7 +162,7 @@ def evaluate(
     seed: int = 0,
     approxifer: Sequence[tuple[int, int]] = APPROXIFER_SETTINGS,
     limit: int | None = None,
-) -> tuple[float, list[Row]]:
+) -> Evaluation:
     """The deployed model's test accuracy and one row per coded model made for ``name`` and per ApproxIFER setting."""
     served = Served.of(repository, name)
     test = served.load_data(data_path).test
@@ -175,15 +182,15 @@ def evaluate(
         elif entry["role"] == "coin_coded":
             rows.append(coin_row(entry, repository, x, y))
     rows += [approxifer_row(k, s, model, x, y, rounds, rng) for k, s in approxifer if k <= len(y)]
-    return float((model(x).argmax(-1) == y).mean()), rows
+    return Evaluation(float((model(x).argmax(-1) == y).mean()), len(y), rows)
 
 
-def markdown(name: str, accuracy: float, rows: Sequence[Row], n: int) -> str:
+def markdown(name: str, result: Evaluation) -> str:
     return "\n".join(
         [
-            f"Deployed model {name}: test accuracy {accuracy:.2%} on {n} test images.",
+            f"Deployed model {name}: test accuracy {result.accuracy:.2%} on {result.images} test images.",
             "",
             HEADER,
-            *(r.markdown() for r in rows),
+            *(r.markdown() for r in result.rows),
         ]
     )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coding.schemes import get_scheme
+from export.manifest import read_manifest
 from export.own_import import model_path
 
 SCHEMES = ("none", "hedge", "parm", "collage", "approxifer", "coin")
@@ -47,5 +48,15 @@ def route(name: str, scheme: str, k: int, repository: Path, options: dict[str, s
         text = f"{name}={scheme}:" + ",".join(p for p in (k_text, params) if p)
         code = get_scheme(scheme, k, options)
         models = tuple(dict.fromkeys(code.models(name).values()))
+        shape = _input_shape(repository, models[0])
+        problem = code.rejects(shape) if shape else None
+        if problem:
+            raise ValueError(f"{text}: {problem} ({models[0]} takes {list(shape or ())})")
     missing = tuple(m for m in models if not model_path(repository, m).is_file())
     return RouteText(text, models, missing)
+
+
+def _input_shape(repository: Path, model: str) -> tuple[int, ...] | None:
+    """One query's shape as import recorded it (None for a model not imported with ``python -m export``)."""
+    user = read_manifest(repository).get(model, {}).get("user") or {}
+    return tuple(user["input_shape"]) if "input_shape" in user else None
