@@ -18,11 +18,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from torch import nn
 
 from export import user_data, user_model
 from export.manifest import RunInfo, entry_of, model_entry, update_manifest
-from export.onnx_export import OPSET, onnx_io, onnx_providers, sha256_file, write_configs, write_model
+from export.onnx_export import OPSET, onnx_providers, sha256_file, write_configs, write_model
 from export.user_data import DataSpec, Preprocessing, UserData
 
 log = logging.getLogger(__name__)
@@ -110,11 +109,6 @@ def _check_batch(shape: tuple[int, ...], data: UserData | None) -> np.ndarray:
     return np.random.default_rng(0).standard_normal((4, *shape)).astype(np.float32)
 
 
-def export_torch(model: nn.Module, name: str, out: Path, shape: tuple[int, ...], data: UserData | None) -> dict:
-    classes = user_model.check_torch(model, shape)
-    return write_model(model, name, out, _check_batch(shape, data), output_dims=(classes,))
-
-
 def copy_onnx(source: Path, name: str, out: Path) -> dict:
     """Copy a user's ONNX file into the repository, its batch axis dynamic, and write its configs."""
     proto = onnx.load(str(source))
@@ -171,28 +165,36 @@ class ImportArgs:
     data: DataSpec | None = None
 
 
+def _import_onnx(args: ImportArgs, data: UserData | None) -> tuple[dict, tuple[int, ...], int]:
+    assert args.onnx_file is not None
+    inp, out = user_model.check_onnx_classifier(onnx.load(str(args.onnx_file)))
+    shape, classes = tuple(int(d) for d in inp.dims[1:]), int(out.dims[1])
+    if data is not None:
+        check_data(data, shape, classes)  # before anything is written
+    return {**copy_onnx(args.onnx_file, args.name, args.out), "onnx": str(args.onnx_file)}, shape, classes
+
+
+def _import_torch(args: ImportArgs, data: UserData | None) -> tuple[dict, tuple[int, ...], int]:
+    assert args.factory is not None
+    shape = args.input_shape or (data.shape if data else ())
+    if not shape:
+        raise user_model.ModelError("a PyTorch model needs --input-shape C,H,W or --data to read it from")
+    torch.manual_seed(0)
+    model = user_model.load_torch(args.factory, args.checkpoint)
+    classes = user_model.check_torch(model, shape)
+    if data is not None:
+        check_data(data, shape, classes)  # before anything is written
+    facts = write_model(model, args.name, args.out, _check_batch(shape, data), output_dims=(classes,))
+    facts["factory"] = args.factory
+    if args.checkpoint:
+        facts |= {"checkpoint": str(args.checkpoint), "checkpoint_sha256": sha256_file(args.checkpoint)}
+    return facts, shape, classes
+
+
 def import_model(args: ImportArgs, run: RunInfo) -> dict:
     """Import one model; return its manifest entry (also merged into the manifest)."""
     data = user_data.load(args.data, args.prep) if args.data else None
-    if args.onnx_file is not None:
-        facts = copy_onnx(args.onnx_file, args.name, args.out)
-        inp, out = onnx_io(model_path(args.out, args.name))
-        shape, classes = tuple(int(d) for d in inp[0].dims[1:]), int(out[0].dims[1])
-        source = {"onnx": str(args.onnx_file)}
-    else:
-        assert args.factory is not None
-        shape = args.input_shape or (data.shape if data else ())
-        if not shape:
-            raise user_model.ModelError("a PyTorch model needs --input-shape C,H,W or --data to read it from")
-        torch.manual_seed(0)
-        model = user_model.load_torch(args.factory, args.checkpoint)
-        facts = export_torch(model, args.name, args.out, shape, data)
-        classes = user_model.check_torch(model, shape)
-        source = {"factory": args.factory}
-        if args.checkpoint:
-            source |= {"checkpoint": str(args.checkpoint), "checkpoint_sha256": sha256_file(args.checkpoint)}
-    if data is not None:
-        check_data(data, shape, classes)
+    facts, shape, classes = (_import_onnx if args.onnx_file is not None else _import_torch)(args, data)
     metrics = {"test_accuracy": accuracy(OnnxModel(model_path(args.out, args.name)), data.test)} if data else {}
     entry = model_entry(
         name=args.name,
@@ -201,7 +203,7 @@ def import_model(args: ImportArgs, run: RunInfo) -> dict:
         encoder=None,
         k=None,
         run=run,
-        onnx_facts={**facts, **source},
+        onnx_facts=facts,
         training={},
         metrics=metrics,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -95,3 +96,20 @@ def test_a_factory_is_found_by_file_path_as_well_as_by_import_path(tmp_path):
     assert isinstance(load_factory(f"{tmp_path / 'net.py'}:build")(), nn.Linear)
     with pytest.raises(ModelError, match="no file"):
         load_factory(f"{tmp_path / 'absent.py'}:build")
+
+
+def test_data_that_does_not_fit_the_model_is_refused(tmp_path, capsys):
+    torch.save(own_models.tiny_mlp().state_dict(), tmp_path / "mlp.pt")
+    argv = ["import", "--model", "tests.integration.own_models:tiny_mlp", "--checkpoint", str(tmp_path / "mlp.pt")]
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "wide.npz", x=rng.integers(0, 255, (20, 20, 25, 1)), y=np.arange(20) % 3)
+    np.savez(tmp_path / "four.npz", x=rng.integers(0, 255, (20, 20, 24, 1)), y=np.arange(20) % 4)
+    for data, problem in (
+        ("wide.npz", "the model fails on a batch of 2 inputs of shape [1, 20, 25]"),
+        ("four.npz", "the data has 4 classes; the model answers 3 scores"),
+    ):
+        assert cli.main([*argv, "--data", str(tmp_path / data), "--name", "m", "--out", str(tmp_path / "repo")]) == 2
+        assert problem in capsys.readouterr().err
+    shape = ["--input-shape", "1,20,24", "--data", str(tmp_path / "wide.npz")]
+    assert cli.main([*argv, *shape, "--name", "m", "--out", str(tmp_path / "repo")]) == 2
+    assert "the data's images are [1, 20, 25] (C, H, W); the model takes [1, 20, 24]" in capsys.readouterr().err
