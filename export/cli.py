@@ -90,7 +90,7 @@ def _add_parity(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=2)
     p.add_argument("--encoder", choices=sorted(ENCODERS), default="add")
     p.add_argument("--parity-model", help="the parity model's factory (default: the deployed model's)")
-    p.add_argument("--helper-weight", type=float, default=0.0, help="adds the decoded outputs' cross-entropy")
+    p.add_argument("--decode-ce-weight", type=float, default=0.0, help="adds the decoded outputs' cross-entropy")
     p.add_argument("--warm-start", action="store_true", help="start from the deployed model's weights")
     p.add_argument("--checkpoint", type=Path, help="--warm-start's weights (default: those imported)")
     _train_args(p, epochs=20, batch=64)
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_parity(args: argparse.Namespace, run: RunInfo) -> None:
-    cfg = _config(args, decode_ce_weight=args.helper_weight, warm_start=args.warm_start, augment=False)
+    cfg = _config(args, decode_ce_weight=args.decode_ce_weight, warm_start=args.warm_start, augment=False)
     spec = own_coded.ParityArgs(
         args.name, args.out, args.encoder, args.k, cfg, args.device, args.parity_model, args.checkpoint, args.data
     )

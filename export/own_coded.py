@@ -8,7 +8,7 @@ with onnxruntime, so a parity model learns what Triton answers, whether the user
 
 - parity: ParM (Kosaian et al., 2019). Architecture: the deployed model's factory (a fresh copy) by default, or
   any ``--parity-model`` factory; an ONNX import names one. Objective: MSE of the parity output to the sum of
-  the deployed model's k outputs; ``--helper-weight`` adds the decoded outputs' cross-entropy, ``--warm-start``
+  the deployed model's k outputs; ``--decode-ce-weight`` adds the decoded outputs' cross-entropy, ``--warm-start``
   starts from the deployed weights.
 - collage: Collage-CNN (Narra et al., 2019), s x s cells, one shared CNN per cell, trained on true labels.
 - coin: COIN's coded model from k member checkpoints (one factory): Fisher-weighted, plain average, or
