@@ -8,7 +8,8 @@ encoder and decoder services call), on the exported ONNX files (what Triton serv
   and decoded from the parity model's output and the other k − 1 (ParM's protocol, export.train.evaluate_parity).
 - Collage: the same, the missing query's answer read off its cell.
 - ApproxIFER (K, S): groups of K, N = K + S coded queries on the deployed model, S random workers missing,
-  all K answers decoded (non-systematic; export.eval_approxifer's ``approxifer`` column).
+  all K answers decoded (non-systematic; export.eval_approxifer's ``approxifer`` column); and systematic,
+  the K originals served with S Berrut parities, S originals missing and decoded (A_d over those alone).
 - COIN: each member in turn missing, decoded from the coded model and the other members.
 
 Columns: A_a is the deployed model's accuracy on the same queries (COIN: the members' mean); A_d the decoded
@@ -116,24 +117,33 @@ def collage_row(entry: dict, served: OnnxModel, repo: Path, x: np.ndarray, y: np
     return Row(f"collage (s={s})", entry["name"], s * s, 1 / (s * s), *result)
 
 
-def approxifer_row(k: int, s: int, served: OnnxModel, x: np.ndarray, y: np.ndarray, rounds: int, rng) -> Row:
-    """Non-systematic ApproxIFER: S of N = K + S workers missing at random; all K answers decoded."""
-    scheme = ApproxiferScheme(k, s=s)
+def approxifer_row(
+    k: int, s: int, served: OnnxModel, x: np.ndarray, y: np.ndarray, rounds: int, rng, systematic: bool = False
+) -> Row:
+    """ApproxIFER, S of the N = K + S workers missing at random. Non-systematic: all K answers decoded from
+    the N − S coded outputs. Systematic: the K originals served, S of them missing, decoded from the others
+    and the S parities (export.eval_approxifer's "systematic, missing only" column)."""
+    scheme = ApproxiferScheme(k, s=s, systematic=systematic)
     groups = random_groups(len(y), k, rounds, rng)
     coded = _coded_outputs(scheme, served, x, groups)
     own = served(x)[groups]
-    hits = agree = 0
+    hits = agree = decoded = 0
     for g in range(len(groups)):
+        data: list[np.ndarray | None] = list(own[g]) if systematic else [None] * k
         arrived: list[np.ndarray | None] = list(coded[g])
-        for w in rng.choice(scheme.workers, s, replace=False):
-            arrived[w] = None
-        answers, _ = scheme.decode_slots([None] * k, arrived)
-        top = np.argmax(np.stack(answers), -1)
-        hits += int((top == y[groups[g]]).sum())
-        agree += int((top == own[g].argmax(-1)).sum())
-    n = groups.size
+        slots = data if systematic else arrived
+        missing = rng.choice(len(slots), s, replace=False)
+        for w in missing:
+            slots[w] = None
+        answers, _ = scheme.decode_slots(data, arrived)
+        judged = np.sort(missing) if systematic else np.arange(k)  # systematic: only the rebuilt ones count
+        top = np.argmax(np.stack(answers), -1)[judged]
+        hits += int((top == y[groups[g]][judged]).sum())
+        agree += int((top == own[g].argmax(-1)[judged]).sum())
+        decoded += len(judged)
     a_a = float((own.argmax(-1) == y[groups]).mean())
-    return Row(f"approxifer (S={s})", "– (deployed model)", k, s / k, a_a, hits / n, agree / n, n)
+    name = f"approxifer {'systematic ' if systematic else ''}(S={s})"
+    return Row(name, "– (deployed model)", k, s / k, a_a, hits / decoded, agree / decoded, decoded)
 
 
 def coin_row(entry: dict, repo: Path, x: np.ndarray, y: np.ndarray) -> Row:
@@ -181,7 +191,8 @@ def evaluate(
             rows.append(collage_row(entry, model, repository, x, y, rounds, rng))
         elif entry["role"] == "coin_coded":
             rows.append(coin_row(entry, repository, x, y))
-    rows += [approxifer_row(k, s, model, x, y, rounds, rng) for k, s in approxifer if k <= len(y)]
+    for k, s in (setting for setting in approxifer if setting[0] <= len(y)):
+        rows += [approxifer_row(k, s, model, x, y, rounds, rng, systematic) for systematic in (False, True)]
     return Evaluation(float((model(x).argmax(-1) == y).mean()), len(y), rows)
 
 

@@ -144,7 +144,7 @@ def test_evaluate_has_a_row_per_coded_model_and_its_a_a_is_the_deployed_accuracy
     _cli("evaluate", "--name", "quads", "--out", str(repo), "--approxifer", "2,1")
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "scheme" not in line]
     schemes = [r.split(" | ")[0] for r in rows]
-    assert schemes == ["| coin (fisher)", "| parm (add)", "| approxifer (S=1)"]
+    assert schemes == ["| coin (fisher)", "| parm (add)", "| approxifer (S=1)", "| approxifer systematic (S=1)"]
     served = Served.of(repo, "quads")
     test = served.load_data().test
     accuracy = float((served.model()(test.x).argmax(-1) == test.y).mean())
