@@ -324,6 +324,7 @@ class TritonServer:
                 [*_die_with_parent(), *self.command(install, backends)], stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT,
                 env=server_env(install, self.config), start_new_session=True,
+                cwd=self.config.build_dir,  # not the caller's: Triton's Python stub would import a model.py there
             )  # fmt: skip
         self._started_at = time.monotonic()
         self._start_time = shm.start_time(self._proc.pid)

@@ -154,6 +154,21 @@ def test_serves_onnx_config_over_grpc(repository: Path, tmp_path: Path) -> None:
     _assert_gone(pid)
 
 
+def test_a_model_py_in_the_callers_directory_does_not_shadow_the_backend(
+    repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Triton's Python stub imports a module named ``model``: started from a folder holding a user's
+    model.py, it used to import that one and fail to load every model."""
+    here = tmp_path / "project"
+    here.mkdir()
+    (here / "model.py").write_text("raise ImportError('the user model.py, not the backend')\n")
+    monkeypatch.chdir(here)
+    with TritonServer(_config(repository, tmp_path, ("tiny",))) as server:
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            assert client.is_model_ready("tiny")
+            assert _infer(client, "tiny", np.zeros((1, 4), np.float32)).shape == (1, 3)
+
+
 def test_dynamic_batches_split_back_per_request(repository: Path, tmp_path: Path) -> None:
     """Concurrent requests of different sizes get merged into batches and each gets its own rows back."""
     session = ort.InferenceSession(str(repository / "tiny" / "1" / "model.onnx"))
