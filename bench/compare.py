@@ -22,8 +22,9 @@ and one frontend per scheme:
 
 Then, for each scheme in turn, an open-loop Poisson load with a fault profile injected from
 outside (SIGSTOP stalls, a CPU tenant, SIGKILLed workers, held network links, ParM's shuffles),
-or Collage-CNN's service-time recipe applied by the frontends. With --netns (forced by the
-network profiles) each tritonserver runs in its own network namespace behind a shaped link.
+or Collage-CNN's service-time recipe emulated in the Tritons (each execution holds its instance).
+With --netns (forced by the network profiles) each tritonserver runs in its own network namespace
+behind a shaped link.
 Writes a Markdown table, JSON and PNG plots to bench/results/.
 """
 
@@ -48,7 +49,7 @@ import tritonclient.grpc.aio as triton_aio
 from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 
 from bench import plots, stats
-from bench.faults import FRONTEND_FLAGS, PROFILES
+from bench.faults import PROFILES, SERVICE_TIMES
 from bench.load import Record, Sender, frontend_sender, run_load, triton_sender
 from bench.netns import WorkerNetwork, unavailable
 from bench.report import Summary, markdown_table, summarize
@@ -123,12 +124,11 @@ def frontend_specs(
     coding: str = "services",
     batch_inflight: int = 1,
     resend_after_ms: float = RESEND_AFTER_MS,
-    profile: str = "none",
 ) -> dict[str, FrontendSpec]:
-    """One frontend per scheme, as the comparison runs them (``profile``: its frontend-applied flags).
-    Batching applies to every scheme alike; deadlines and the coding location to the coded ones."""
+    """One frontend per scheme, as the comparison runs them. Batching applies to every scheme alike;
+    deadlines and the coding location to the coded ones."""
     common = ["--max-inflight", "100000", "--max-inflight-per-client", "100000", "--no-refuse-by-wait"]
-    common += ["--default-deadline-s", "10", *FRONTEND_FLAGS.get(profile, ())]  # latency, not admission, is measured
+    common += ["--default-deadline-s", "10"]  # latency, not admission, is measured
     common += ["--batch-inflight", str(batch_inflight)]
     timeouts = ["--straggler-timeout-ms", str(straggler_timeout_ms), "--fill-timeout-ms", str(fill_timeout_ms)]
     if straggler_quantile is not None:
@@ -251,7 +251,6 @@ def run_all(args: argparse.Namespace) -> list[SchemeRun]:
         coding=args.coding,
         batch_inflight=args.batch_inflight,
         resend_after_ms=args.resend_after_ms,
-        profile=args.profile,
     )
     specs = {name: s for name, s in all_specs.items() if name in args.schemes}
     served = {name: coin_set(model) if name in COIN_SCHEMES else model for name in args.schemes}
@@ -267,6 +266,8 @@ def run_all(args: argparse.Namespace) -> list[SchemeRun]:
                 triton_count=3,
                 log_dir=REPO_ROOT / ".logs" / "compare",
                 network=network,
+                service_time=SERVICE_TIMES.get(args.profile, ""),
+                service_time_seed=args.seed,
             )
         )
         calls = dict.fromkeys(args.schemes, 0)
@@ -470,9 +471,6 @@ def main(argv: list[str] | None = None) -> list[SchemeRun]:
         args.netns = True
     if args.netns and (reason := unavailable()):
         raise SystemExit(f"--netns / profile {args.profile!r}: {reason}")
-    if args.profile in FRONTEND_FLAGS and "direct" in args.schemes:
-        # The profile is applied by the frontends; a client straight to Triton would not see it.
-        args.schemes.remove("direct")
     args.command = "python -m bench.compare " + " ".join(argv if argv is not None else sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -3,7 +3,8 @@
 Starts the real tritonserver (CPU) with the committed MNIST models, the encoder, the decoder and
 two frontends over the same Triton — one coded (ParM), one uncoded — with the same injected
 faults on deployed-model calls. Sends the MNIST test split through each at a steady Poisson rate,
-prints latency and accuracy side by side, and stops everything it started.
+prints latency and accuracy side by side, and stops everything it started. With ``--service-time``
+Triton holds each instance for an emulated accelerator time (``'*=collage'``: Collage-CNN's own).
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fail-share", type=float, default=0.01, help="share of deployed-model calls failed")
     p.add_argument("--straggler-timeout-ms", type=float, default=15.0)
     p.add_argument("--fill-timeout-ms", type=float, default=10.0)
+    p.add_argument(
+        "--service-time",
+        default="",
+        metavar="MODEL=LAW[;...]",
+        help="emulated accelerator time in Triton (python -m triton_local --service-time), e.g. '*=collage' "
+        "for Collage-CNN's published worker latencies; requests queue behind a busy instance (default: off)",
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -83,7 +91,7 @@ def main() -> None:
     label = f"ParM {args.encoder} k={args.k}" if args.scheme == "parm" else f"Collage-CNN {coded_route.k} cells"
     frontends = {"coded": _frontend_flags(args, route), "uncoded": _frontend_flags(args, f"{deployed}=none")}
     parity = coded_route.parity_model
-    with Stack([deployed, parity], frontends) as stack:
+    with Stack([deployed, parity], frontends, service_time=args.service_time) as stack:
         log.info(
             "stack ready in %.1f s; sending %d queries at %.0f q/s to each frontend",
             time.perf_counter() - began,
@@ -99,6 +107,7 @@ def main() -> None:
         f"{len(images)} {args.dataset} test queries per run at {args.rate:.0f} q/s (Poisson); faults on "
         f"deployed-model calls: {args.delay_share:.0%} delayed {args.delay_ms} ms, {args.fail_share:.0%} failed; "
         f"straggler timeout {args.straggler_timeout_ms:.0f} ms"
+        + (f"; emulated service time {args.service_time}" if args.service_time else "")
     )
     print(markdown_table(summaries))
     args.out.parent.mkdir(parents=True, exist_ok=True)

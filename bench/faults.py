@@ -8,15 +8,19 @@
   ``stalls``: the worker runs, its requests wait in the link's queue). Needs the workers in namespaces.
 - ``shuffles``: ParM's published background load (methods.md §1.6): concurrent loops, each sending a random
   128–256 MB between two random workers over their shaped links, so queries queue behind bulk traffic.
-- ``collage``: Collage-CNN's published recipe (methods.md §2.4): every worker answer takes a latency drawn
-  from the artifact's empirical distribution. It is a per-call service time, so the frontend applies it
-  (``--inject-service-time collage``); nothing runs here.
+- ``collage``: Collage-CNN's published recipe (methods.md §2.4): every execution of every model holds its
+  Triton instance for a time drawn from the artifact's empirical distribution, so requests queue behind a
+  busy instance. It is emulated accelerator time, applied by the Tritons themselves
+  (:data:`SERVICE_TIMES`: ``python -m triton_local --service-time '*=collage'``); nothing runs here.
 - ``none``: nothing, the control.
 Every injector runs in one thread, stops when its run ends, and always SIGCONTs (releases) what it stopped.
+:class:`InstanceStalls` is ``stalls`` with a schedule per worker, for the testbed's many instances.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import multiprocessing
 import os
@@ -26,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from bench.netns import WorkerNetwork
@@ -123,6 +127,103 @@ class Stalls(Bursts):
 
     def _resume(self, victim: int) -> None:
         os.kill(self._stopped, signal.SIGCONT)
+
+
+@dataclass(frozen=True)
+class InstanceStallProfile:
+    """Every worker on its own schedule: stalls of U(``stall_ms``), U(``every_s``) apart (from the end of one
+    to the start of the next), the first at a uniform point of a first gap, as if the schedule were already
+    under way when the run began."""
+
+    stall_ms: tuple[float, float] = (20.0, 100.0)
+    every_s: tuple[float, float] = (0.3, 1.0)
+
+    def scaled(self, factor: float) -> InstanceStallProfile:
+        """The same schedule with every time multiplied by ``factor`` (a testbed's slowed-down clock)."""
+        return InstanceStallProfile(
+            (self.stall_ms[0] * factor, self.stall_ms[1] * factor), (self.every_s[0] * factor, self.every_s[1] * factor)
+        )
+
+    @property
+    def stalled_share(self) -> float:
+        """The long-run share of time one worker spends stalled."""
+        stall_s = sum(self.stall_ms) / 2e3
+        return stall_s / (stall_s + sum(self.every_s) / 2)
+
+
+def worker_stalls(profile: InstanceStallProfile, seed: int, worker: int) -> Iterator[tuple[float, float, int]]:
+    """Worker ``worker``'s stalls as (start s, length s, worker), forever, in order. Its own stream (seeded by
+    seed and worker): a worker's schedule is the same whichever other workers run, so every scheme of a run
+    that uses worker i sees worker i stall at the same times (common random numbers)."""
+    rng = random.Random(f"{seed}/stalls/{worker}")
+    start = rng.uniform(0.0, rng.uniform(*profile.every_s))
+    while True:
+        length = rng.uniform(*profile.stall_ms) / 1e3
+        yield start, length, worker
+        start += length + rng.uniform(*profile.every_s)
+
+
+def stall_schedule(
+    profile: InstanceStallProfile, workers: int, seed: int, horizon_s: float
+) -> list[tuple[float, float, int]]:
+    """Every stall that starts before ``horizon_s``, all workers merged in order of start."""
+    merged = heapq.merge(*(worker_stalls(profile, seed, w) for w in range(workers)))
+    return list(itertools.takewhile(lambda stall: stall[0] < horizon_s, merged))
+
+
+class InstanceStalls(FaultInjector):
+    """SIGSTOP each tritonserver on its own schedule (:func:`worker_stalls`), then SIGCONT it; stalls of
+    different workers may overlap. For a testbed of many instances, where one global schedule (``stalls``)
+    would stall each instance less often the more instances there are."""
+
+    name = "instance-stalls"
+
+    def __init__(
+        self,
+        workers: Sequence[TritonServer],
+        seed: int = 0,
+        network: WorkerNetwork | None = None,
+        profile: InstanceStallProfile | None = None,
+    ) -> None:
+        super().__init__(workers, seed, network)
+        self.seed = seed
+        self.profile = profile or InstanceStallProfile()
+        self._stopped: dict[int, int] = {}  # worker -> the pid SIGSTOPped: exactly that process is SIGCONTed
+
+    def _loop(self) -> None:
+        began = time.monotonic()
+        upcoming = heapq.merge(*(worker_stalls(self.profile, self.seed, w) for w in range(len(self.workers))))
+        start, length, worker = next(upcoming)
+        ends: list[tuple[float, int]] = []
+        while True:
+            release = bool(ends) and ends[0][0] <= start
+            at = ends[0][0] if release else start
+            if self._stop.wait(max(0.0, began + at - time.monotonic())):
+                return
+            if release:
+                self._resume(heapq.heappop(ends)[1])
+                continue
+            if self._pause(worker):
+                heapq.heappush(ends, (start + length, worker))
+            start, length, worker = next(upcoming)
+
+    def _pause(self, worker: int) -> bool:
+        pid = self.workers[worker].pid
+        if pid is None:
+            return False
+        self._stopped[worker] = pid
+        os.kill(pid, signal.SIGSTOP)
+        self.events += 1
+        return True
+
+    def _resume(self, worker: int) -> None:
+        pid = self._stopped.pop(worker, None)
+        if pid is not None:
+            os.kill(pid, signal.SIGCONT)
+
+    def _cleanup(self) -> None:
+        for worker in list(self._stopped):
+            self._resume(worker)
 
 
 def _burn(stop_at: float) -> None:
@@ -271,8 +372,8 @@ PROFILES: dict[str, type[FaultInjector]] = {
     "kills": Kills,
     "netdelay": NetDelay,
     "shuffles": Shuffles,
-    "collage": FaultInjector,  # applied by the frontends themselves: see the module docstring
+    "collage": FaultInjector,  # emulated in the Tritons: see SERVICE_TIMES
 }
 
-# Profiles that the frontends carry out, as the flags that turn them on.
-FRONTEND_FLAGS: dict[str, tuple[str, ...]] = {"collage": ("--inject-service-time", "collage")}
+# Profiles that the Tritons carry out, as their emulated service times (TritonConfig.service_time).
+SERVICE_TIMES: dict[str, str] = {"collage": "*=collage"}

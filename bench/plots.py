@@ -10,6 +10,8 @@ matplotlib.use("Agg")  # files only; no display here
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench import stats  # noqa: E402
+
 
 def latency_plots(out: Path, tag: str, schemes: list[str]) -> list[Path]:
     """Reads ``<tag>-<scheme>-latency.npy`` written by the run; returns the PNG paths."""
@@ -48,6 +50,33 @@ def _gap_bars(out: Path, tag: str, latencies: dict[str, np.ndarray]) -> Path:
     ax.set_ylabel("p99.9 - p50 (ms)")
     ax.set_title(f"Tail gap per scheme: {tag}")
     path = out / f"{tag}-gap.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def cost_frontier(out: Path, tag: str, points: dict[str, tuple[float, stats.Estimate, stats.Estimate]]) -> Path:
+    """p99 and p99.9 (each with its interval) against the extra
+    inference load of each scheme (calls per query over the uncoded baseline's, minus 1): what a lower tail
+    costs. Error bars are the estimates' intervals."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for label, marker in (("p99", "o"), ("p99.9", "s")):
+        xs = np.array([100 * p[0] for p in points.values()])
+        est = [p[1] if label == "p99" else p[2] for p in points.values()]
+        ys = np.array([e.value for e in est])
+        err = np.array([[e.value - e.low for e in est], [e.high - e.value for e in est]])
+        ax.errorbar(xs, ys, yerr=np.nan_to_num(err), fmt=marker, capsize=3, label=label)
+        if label == "p99.9":
+            for name, x, y in zip(points, xs, ys, strict=True):
+                ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    ax.set_yscale("log")
+    ax.set_xlabel("extra inference load (% calls per query over uncoded)")
+    ax.set_ylabel("latency (ms, log)")
+    ax.set_title(f"Cost frontier: {tag}")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.2)
+    path = out / f"{tag}-frontier.png"
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -110,7 +110,8 @@ class FrontendSpec:
 class Stack:
     """``triton_count`` tritonservers + encoder + decoder + frontends. A context manager; every
     process it started is stopped on exit. With a ``network``, Triton i runs in its namespace i and
-    is reached over that namespace's shaped link; everything else stays on 127.0.0.1."""
+    is reached over that namespace's shaped link; everything else stays on 127.0.0.1. Every Triton
+    loads ``models``, unless ``triton_models`` names each one's own (then its length is the count)."""
 
     models: Sequence[str]
     frontends: Mapping[str, FrontendSpec | Sequence[str]]  # name -> spec (a plain list: just its flags)
@@ -126,6 +127,11 @@ class Stack:
     # Triton i draws with seed service_time_seed + i, so the Tritons' draws differ.
     service_time: str = ""
     service_time_seed: int = 0
+    triton_models: Sequence[Sequence[str]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.triton_models is not None:
+            self.triton_count = len(self.triton_models)
 
     def __enter__(self) -> Stack:
         try:
@@ -155,7 +161,7 @@ class Stack:
         for i in range(self.triton_count):
             config = TritonConfig(
                 self.model_repository,
-                models=tuple(self.models),
+                models=tuple(self.models if self.triton_models is None else self.triton_models[i]),
                 log_path=self.log_dir / f"tritonserver-{i}.log",
                 host=self.network.address(i) if self.network else HOST,
                 launcher=self.network.exec_prefix(i) if self.network else (),
@@ -197,7 +203,15 @@ class Stack:
         return f"127.0.0.1:{self.kserve_ports[name]}"
 
     def stop(self) -> None:
+        """Every process told to stop at once (a tritonserver takes seconds to unload its models: a testbed's
+        dozens would take minutes one after another), then each waited for, and killed if it does not exit."""
+        for service in self.services.values():
+            if service.proc is not None and service.proc.poll() is None:
+                service.proc.send_signal(signal.SIGTERM)
         for service in reversed(list(self.services.values())):
             service.stop()
+        for triton in self.tritons:
+            if triton.is_running() and triton.pid is not None:
+                os.kill(triton.pid, signal.SIGTERM)
         for triton in self.tritons:
             triton.stop()

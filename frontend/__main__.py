@@ -14,7 +14,6 @@ from frontend.config import FaultPlan, FrontendConfig, RouteError, parse_route
 from frontend.deadlines import DeadlinePolicy
 from frontend.injection import parse_fault_metadata
 from frontend.server import create_server
-from frontend.service_time import DISTRIBUTIONS
 from service_common import event_loop
 from service_common.channels import DEFAULT_RECONNECT_BACKOFF_MS
 from service_common.cli import Flags, add_common_flags, common_config, legacy_name, new_parser
@@ -273,12 +272,6 @@ def _fault_flags(flags: Flags) -> None:
     add("--inject-fail-share", type=float, default=0.0, help="share of deployed calls failed")
     add("--inject-seed", type=int, default=0, help="seed of the injected faults")
     add(
-        "--inject-service-time",
-        default="",
-        choices=["", *sorted(DISTRIBUTIONS)],
-        help="every Triton call lasts at least a latency drawn from this distribution (collage: Collage-CNN's recipe)",
-    )
-    add(
         "--inject-worker-faults",
         "--inject-coded-faults",
         default="",
@@ -306,7 +299,6 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
             args.inject_seed,
             args.allow_fault_metadata,
             _worker_faults(args.inject_worker_faults),
-            args.inject_service_time,
         )
         triton_tls, coding_tls = _client_tls(args)
         return FrontendConfig(

@@ -176,14 +176,11 @@ class FaultPlan:
     # straggling and one lying ApproxIFER worker, or one slow COIN member. Workers are numbered data slots
     # first, then coded slots (coded slots only when non-systematic), as in coding.berrut.coded_nodes.
     workers: tuple[tuple[int, str], ...] = ()
-    # Every Triton call (deployed and parity) lasts at least a latency drawn from this named distribution
-    # (frontend.service_time; "collage" is Collage-CNN's published straggler recipe). Empty: off.
-    service_time: str = ""
 
     @property
     def active(self) -> bool:
         """Anything to inject: only then does the frontend wrap its Triton pool (frontend.injection)."""
-        return bool(self.delay_share or self.fail_share or self.allow_metadata or self.workers or self.service_time)
+        return bool(self.delay_share or self.fail_share or self.allow_metadata or self.workers)
 
     def __post_init__(self) -> None:
         for name in ("delay_share", "fail_share"):

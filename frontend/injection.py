@@ -1,4 +1,4 @@
-"""Injected faults and service times for demos, tests and benchmarks — never part of production serving.
+"""Injected faults for demos, tests and benchmarks — never part of production serving.
 
 :class:`InjectingPool` wraps the Triton pool; only a frontend started with an ``--inject-*`` flag or
 ``--allow-fault-metadata`` (``FaultPlan.active``) constructs it. Per call, in this order:
@@ -8,14 +8,14 @@
 3. a fault drawn from the plan's shares, for calls that run a deployed model (data or coded);
 
 a failure raises before the call, a delay sleeps before it, ``corrupt`` flips the output's sign (a
-lying worker). Then an injected service time makes the call last at least a drawn latency.
+lying worker). Emulated accelerator time is not injected here: the local Triton holds the instance for it
+(``python -m triton_local --service-time``), so requests queue behind a busy instance.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -23,7 +23,6 @@ import numpy as np
 
 from frontend.completion import Done, awaited, run_then
 from frontend.config import FaultPlan
-from frontend.service_time import ServiceTime
 from frontend.workers import CallInfo, ModelSignature, Pool, WorkerError
 
 
@@ -71,7 +70,6 @@ class InjectingPool:
         self._deployed = frozenset(deployed_models)
         self._drawn = FaultInjector(plan)
         self._pinned = {worker: parse_fault_metadata(fault) for worker, fault in plan.workers}
-        self._service_time = ServiceTime(plan.service_time, plan.seed) if plan.service_time else None
 
     async def start(self) -> None:
         await self._pool.start()
@@ -103,20 +101,15 @@ class InjectingPool:
         """Straight to the wrapped pool where the call draws no fault (no task of its own), else through
         a task that injects the fault around it."""
         fault = self.fault_for(call)  # drawn once per call
-        if fault is None and self._service_time is None:
+        if fault is None:
             self._pool.send(call, batch, signature, done)
         else:
             run_then(self._faulty(call, batch, signature, fault), done)
 
-    async def _faulty(
-        self, call: CallInfo, batch: np.ndarray, signature: ModelSignature, fault: Fault | None
-    ) -> np.ndarray:
-        if fault is not None and fault.fail:
+    async def _faulty(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature, fault: Fault) -> np.ndarray:
+        if fault.fail:
             raise WorkerError(f"injected failure on {call.model}")
-        if fault is not None and fault.delay_s:
+        if fault.delay_s:
             await asyncio.sleep(fault.delay_s)
-        started = time.monotonic() if self._service_time is not None else 0.0
         output = await self._pool.infer(call, batch, signature)
-        if self._service_time is not None:
-            await asyncio.sleep(self._service_time.draw_s() - (time.monotonic() - started))
-        return -output if fault is not None and fault.corrupt else output
+        return -output if fault.corrupt else output

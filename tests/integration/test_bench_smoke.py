@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
+import numpy as np
 import pytest
+import tritonclient.grpc.aio as triton_aio
 
-from bench import compare, netns
+from bench import compare, faults, netns
+from coding import spec
 from tests.integration import linear_models
+from triton_local import TritonConfig, TritonServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -93,10 +99,48 @@ def test_network_profile_runs_the_workers_in_namespaces(tmp_path):
     assert by["direct"].triton_calls == by["none"].triton_calls == 120  # the namespaced Tritons counted every call
 
 
-def test_collage_profile_gives_every_worker_call_its_service_time(tmp_path):
+def test_collage_profile_holds_every_instance_for_its_service_time(tmp_path):
     by = _smoke(tmp_path, "collage", "direct,none,parm")
-    assert list(by) == ["none", "parm"]  # direct skipped: the frontends apply this profile
-    assert by["none"].summary.p50_ms >= 83.6  # no call is faster than the distribution's minimum
+    assert list(by) == ["direct", "none", "parm"]  # the Tritons apply it: a client straight to one sees it too
+    for name, run in by.items():  # no execution is shorter than the distribution's minimum
+        assert run.summary.p50_ms >= 83.6, name
     # A query gets its own answer or its rebuild from partner + parity, whichever is first; with random
     # service times of about 140 ms the rebuild often wins.
     assert by["parm"].summary.reconstructed > 0
+
+
+async def _sent_10_ms_apart(url: str) -> tuple[float, float]:
+    """Two one-row requests to ``url``'s linear model, the second 10 ms after the first; when each answer
+    came, in seconds from the first send."""
+    x = np.zeros((1, *spec.IMAGE_SHAPE), np.float32)
+    inputs = [triton_aio.InferInput(spec.INPUT_NAME, list(x.shape), "FP32")]
+    inputs[0].set_data_from_numpy(x)
+    client = triton_aio.InferenceServerClient(url)
+    sent = time.monotonic()
+
+    async def one(delay_s: float) -> float:
+        await asyncio.sleep(delay_s)
+        await client.infer(linear_models.DEPLOYED, inputs)
+        return time.monotonic() - sent
+
+    try:
+        first, second = await asyncio.gather(one(0.0), one(0.010))
+    finally:
+        await client.close()
+    return first, second
+
+
+def test_emulated_collage_profile_makes_a_request_wait_for_the_busy_instance(tmp_path):
+    """The profile's law held inside Triton: a request that reaches a busy instance waits for it, then takes
+    its own draw (>= 83.6 ms). Slept after the answer, as the frontend once did, the second answer would
+    come at least 73.6 ms after the first only when its own draw beat the first's by that much."""
+    linear_models.write_repository(tmp_path / "repo", ks=())
+    config = TritonConfig(
+        tmp_path / "repo", models=(linear_models.DEPLOYED,), service_time=faults.SERVICE_TIMES["collage"]
+    )
+    with TritonServer(config) as server:
+        asyncio.run(_sent_10_ms_apart(server.grpc_url))  # warm: a session's first run is slower
+        for _ in range(3):
+            first, second = asyncio.run(_sent_10_ms_apart(server.grpc_url))
+            assert first >= 0.0836, first
+            assert second >= first + 0.0836, (first, second)

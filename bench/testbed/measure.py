@@ -1,0 +1,128 @@
+"""What a testbed run reads besides latencies: the machine's CPU share, its own processes' share, and each
+Triton instance's utilisation (busy time over wall time, from Triton's own statistics).
+
+On two cores, a scheme can look slow because the cores were busy (the frontends, the load generator, the
+coding, 24 tritonservers, other work on the machine), not because its instances were. A window whose CPU
+share passes :data:`CPU_FLAG_SHARE` is flagged: its tail may be the machine's, not the layout's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.request
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from triton_local.server import TritonServer
+
+CPU_FLAG_SHARE = 0.70  # of all cores busy: above this, the cores rather than the instances may set the tail
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class CpuReading:
+    """Cumulative CPU seconds at one instant: the machine's busy and total (all cores, /proc/stat), this
+    testbed's processes' (user + system, reaped children included), and the monotonic clock."""
+
+    busy_s: float
+    total_s: float
+    own_s: float
+    at_s: float
+
+
+@dataclass(frozen=True)
+class CpuShare:
+    """Shares of all cores over a window: busy on the whole machine, and spent by this testbed."""
+
+    machine: float
+    own: float
+
+    @property
+    def flagged(self) -> bool:
+        return self.machine > CPU_FLAG_SHARE
+
+
+def share_over(windows: Sequence[tuple[CpuReading, CpuReading]]) -> CpuShare:
+    """The CPU shares over windows taken together, each a (before, after) pair of readings."""
+    busy = sum(a.busy_s - b.busy_s for b, a in windows)
+    total = sum(a.total_s - b.total_s for b, a in windows)
+    own = sum(a.own_s - b.own_s for b, a in windows)
+    wall_cores = sum(a.at_s - b.at_s for b, a in windows) * (os.cpu_count() or 1)
+    return CpuShare(machine=busy / max(total, 1e-9), own=own / max(wall_cores, 1e-9))
+
+
+def machine_cpu_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of all cores since boot: /proc/stat's first line, idle and iowait not busy."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    total = sum(fields)
+    return (total - fields[3] - fields[4]) * _TICK_S, total * _TICK_S
+
+
+def own_cpu_s(groups: Iterable[int], pids: Iterable[int]) -> float:
+    """CPU seconds of every live member of the process ``groups`` (a tritonserver and its backend stubs)
+    and of ``pids``, from one pass over /proc."""
+    groups, pids = set(groups), set(pids)
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        if int(fields[2]) in groups or int(entry.name) in pids:
+            total += sum(int(v) for v in fields[11:15])
+    return total * _TICK_S
+
+
+def cpu_reading(tritons: Sequence[TritonServer], pids: Iterable[int]) -> CpuReading:
+    busy, total = machine_cpu_s()
+    groups = [t.pid for t in tritons if t.pid is not None]
+    return CpuReading(busy, total, own_cpu_s(groups, [*pids, os.getpid()]), time.monotonic())
+
+
+@dataclass(frozen=True)
+class InstanceReading:
+    """One Triton instance's cumulative counts over its models: rows inferred, executions, and the time its
+    executions held it (compute input + infer + output of every batch; the emulated hold is inside infer)."""
+
+    rows: int
+    executions: int
+    busy_s: float
+
+
+def instance_reading(triton: TritonServer) -> InstanceReading:
+    """From ``/v2/models/stats``: current as soon as an answer is sent (the metrics lag by their interval)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://{triton.http_url}/v2/models/stats", timeout=10) as reply:
+        models = json.load(reply)["model_stats"]
+    busy_ns = sum(
+        int(batch[phase]["ns"])
+        for model in models
+        for batch in model.get("batch_stats", [])
+        for phase in ("compute_input", "compute_infer", "compute_output")
+    )
+    return InstanceReading(
+        rows=sum(int(m["inference_count"]) for m in models),
+        executions=sum(int(m["execution_count"]) for m in models),
+        busy_s=busy_ns / 1e9,
+    )
+
+
+def settled_readings(
+    tritons: Sequence[TritonServer], quiet_s: float = 0.3, limit_s: float = 30.0
+) -> list[InstanceReading]:
+    """Every instance's reading once their rows stop moving: a losing copy or a parity still in flight when
+    the last answer came lands in the window that sent it, not in the next."""
+    deadline = time.monotonic() + limit_s
+    readings = [instance_reading(t) for t in tritons]
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = [instance_reading(t) for t in tritons]
+        if [r.rows for r in now] == [r.rows for r in readings]:
+            return now
+        readings = now
+    return readings

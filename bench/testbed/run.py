@@ -1,0 +1,145 @@
+"""One interleaved run of a testbed: start every instance and frontend, then round by round give each scheme
+its segment of the same queries, at the same Poisson arrival times, under the same per-instance stall
+schedule (common random numbers: round r seeds both with seed + r), and tally what each scheme cost."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
+
+from bench.faults import FaultInjector, InstanceStalls
+from bench.load import Record, frontend_sender, run_load
+from bench.stack import FrontendSpec, Stack
+from bench.testbed.measure import CpuReading, CpuShare, InstanceReading, cpu_reading, settled_readings, share_over
+from bench.testbed.profiles import Scheme, Testbed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Tally:
+    """One scheme's run, summed over its rounds."""
+
+    scheme: Scheme
+    records: list[Record] = field(default_factory=list)
+    rows: int = 0  # rows its calls ran on every instance (Triton's count)
+    busy_s: dict[int, float] = field(default_factory=dict)  # per instance, over the load windows
+    load_s: float = 0.0  # wall time of its load windows
+    cpu: list[tuple[CpuReading, CpuReading]] = field(default_factory=list)  # each window's (before, after)
+    stall_events: int = 0
+
+    @property
+    def cpu_share(self) -> CpuShare:
+        """Over its load windows together."""
+        return share_over(self.cpu)
+
+    def utilisation(self) -> dict[int, float]:
+        """Each of its instances' busy share of its load windows."""
+        return {i: self.busy_s.get(i, 0.0) / self.load_s for i in self.scheme.instances}
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The queries every scheme is sent, and the run's seed."""
+
+    queries: np.ndarray
+    seed: int
+
+
+def run(testbed: Testbed, workload: Workload, model_repository: Path, log_dir: Path, model: str) -> list[Tally]:
+    """Start the testbed, run every scheme in interleaved rounds, stop everything; one tally per scheme."""
+    specs = {
+        s.name: FrontendSpec(testbed.frontend_flags(s), tritons=s.data, parity_tritons=s.coded) for s in testbed.schemes
+    }
+    instance_models = testbed.instance_models()
+    stack = Stack(
+        sorted({m for models in instance_models for m in models}),
+        specs,
+        model_repository=model_repository,
+        log_dir=log_dir,
+        triton_models=instance_models,
+        service_time=f"*={testbed.law}",
+        service_time_seed=workload.seed,
+    )
+    try:
+        stack.start(timeout_s=600.0)
+        log.info("%d instances and %d frontends serving", len(stack.tritons), len(specs))
+        return _rounds(testbed, workload, stack, model)
+    finally:
+        stack.stop()
+
+
+def _rounds(testbed: Testbed, workload: Workload, stack: Stack, model: str) -> list[Tally]:
+    tallies = {s.name: Tally(s) for s in testbed.schemes}
+    segments = np.array_split(np.arange(len(workload.queries)), testbed.rounds)
+    warm_up = workload.queries[: max(1, int(testbed.rate * testbed.warmup_s))]
+    for r, segment in enumerate(segments):
+        for scheme in _rotated(list(testbed.schemes), r):
+            if r == 0:  # connections, first inferences, the adaptive deadlines' and hedge delay's windows
+                _load(stack, scheme.name, model, warm_up, testbed, workload.seed - 1, f"{scheme.name} warm-up")
+            _segment(testbed, workload, stack, model, tallies[scheme.name], segment, r)
+    return list(tallies.values())
+
+
+def _segment(
+    testbed: Testbed, workload: Workload, stack: Stack, model: str, tally: Tally, segment: np.ndarray, r: int
+) -> None:
+    """One scheme's share of round r, tallied."""
+    name, seed = tally.scheme.name, workload.seed + r
+    pids = [s.proc.pid for s in stack.services.values() if s.proc is not None]
+    rows_before = settled_readings(stack.tritons)
+    cpu_before = cpu_reading(stack.tritons, pids)
+    with _faults(testbed, stack, seed) as faults:
+        desc = name if testbed.rounds == 1 else f"{name} {r + 1}/{testbed.rounds}"
+        got = _load(stack, name, model, workload.queries[segment], testbed, seed, desc)
+    cpu_after = cpu_reading(stack.tritons, pids)
+    rows_after = settled_readings(stack.tritons)
+    tally.cpu.append((cpu_before, cpu_after))
+    tally.load_s += cpu_after.at_s - cpu_before.at_s
+    tally.rows += sum(a.rows - b.rows for b, a in zip(rows_before, rows_after, strict=True))
+    for i, (b, a) in enumerate(zip(rows_before, rows_after, strict=True)):
+        tally.busy_s[i] = tally.busy_s.get(i, 0.0) + _busy(b, a)
+    tally.stall_events += faults.events
+    tally.records += [dataclasses.replace(rec, index=int(segment[rec.index])) for rec in got]
+
+
+def _busy(before: InstanceReading, after: InstanceReading) -> float:
+    return after.busy_s - before.busy_s
+
+
+@contextlib.contextmanager
+def _faults(testbed: Testbed, stack: Stack, seed: int) -> Iterator[FaultInjector]:
+    """Stalls on every instance of the testbed, used by the scheme or not: instance i's schedule is the same
+    in every scheme's segment of a round."""
+    if testbed.stalls is None:
+        with FaultInjector(stack.tritons, seed) as none:
+            yield none
+        return
+    with InstanceStalls(stack.tritons, seed, profile=testbed.stalls) as stalls:
+        yield stalls
+
+
+def _load(
+    stack: Stack, name: str, model: str, queries: np.ndarray, testbed: Testbed, seed: int, desc: str
+) -> list[Record]:
+    async def go() -> list[Record]:
+        async with grpc.aio.insecure_channel(stack.address(name)) as channel:
+            send = frontend_sender(pb_grpc.FrontendStub(channel), model, queries, 60.0 * testbed.time_scale)
+            return await run_load(send, len(queries), testbed.rate, seed=seed, desc=desc)
+
+    return asyncio.run(go())
+
+
+def _rotated(schemes: list[Scheme], r: int) -> list[Scheme]:
+    """Round r starts at scheme r: a slow drift of the machine does not always hit the same scheme last."""
+    shift = r % len(schemes)
+    return schemes[shift:] + schemes[:shift]

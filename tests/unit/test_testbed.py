@@ -1,0 +1,97 @@
+"""The testbed's profiles lay the papers' clusters out as stated (bench.testbed.profiles), and its stall
+schedule gives every instance the same stalls whichever scheme runs (bench.faults.worker_stalls)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from bench.faults import InstanceStallProfile, stall_schedule, worker_stalls
+from bench.testbed import profiles
+from bench.testbed.measure import CpuReading, share_over
+
+
+def _bed(profile: str, scale: str = "paper") -> profiles.Testbed:
+    return profiles.testbed(profile, scale, "mnist_cnn", "mnist_parm_concat_k2")
+
+
+def _by_name(bed: profiles.Testbed) -> dict[str, profiles.Scheme]:
+    return {s.name: s for s in bed.schemes}
+
+
+def test_parm_paper_layout_is_12_deployed_6_parity_and_its_baselines():
+    bed = _bed("parm")
+    s = _by_name(bed)
+    assert s["parm"].data == tuple(range(12)) and s["parm"].coded == tuple(range(12, 18))
+    assert [len(s[n].instances) for n in ("none", "equal", "hedge", "replicate")] == [12, 18, 12, 24]
+    models = bed.instance_models()
+    assert models[11] == ["mnist_cnn"]  # a deployed instance
+    assert models[12] == ["mnist_cnn", "mnist_parm_concat_k2"]  # parity for ParM, a replica for equal
+    assert models[23] == ["mnist_cnn"]  # replication's second half
+
+
+def test_paper_rate_is_the_papers_divided_by_the_time_scale():
+    """Same utilisation as ParM's 270 q/s on 12 instances: the emulated law is 4x slower, so 4x fewer q/s."""
+    bed = _bed("parm")
+    assert bed.time_scale == 4.0
+    assert bed.law == "lognormal:median=80,p99=160,batch=linear:per_row=1"
+    assert bed.rate == pytest.approx(profiles.PARM_PAPER_RATE / bed.time_scale, rel=0.01)
+    assert bed.stalls == profiles.PAPER_STALLS.scaled(4.0)
+    assert profiles.paper_utilisation(390.0) == pytest.approx(0.68, abs=0.01)  # the top of fig9a's range
+
+
+def test_collage_and_approxifer_paper_layouts():
+    collage = _by_name(_bed("collage"))
+    assert len(collage["collage2"].coded) == 3 and len(collage["collage3"].coded) == 2  # ceil(12 / s^2)
+    assert len(collage["equal"].instances) == 15
+    resend = _bed("collage").frontend_flags(collage["collage2_resend"])
+    assert resend[-2:] == ["--resend-after-ms", "300"]
+    assert "--resend-after-ms" not in _bed("collage").frontend_flags(collage["collage2"])
+    approx = _by_name(_bed("approxifer"))
+    counts = {n: len(approx[n].instances) for n in approx if n.startswith("approxifer")}
+    assert counts == {"approxifer_k8_s1": 14, "approxifer_k8_s2": 15, "approxifer_k12_s1": 13, "approxifer_k12_s2": 14}
+    assert len(approx["equal"].instances) == 15  # as many as the largest
+
+
+def test_tiny_scale_is_small_and_fixed():
+    bed = _bed("parm", "tiny")
+    assert (bed.deployed, bed.instance_count, bed.law) == (4, 8, "fixed:ms=10,batch=linear:per_row=1")
+    assert bed.rate == pytest.approx(60.0)
+
+
+def test_scaled_law_multiplies_the_times_and_keeps_the_batch_growth():
+    assert profiles.scaled_law("fixed:ms=5,batch=linear:per_row=0.5", 3) == "fixed:ms=15,batch=linear:per_row=0.5"
+    with pytest.raises(ValueError, match="only fixed and lognormal"):
+        profiles.scaled_law("collage", 2)
+
+
+def test_an_instances_stalls_do_not_depend_on_how_many_instances_run():
+    profile = InstanceStallProfile(stall_ms=(100, 500), every_s=(1, 3))
+    three = stall_schedule(profile, 3, seed=5, horizon_s=60)
+    eight = stall_schedule(profile, 8, seed=5, horizon_s=60)
+    assert [s for s in eight if s[2] < 3] == three
+    assert [s[0] for s in eight] == sorted(s[0] for s in eight)
+    assert stall_schedule(profile, 3, seed=6, horizon_s=60) != three
+
+
+def test_an_instance_stalls_for_its_stated_share_of_the_time_never_twice_at_once():
+    profile = InstanceStallProfile(stall_ms=(100, 500), every_s=(1, 3))
+    stalls = list(itertools.islice(worker_stalls(profile, 0, 0), 20_000))
+    for (start, length, _), (following, _, _) in itertools.pairwise(stalls):
+        assert following >= start + length + 1.0
+    stalled = sum(length for _, length, _ in stalls)
+    assert stalled / (stalls[-1][0] + stalls[-1][1]) == pytest.approx(profile.stalled_share, rel=0.02)
+    assert profile.stalled_share == pytest.approx(0.3 / 2.3)
+
+
+def test_cpu_share_over_windows_weights_each_by_its_length(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    windows = [
+        (CpuReading(0, 0, 0, 0), CpuReading(1.8, 2, 0.5, 1)),  # 1 s, 90% busy, own 25% of 2 cores
+        (CpuReading(10, 10, 5, 5), CpuReading(11.2, 16, 5.5, 8)),  # 3 s, 20% busy, own 8%
+    ]
+    share = share_over(windows)
+    assert share.machine == pytest.approx(3.0 / 8.0) and not share.flagged
+    assert share.own == pytest.approx(1.0 / 8.0)
+    assert share_over(windows[:1]).flagged  # 90% > 70%
