@@ -33,6 +33,11 @@ class ResourceExhausted(ServiceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class BindError(OSError):
+    """A server could not bind its address (in use by another process, or not ours to bind): a gRPC port
+    (:mod:`service_common.server`) or the metrics port (:mod:`service_common.metrics`)."""
+
+
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
     """The (code, message) for an error we know, or None for an unexpected one (-> INTERNAL)."""
     if isinstance(exc, ServiceError):

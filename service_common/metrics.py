@@ -6,6 +6,8 @@ import errno
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from service_common.errors import BindError
+
 RPCS = Counter(
     "codedserve_rpcs_total",
     "RPCs, each once by the status its client sees (its gRPC name; a passed deadline and a cancel too); "
@@ -29,9 +31,8 @@ _BIND_REASONS: dict[int | None, str] = {
 
 def serve_metrics(port: int | None, address: str = "127.0.0.1") -> None:
     """Expose /metrics on address:port (no-op when port is None; 0.0.0.0 in a pod, for Prometheus).
-    Raises :class:`~service_common.server.BindError` naming the address and ``--metrics-port`` when it
+    Raises :class:`~service_common.errors.BindError` naming the address and ``--metrics-port`` when it
     cannot be bound, as a gRPC port does."""
-    from service_common.server import BindError  # here: service_common.server imports this module (interceptor)
 
     if port is None:
         return

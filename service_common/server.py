@@ -30,6 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from service_common.channels import message_limits
+from service_common.errors import BindError
 from service_common.gc_tuning import freeze_startup_heap
 from service_common.health import Health
 from service_common.interceptor import ErrorMappingServer
@@ -45,10 +46,6 @@ NO_PORT_SHARING = ("grpc.so_reuseport", 0)
 LIVENESS_SERVICE = "codedserve.liveness"
 # A health request is a service name: nothing bigger is read on the plaintext health port.
 HEALTH_PORT_OPTIONS = [("grpc.max_receive_message_length", 4096), NO_PORT_SHARING]
-
-
-class BindError(OSError):
-    """A server could not bind its address (in use by another process, or not ours to bind)."""
 
 
 @dataclass
