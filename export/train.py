@@ -13,6 +13,11 @@ models': the helping term's weight and (distillation) temperature, their own arc
 The learning rate follows one cosine over ``max(epochs done, seconds spent / time budget)``, so a run is bounded
 by its epochs or by its time budget, whichever comes first, and still anneals; the epoch kept is the best one on
 the 5,000 held-out training images (accuracy for the deployed model, degraded-mode accuracy for a parity model).
+
+A parity model's ``recipe``: "ours" (the above: AdamW, warm-up and cosine, any helping term or warm start, best
+epoch by degraded accuracy) or "parm", ParM's own (``parm_recipe``; Kosaian et al.'s ``train/``): MSE alone, from
+scratch with their initialisation (``util.init_weights``), Adam at a constant learning rate, best epoch by
+validation reconstruction top-1 (their ``best.pth``).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from export.models import build_model
 
 VAL_SIZE = 5000
 _PREDICT_BATCH = 2048
+RECIPES = ("ours", "parm")  # a parity model's training recipe (TrainConfig.recipe)
+CLOCKS = {"wall": time.monotonic, "cpu": time.process_time}  # what a time budget counts (TrainConfig.clock)
 
 
 @dataclass(frozen=True)
@@ -63,9 +70,41 @@ class TrainConfig:
     # Parity only. 0: the helping term's target is the deployed model's label (hard); T > 0: its softmax at
     # temperature T (distillation, Hinton et al. 2015, scaled by T^2), which also carries how sure it was.
     distill_temperature: float = 0.0
+    # Parity only: "ours" or "parm" (see the module docstring; ``parm_recipe`` builds ParM's settings).
+    recipe: str = "ours"
+    # What ``time_budget_s`` counts: "wall" seconds, or this process's "cpu" seconds (every thread's; run one torch
+    # thread), which other jobs on the machine do not eat into, so models trained at different times get the same.
+    clock: str = "wall"
+
+    def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
+        if self.clock not in CLOCKS:
+            raise ValueError(f"clock must be one of {tuple(CLOCKS)}, got {self.clock!r}")
+        if self.recipe == "parm" and (self.decode_ce_weight or self.warm_start or self.distill_temperature):
+            raise ValueError("the parm recipe is MSE alone from scratch: no helping term, no warm start")
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def parm_recipe(
+    k: int, epochs: int = 500, time_budget_s: float | None = None, arch: str = "cnn", seed: int = 0, clock: str = "wall"
+) -> TrainConfig:
+    """ParM's published parity-model recipe for MNIST and Fashion-MNIST (``train/config/*.json``): Adam, lr 1e-3,
+    weight decay 1e-5, no schedule, 64 coding groups a batch at k = 2 and 32 at k >= 3, 500 epochs."""
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=64 if k == 2 else 32,
+        lr=1e-3,
+        weight_decay=1e-5,
+        time_budget_s=time_budget_s,
+        warmup=0.0,
+        arch=arch,
+        seed=seed,
+        recipe="parm",
+        clock=clock,
+    )
 
 
 @dataclass(frozen=True)
@@ -165,6 +204,17 @@ def _lr_factor(progress: float, warmup: float) -> float:
     return min(1.0, progress / warmup if warmup else 1.0) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay), or for the parm recipe Adam (weight decay as an L2 term in the gradient)."""
+    adam = torch.optim.Adam if cfg.recipe == "parm" else torch.optim.AdamW
+    return adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_at(cfg: TrainConfig, progress: float) -> float:
+    """The learning rate at ``progress`` (0..1) through the run: constant for the parm recipe, else warm-up + cosine."""
+    return cfg.lr if cfg.recipe == "parm" else cfg.lr * _lr_factor(progress, cfg.warmup)
+
+
 def _bar(iterable: Iterable, inner: bool = False, **kwargs) -> tqdm:
     # In a log file (no TTY): the epoch bar at most every 10 s, and no step bars.
     tty = sys.stderr.isatty()
@@ -180,21 +230,23 @@ def _fit(
     desc: str,
 ) -> Trained:
     """Run epochs of ``loss_fn`` over ``epoch_batches()`` (index tensors) under one cosine LR schedule."""
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, cfg)
     total_steps = cfg.epochs * len(epoch_batches())
     budget = math.inf if cfg.time_budget_s is None else max(cfg.time_budget_s, 1e-9)
+    clock = CLOCKS[cfg.clock]
     start, step, history = time.monotonic(), 0, []
+    clock_start = clock()
     best = (-1.0, 0, copy.deepcopy(model.state_dict()))
     epochs = _bar(range(1, cfg.epochs + 1), desc=desc, unit="epoch")
     for epoch in epochs:
         model.train()
         losses = []
         for idx in _bar(epoch_batches(), inner=True, desc=f"epoch {epoch}", unit="step", leave=False):
-            progress = max(step / total_steps, (time.monotonic() - start) / budget)
+            progress = max(step / total_steps, (clock() - clock_start) / budget)
             if progress >= 1.0:
                 break
             for group in opt.param_groups:
-                group["lr"] = cfg.lr * _lr_factor(progress, cfg.warmup)
+                group["lr"] = lr_at(cfg, progress)
             loss = loss_fn(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -203,13 +255,14 @@ def _fit(
             step += 1
         metric = validate()
         train_loss = torch.stack(losses).mean().item() if losses else float("nan")
-        history.append(
-            {"epoch": epoch, "seconds": round(time.monotonic() - start, 2), "train_loss": train_loss, "val": metric}
-        )
+        seconds = round(time.monotonic() - start, 2)
+        history.append({"epoch": epoch, "seconds": seconds, "train_loss": train_loss, "val": metric, "steps": step})
+        if cfg.clock != "wall":
+            history[-1]["budget_seconds"] = round(clock() - clock_start, 2)
         epochs.set_postfix(loss=f"{train_loss:.4f}", val=f"{metric:.4f}", best=f"{max(best[0], metric):.4f}")
         if metric > best[0]:
             best = (metric, epoch, copy.deepcopy(model.state_dict()))
-        if step / total_steps >= 1.0 or (time.monotonic() - start) >= budget:
+        if step / total_steps >= 1.0 or (clock() - clock_start) >= budget:
             break
     model.load_state_dict(best[2])
     model.eval()
@@ -274,6 +327,33 @@ def parity_loss(
     return loss
 
 
+def parity_objective(cfg: TrainConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``loss(parity_out, slot_logits)`` of a parity-model recipe: ParM's MSE alone for "parm", else ``parity_loss``
+    with the config's helping term."""
+    if cfg.recipe == "parm":
+        return lambda parity_out, slot_logits: F.mse_loss(parity_out, parm.parity_target(slot_logits))
+    return lambda parity_out, slot_logits: parity_loss(
+        parity_out, slot_logits, cfg.decode_ce_weight, cfg.distill_temperature
+    )
+
+
+@torch.no_grad()
+def parm_init(model: nn.Module) -> None:
+    """ParM's ``util.init_weights``: conv weights Xavier-uniform (ReLU gain), linear weights N(0, 0.01), BatchNorm
+    scale 1, every bias 0."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.Conv1d):
+            nn.init.xavier_uniform_(m.weight, gain=nn.init.calculate_gain("relu"))
+        elif isinstance(m, nn.Linear):
+            m.weight.normal_(0.0, 0.01)
+        elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+            m.weight.fill_(1.0)
+        else:
+            continue
+        if m.bias is not None:
+            m.bias.zero_()
+
+
 @dataclass(frozen=True)
 class Teacher:
     """The deployed model's logits on every split, computed once per dataset (un-augmented): ParM's targets."""
@@ -296,7 +376,8 @@ def train_parity(
     deployed: nn.Module | None = None,
     desc: str = "",
 ) -> Trained:
-    """A ParM parity model for (encoder, k); best epoch by degraded-mode accuracy on the held-out images.
+    """A ParM parity model for (encoder, k); best epoch by degraded-mode accuracy on the held-out images (the parm
+    recipe: by reconstruction top-1, as ParM chose its ``best.pth``).
 
     With ``cfg.warm_start`` the weights start as ``deployed``'s (the input normalization stays the parity's own).
     """
@@ -307,6 +388,8 @@ def train_parity(
     val_groups = random_groups(len(data.val), k, device, torch.Generator().manual_seed(cfg.seed))
     sample_groups = random_groups(len(train), k, device, torch.Generator().manual_seed(cfg.seed))[:4096]
     model = _new_model(cfg, parity_inputs(train.images, sample_groups, encoder), device)
+    if cfg.recipe == "parm":
+        parm_init(model)
     if cfg.warm_start:
         if deployed is None:
             raise ValueError("warm_start needs the deployed model")
@@ -315,12 +398,15 @@ def train_parity(
             raise ValueError(f"warm_start needs the deployed model's architecture; the parity's is {cfg.arch!r}")
         model.load_state_dict({**deployed.state_dict(), "mean": model.mean, "std": model.std})
 
+    objective = parity_objective(cfg)
+    select_by = "reconstruction_top1" if cfg.recipe == "parm" else "degraded_accuracy"
+
     def loss_fn(groups: torch.Tensor) -> torch.Tensor:
         x = parity_inputs(train.images, groups, encoder).contiguous(memory_format=torch.channels_last)
-        return parity_loss(model(x), teacher.train[groups], cfg.decode_ce_weight, cfg.distill_temperature)
+        return objective(model(x), teacher.train[groups])
 
     def validate() -> float:
-        return degraded_metrics(model, encoder, data.val, teacher.val, [val_groups])["degraded_accuracy"]
+        return degraded_metrics(model, encoder, data.val, teacher.val, [val_groups])[select_by]
 
     def batches() -> list[torch.Tensor]:
         return list(random_groups(len(train), k, device).split(cfg.batch_size))

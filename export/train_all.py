@@ -11,7 +11,13 @@ the Fashion-MNIST CNN with mixup beside its standard twin, and CNN parity models
 ``cpu15b`` (its follow-up, as run: the CNN with label smoothing 0.1, and the CNN trained for 10 epochs),
 ``cpu15c`` (ParM at the ApproxIFER K = 8, 10, 12 on a 2-core CPU, as run: wide CNN parity models for the committed
 CNNs of both datasets, helping term 2.0), ``cpu15d`` (the 10-epoch deployed CNN's neighbours, as run: 8 and 12
-epochs, and the 10-epoch recipe with seeds 1, 2 and 3).
+epochs, and the 10-epoch recipe with seeds 1, 2 and 3), ``recipes_cpu`` (ParM's own parity recipe against ours, on a
+2-core CPU: parity models for the committed CNNs, each recipe with the same CPU seconds per model; with ``--recipe
+ours,parm``).
+
+``--recipe parm`` trains the parity models with ParM's published recipe (``train.parm_recipe``: MSE alone, from
+scratch, Adam at a constant rate, ParM's batch sizes) instead of the profile's, under the profile's time budget and
+names ending ``_recipe_parm``; ``--recipe ours,parm`` trains each code under both, one after the other.
 
     python -m export.train_all --profile cpu --datasets mnist,fashion --device auto --out model_repository
 """
@@ -30,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from coding.parm import parity_model_name
+from coding.parm import CONCAT_GRIDS, parity_model_name
 from export import train
 from export.manifest import RunInfo, model_entry, update_manifest
 from export.models import ARCHS
@@ -190,6 +196,21 @@ def _cpu15c(parity: TrainConfig, **profile) -> Profile:
     )
 
 
+def _recipes_cpu(parity: TrainConfig, **profile) -> Profile:
+    """ParM's own recipe against ours on a 2-core CPU, as run: parity models for the committed ``mnist_cnn`` and
+    ``fashion_cnn`` (add and concat, k = 2, 3, 4), ``parity`` being the committed models' recipe (the ``full``
+    profile's: AdamW, cosine, helping term 0.5, warm start) and ``--recipe ours,parm`` training every code under
+    both in turn. Every model gets the same fixed budget of this process's CPU seconds (``clock="cpu"``, one torch
+    thread), so a job sharing the machine takes wall time from a model but not training. As run: one invocation a
+    dataset, side by side (see docs/parm_accuracy.md)."""
+    return Profile(
+        deployed=parity,  # unused: the deployed models are the committed ones
+        parity=parity,
+        variants=(Variant(committed=True),),
+        **profile,
+    )
+
+
 def _cpu15d(deployed: TrainConfig, **profile) -> Profile:
     """Issue 15 on a 2-core CPU, after ``cpu15b`` (as run): is ``fashion_cnn_short``'s 10 epochs the best length, and
     how much of its ApproxIFER row is its seed? Deployed Fashion-MNIST CNNs only, the committed architecture and
@@ -255,6 +276,13 @@ PROFILES = {
     ),
     # cpu15b's short recipe around its 10 epochs; the budget is a cap only (the epochs bind first).
     "cpu15d": _cpu15d(TrainConfig(epochs=10, batch_size=256), time_budget_s=1300.0),
+    # The committed parity recipe (full's) and ParM's, 100 CPU seconds a model (not shared: no profile budget),
+    # epochs as upper bounds only: 24 models in 40 CPU minutes.
+    "recipes_cpu": _recipes_cpu(
+        TrainConfig(
+            epochs=400, batch_size=256, decode_ce_weight=0.5, warm_start=True, time_budget_s=100.0, clock="cpu"
+        ),
+    ),
     "tiny15": _gpu15(
         TrainConfig(epochs=1, batch_size=64),
         TrainConfig(epochs=1, batch_size=32),
@@ -301,7 +329,10 @@ class _Run:
         budget = args.time_budget_s if args.time_budget_s is not None else profile.time_budget_s
         self.budget_left = budget or None
         self.models_left = sum(
-            (not v.committed) + len(self.codes(v)) for d in args.datasets for v in self.variants if self.has(v, d)
+            (not v.committed) + len(self.codes(v)) * len(args.recipe)
+            for d in args.datasets
+            for v in self.variants
+            if self.has(v, d)
         )
         self.min_share = 0.1 * (budget or 0.0) / max(self.models_left, 1)  # what a model gets once others overspent
         self.entries: list[dict] = []
@@ -348,7 +379,8 @@ class _Run:
             deployed = self.committed(data, dataset) if variant.committed else self.deployed(data, dataset, variant)
             teacher = train.Teacher.of(deployed, data)
             for encoder, k in self.codes(variant):
-                self.parity(data, teacher, deployed, dataset, variant, encoder, k)
+                for recipe in self.args.recipe:
+                    self.parity(data, teacher, deployed, dataset, variant, encoder, k, recipe)
 
     def deployed(self, data: train.Data, dataset: str, variant: Variant) -> torch.nn.Module:
         cfg = self._cfg(variant.deployed or self.profile.deployed, parity=False)
@@ -383,9 +415,13 @@ class _Run:
         variant: Variant,
         encoder: str,
         k: int,
+        recipe: str = "ours",
     ) -> None:
         cfg = self._cfg(self.profile.parity_for(k, variant), parity=True)
         name = variant.parity_name(dataset, encoder, k)
+        if recipe == "parm":  # ParM's settings, under the budget, architecture and clock ours got
+            cfg = train.parm_recipe(k, time_budget_s=cfg.time_budget_s, arch=cfg.arch, seed=cfg.seed, clock=cfg.clock)
+            name += "_recipe_parm"
         result = train.train_parity(data, teacher, encoder, k, cfg, deployed, name)
         facts = write_model(result.model, name, self.args.out, _check_batch(data.test, encoder, k))
         metrics = train.evaluate_parity(result.model, teacher, encoder, k, data.test, self.profile.test_rounds)
@@ -405,12 +441,17 @@ def _write_results(path: Path, run: RunInfo, entries: list[dict], seconds: float
 
 def _parse_codes(text: str) -> list[tuple[str, int]]:
     """``add2,concat4``. The served set is spec.PARM_K; the addition encoder also takes any k >= 2 (e.g. add8,
-    to compare ParM with ApproxIFER at the same K)."""
+    to compare ParM with ApproxIFER at the same K), the concatenation encoder k = 3 (a 2x2 grid, one tile empty)."""
     codes = [(c.rstrip("0123456789"), int(c[len(c.rstrip("0123456789")) :] or 0)) for c in text.split(",") if c]
-    unknown = [c for c in codes if c not in CODES and not (c[0] == "add" and c[1] >= 2)]
+    unknown = [
+        c
+        for c in codes
+        if c not in CODES and not (c[0] == "add" and c[1] >= 2) and not (c[0] == "concat" and c[1] in CONCAT_GRIDS)
+    ]
     if unknown:
         raise argparse.ArgumentTypeError(
-            f"unknown codes {unknown}; known: {','.join(f'{e}{k}' for e, k in CODES)} and addK for any K >= 2"
+            f"unknown codes {unknown}; known: {','.join(f'{e}{k}' for e, k in CODES)}, addK for any K >= 2 and "
+            f"concatK for K in {','.join(map(str, CONCAT_GRIDS))}"
         )
     return codes
 
@@ -419,6 +460,13 @@ def _parse_datasets(text: str) -> list[str]:
     names = [n for n in text.split(",") if n]
     if not names or set(names) - set(DATASETS):
         raise argparse.ArgumentTypeError(f"datasets must be a comma-separated subset of {','.join(DATASETS)}")
+    return names
+
+
+def _parse_recipes(text: str) -> list[str]:
+    names = [n for n in text.split(",") if n]
+    if not names or set(names) - set(train.RECIPES) or len(set(names)) < len(names):
+        raise argparse.ArgumentTypeError(f"recipes must be distinct names among {','.join(train.RECIPES)}")
     return names
 
 
@@ -451,6 +499,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--decode-ce-weight",
         type=float,
         help="override the parity models' helping term (cross-entropy of the decoded outputs; 0 = pure ParM MSE)",
+    )
+    p.add_argument(
+        "--recipe",
+        type=_parse_recipes,
+        default=["ours"],
+        help="parity recipes, comma-separated: ours (the profile's) and/or parm (ParM's published one; models named "
+        "..._recipe_parm); several: each code under each in turn (default: ours)",
     )
     p.add_argument("--results", type=Path, help="results JSON (default: export/results/<profile>.json)")
     p.add_argument(

@@ -76,3 +76,46 @@ def test_parity_training_runs_warm_started_and_evaluates_every_slot() -> None:
     metrics = train.evaluate_parity(parity, teacher, "concat", 4, data.test, rounds=2)
     assert metrics["decoded_slots"] == 2 * 32
     assert 0.0 <= metrics["degraded_accuracy"] <= 1.0
+
+
+def test_the_parm_recipe_is_mse_alone_under_adam_at_a_constant_rate() -> None:
+    """ParM's recipe against ours: its objective has no helping term (an exact parity output costs nothing), its
+    optimiser is Adam at ParM's settings with no schedule; ours adds the cross-entropy and anneals AdamW."""
+    slots = torch.randn(4, 2, NUM_CLASSES, generator=torch.Generator().manual_seed(0))
+    exact = parm.parity_target(slots)
+    paper, ours = train.parm_recipe(2), train.TrainConfig(epochs=1, batch_size=8, decode_ce_weight=0.5)
+    assert train.parity_objective(paper)(exact, slots) == 0.0
+    assert train.parity_objective(ours)(exact, slots) > 0.1  # the decoded slots' cross-entropy
+    torch.testing.assert_close(train.parity_objective(paper)(exact + 1.0, slots), torch.tensor(1.0))
+    model = nn.Linear(3, 2)
+    adam, adamw = train.make_optimizer(model, paper), train.make_optimizer(model, ours)
+    assert type(adam) is torch.optim.Adam and type(adamw) is torch.optim.AdamW
+    assert (adam.defaults["lr"], adam.defaults["weight_decay"]) == (1e-3, 1e-5)
+    assert [train.lr_at(paper, p) for p in (0.0, 0.5, 0.99)] == [1e-3] * 3
+    assert train.lr_at(ours, 0.99) < 0.01 * ours.lr
+    assert (paper.batch_size, train.parm_recipe(3).batch_size) == (64, 32)
+
+
+def test_the_parm_recipe_refuses_a_helping_term_or_a_warm_start() -> None:
+    for extra in ({"decode_ce_weight": 0.5}, {"warm_start": True}):
+        with pytest.raises(ValueError, match="parm recipe"):
+            train.TrainConfig(epochs=1, batch_size=8, recipe="parm", **extra)
+
+
+def test_parm_init_is_parms_initialisation() -> None:
+    torch.manual_seed(0)
+    conv, norm, linear = nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.Linear(8 * 26 * 26, 500)
+    train.parm_init(nn.Sequential(conv, norm, nn.Flatten(), linear))
+    assert abs(linear.weight.std().item() - 0.01) < 0.001  # PyTorch's default: 0.008 here
+    assert conv.bias is not None and not conv.bias.any() and not linear.bias.any()
+    assert bool((norm.weight == 1.0).all())
+
+
+def test_parity_training_runs_under_the_parm_recipe_for_concat_k3() -> None:
+    data = _data()
+    deployed = train.train_deployed(data, train.TrainConfig(epochs=1, batch_size=32)).model
+    teacher = train.Teacher.of(deployed, data)
+    result = train.train_parity(data, teacher, "concat", 3, train.parm_recipe(3, epochs=2), deployed)
+    assert result.epochs == 2 and result.history[-1]["steps"] == 2 * 1  # 96 images: 32 groups, one batch of 32
+    metrics = train.evaluate_parity(result.model, teacher, "concat", 3, data.test, rounds=2)
+    assert metrics["decoded_slots"] == 2 * 30
