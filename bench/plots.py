@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -56,31 +57,81 @@ def _gap_bars(out: Path, tag: str, latencies: dict[str, np.ndarray]) -> Path:
     return path
 
 
-def cost_frontier(out: Path, tag: str, points: dict[str, tuple[float, stats.Estimate, stats.Estimate]]) -> Path:
-    """p99 and p99.9 (each with its interval) against the extra
-    inference load of each scheme (calls per query over the uncoded baseline's, minus 1): what a lower tail
-    costs. Error bars are the estimates' intervals."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for label, marker in (("p99", "o"), ("p99.9", "s")):
-        xs = np.array([100 * p[0] for p in points.values()])
-        est = [p[1] if label == "p99" else p[2] for p in points.values()]
-        ys = np.array([e.value for e in est])
-        err = np.array([[e.value - e.low for e in est], [e.high - e.value for e in est]])
-        ax.errorbar(xs, ys, yerr=np.nan_to_num(err), fmt=marker, capsize=3, label=label)
-        if label == "p99.9":
-            for name, x, y in zip(points, xs, ys, strict=True):
-                ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
-    ax.set_yscale("log")
-    ax.set_xlabel("extra inference load (% calls per query over uncoded)")
-    ax.set_ylabel("latency (ms, log)")
-    ax.set_title(f"Cost frontier: {tag}")
-    ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.2)
+@dataclass(frozen=True)
+class Published:
+    """A paper's figure on a cost frontier: a range of latency (ms) at an extra load (a share), or, where
+    the paper gives no point (``extra_load`` None), a note printed in the plot's corner."""
+
+    label: str
+    extra_load: float | None = None
+    low_ms: float = float("nan")
+    high_ms: float = float("nan")
+
+
+def cost_frontier(
+    out: Path,
+    tag: str,
+    points: dict[str, tuple[float, stats.Estimate, stats.Estimate]],
+    line: tuple[str, ...] = (),
+    published: tuple[Published, ...] = (),
+) -> Path:
+    """p99 (left) and p99.9 (right), each with its interval, against each scheme's extra inference load
+    (calls per query over the uncoded baseline's, minus 1): what a lower tail costs. The schemes named in
+    ``line`` (a sweep of one scheme's setting) are joined, in order of their load; ``published`` marks a
+    paper's figures."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    for ax, (i, label) in zip(axes, ((1, "p99"), (2, "p99.9")), strict=True):
+        for name, point in points.items():
+            est = _at(point, i)
+            x = 100 * point[0]
+            err = np.nan_to_num([[est.value - est.low], [est.high - est.value]])
+            swept = name in line
+            ax.errorbar(x, est.value, yerr=err, fmt="o", ms=4 if swept else 6, capsize=3,
+                        color="tab:blue" if swept else _colour(name), alpha=0.55 if est.thin else 1.0)  # fmt: skip
+            ax.annotate(name, (x, est.value), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        swept_points = sorted((points[n][0], _at(points[n], i).value) for n in line if n in points)
+        if len(swept_points) > 1:
+            ax.plot([100 * x for x, _ in swept_points], [y for _, y in swept_points], "-", color="tab:blue",
+                    lw=1, label="hedging, delay swept")  # fmt: skip
+        _published(ax, published, label)
+        ax.set_yscale("log")
+        ax.set_xlabel("extra inference load (% calls per query over uncoded)")
+        ax.set_title(f"{label} (faded: fewer than {stats.MIN_BEYOND} samples beyond)", fontsize=9)
+        ax.grid(True, which="both", alpha=0.2)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="lower left")
+    axes[0].set_ylabel("latency (ms, log)")
+    fig.suptitle(f"Cost frontier: {tag}")
     path = out / f"{tag}-frontier.png"
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _at(point: tuple[float, stats.Estimate, stats.Estimate], i: int) -> stats.Estimate:
+    return point[1] if i == 1 else point[2]
+
+
+def _colour(name: str) -> str:
+    for prefix, colour in (("parm", "tab:red"), ("collage", "tab:red"), ("approxifer", "tab:red")):
+        if name.startswith(prefix):
+            return colour
+    return {"hedge": "tab:blue", "replicate": "tab:green", "equal": "tab:orange"}.get(name.split("_")[0], "black")
+
+
+def _published(ax: plt.Axes, published: tuple[Published, ...], quantile: str) -> None:
+    notes = []
+    shown = [m for m in published if m.label.startswith(quantile + " ")]
+    for mark, colour in zip(shown, ("grey", "tab:purple", "tab:brown", "tab:olive"), strict=False):
+        if mark.extra_load is None:
+            notes.append(mark.label)
+            continue
+        x = 100 * mark.extra_load
+        ax.vlines(x, mark.low_ms, mark.high_ms, colors=colour, lw=6, alpha=0.35)
+        ax.plot([x], [mark.low_ms], marker="*", color=colour, ms=10, ls="", label=mark.label)
+    if notes:
+        ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=7, va="bottom", color="dimgrey")
 
 
 def accuracy_vs_k(results_json: Path, out: Path) -> Path:

@@ -20,7 +20,7 @@ import numpy as np
 from bench.stack import REPO_ROOT
 from bench.testbed import profiles
 from bench.testbed.profiles import Testbed
-from bench.testbed.report import RunInfo, SchemeResult, cpu_overall, results, write
+from bench.testbed.report import RunInfo, SchemeResult, cpu_overall, results, versus, write
 from bench.testbed.run import Workload, run
 from coding import spec
 from export.datasets import load
@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--profile", required=True, choices=profiles.PROFILES)
     p.add_argument("--scale", default="tiny", choices=profiles.SCALES, help="tiny: 4 deployed instances, for CI")
+    p.add_argument(
+        "--deployed",
+        type=int,
+        help="deployed instances m (default: the scale's, 12 or 4); the redundancy and the rate scale with it",
+    )
     p.add_argument("--dataset", default="mnist", choices=spec.DATASETS)
     p.add_argument("--model", help="deployed model (default: <dataset>_cnn)")
     p.add_argument("--parity-model", help="ParM's parity model (default: from dataset, encoder, k)")
@@ -63,7 +68,8 @@ def configure(args: argparse.Namespace) -> Testbed:
     """The profile at its scale, with the flags' overrides."""
     model = _model(args)
     parity = args.parity_model or spec.parity_model_name(args.dataset, args.encoder, args.k)
-    bed = profiles.testbed(args.profile, args.scale, model, parity, args.encoder, args.k)
+    more = {k: spec.parity_model_name(args.dataset, profiles.MORE_K_ENCODER, k) for k in profiles.MORE_K if k != args.k}
+    bed = profiles.testbed(args.profile, args.scale, model, parity, args.encoder, args.k, more, args.deployed)
     if args.schemes:
         wanted = args.schemes.split(",")
         if unknown := sorted(set(wanted) - {s.name for s in bed.schemes}):
@@ -118,10 +124,9 @@ def main(argv: list[str] | None = None) -> tuple[Testbed, list[SchemeResult]]:
     rows = results(tallies)
     command = "python -m bench.testbed " + " ".join(argv if argv is not None else sys.argv[1:])
     info = RunInfo(tag, command, started, _utc(), _commit(), cpu_overall(tallies), (load_before, os.getloadavg()[0]))
-    paths = write(args.out, bed, rows, info)
-    np.savez_compressed(
-        args.out / f"{tag}-latency.npz", **{t.scheme.name: np.array([r.latency_s for r in t.records]) for t in tallies}
-    )
+    latencies_s = {t.scheme.name: np.array([r.latency_s for r in t.records]) for t in tallies}
+    paths = write(args.out, bed, rows, info, versus(rows, {n: 1e3 * v for n, v in latencies_s.items()}))
+    np.savez_compressed(args.out / f"{tag}-latency.npz", **latencies_s)
     print(paths[0].read_text())
     print(f"wrote {', '.join(str(p) for p in paths)} in {time.perf_counter() - began:.0f} s")
     return bed, rows

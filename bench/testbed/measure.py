@@ -9,6 +9,7 @@ share passes :data:`CPU_FLAG_SHARE` is flagged: its tail may be the machine's, n
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import urllib.request
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from triton_local.server import TritonServer
+
+log = logging.getLogger(__name__)
 
 CPU_FLAG_SHARE = 0.70  # of all cores busy: above this, the cores rather than the instances may set the tail
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
@@ -31,6 +34,7 @@ class CpuReading:
     total_s: float
     own_s: float
     at_s: float
+    niced_s: float = 0.0  # of busy_s: time in niced processes (which yield the cores to this testbed's)
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class CpuShare:
 
     machine: float
     own: float
+    niced: float = 0.0  # of machine: the share of all cores busy in niced processes (other work yielding)
 
     @property
     def flagged(self) -> bool:
@@ -50,15 +55,18 @@ def share_over(windows: Sequence[tuple[CpuReading, CpuReading]]) -> CpuShare:
     busy = sum(a.busy_s - b.busy_s for b, a in windows)
     total = sum(a.total_s - b.total_s for b, a in windows)
     own = sum(a.own_s - b.own_s for b, a in windows)
+    niced = sum(a.niced_s - b.niced_s for b, a in windows)
     wall_cores = sum(a.at_s - b.at_s for b, a in windows) * (os.cpu_count() or 1)
-    return CpuShare(machine=busy / max(total, 1e-9), own=own / max(wall_cores, 1e-9))
+    total = max(total, 1e-9)
+    return CpuShare(machine=busy / total, own=own / max(wall_cores, 1e-9), niced=niced / total)
 
 
-def machine_cpu_s() -> tuple[float, float]:
-    """(busy, total) CPU seconds of all cores since boot: /proc/stat's first line, idle and iowait not busy."""
+def machine_cpu_s() -> tuple[float, float, float]:
+    """(busy, total, niced) CPU seconds of all cores since boot: /proc/stat's first line, idle and iowait
+    not busy; niced: its nice column."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
     total = sum(fields)
-    return (total - fields[3] - fields[4]) * _TICK_S, total * _TICK_S
+    return (total - fields[3] - fields[4]) * _TICK_S, total * _TICK_S, fields[1] * _TICK_S
 
 
 def own_cpu_s(groups: Iterable[int], pids: Iterable[int]) -> float:
@@ -79,9 +87,9 @@ def own_cpu_s(groups: Iterable[int], pids: Iterable[int]) -> float:
 
 
 def cpu_reading(tritons: Sequence[TritonServer], pids: Iterable[int]) -> CpuReading:
-    busy, total = machine_cpu_s()
+    busy, total, niced = machine_cpu_s()
     groups = [t.pid for t in tritons if t.pid is not None]
-    return CpuReading(busy, total, own_cpu_s(groups, [*pids, os.getpid()]), time.monotonic())
+    return CpuReading(busy, total, own_cpu_s(groups, [*pids, os.getpid()]), time.monotonic(), niced)
 
 
 @dataclass(frozen=True)
@@ -113,10 +121,11 @@ def instance_reading(triton: TritonServer) -> InstanceReading:
 
 
 def settled_readings(
-    tritons: Sequence[TritonServer], quiet_s: float = 0.3, limit_s: float = 30.0
+    tritons: Sequence[TritonServer], quiet_s: float = 0.3, limit_s: float = 300.0
 ) -> list[InstanceReading]:
     """Every instance's reading once their rows stop moving: a losing copy or a parity still in flight when
-    the last answer came lands in the window that sent it, not in the next."""
+    the last answer came lands in the window that sent it, not in the next. A backlog (an overloaded parity
+    instance) can take minutes to drain; one still moving at ``limit_s`` is logged, and spills over."""
     deadline = time.monotonic() + limit_s
     readings = [instance_reading(t) for t in tritons]
     while time.monotonic() < deadline:
@@ -125,4 +134,5 @@ def settled_readings(
         if [r.rows for r in now] == [r.rows for r in readings]:
             return now
         readings = now
+    log.warning("instances still busy %.0f s after the load: their rows spill into the next window", limit_s)
     return readings

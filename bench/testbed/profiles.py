@@ -6,7 +6,10 @@ law for every model, and an arrival rate set by a target utilisation of the depl
 
 - ``parm``: m deployed + m/k parity instances (ParM's 12 + 6 at k = 2); ``equal`` serves the deployed model
   on all m + m/k (the same resources as extra replicas), ``replicate`` sends every query to two of 2m
-  instances (full replication, 2x the resources), ``hedge`` hedges over the m deployed instances.
+  instances (full replication, 2x the resources), ``hedge`` hedges over the m deployed instances. Beside
+  them, to set coding against hedging at the same extra load: hedging swept over its delay quantile and
+  capped by a budget (:data:`HEDGE_SWEEP`), ParM with ``decode=eager`` (its own policy), and ParM at k = 3
+  and 4 (m/k = 4 and 3 parity instances, on the first of k = 2's). Tiny scale keeps :data:`TINY_PARM`.
 - ``collage``: m deployed + ceil(m/s²) Collage-CNN instances for s = 2 and 3, each also with Collage's resend
   fallback; ``equal`` has as many extra replicas as s = 2 has collage instances.
 - ``approxifer``: each (K, S) codes K queries into K + S and spreads them over ceil(m (K + S) / K) instances
@@ -58,6 +61,20 @@ PER_ROW = "batch=linear:per_row=1"
 PAPER_STALLS = InstanceStallProfile(stall_ms=(50.0, 250.0), every_s=(3.0, 9.0))
 TINY_STALLS = InstanceStallProfile(stall_ms=(20.0, 100.0), every_s=(0.5, 1.5))
 COLLAGE_RESEND_MS = 300.0  # just above the top of Collage's main mode (275 ms), as bench.compare's
+# Hedging's delay swept (the default, p95 of recent calls, is ``hedge``'s), and capped by a token-bucket
+# budget at a delay low enough (p50) that the budget, not the delay, sets how many calls are hedged.
+HEDGE_SWEEP = (
+    ("hedge_q50", "delay_q=0.5"),
+    ("hedge_q90", "delay_q=0.9"),
+    ("hedge_q99", "delay_q=0.99"),
+    ("hedge_q50_b05", "delay_q=0.5,budget=0.05"),
+    ("hedge_q50_b10", "delay_q=0.5,budget=0.1"),
+)
+# ParM at more k, same rate: the add encoder's parity models (the concat encoder has none for k = 3).
+MORE_K = (3, 4)
+MORE_K_ENCODER = "add"
+# The tiny scale's subset of the parm profile (CI): one budgeted hedge, eager decoding, no other k.
+TINY_PARM = ("none", "equal", "hedge", "hedge_q50_b10", "replicate", "parm", "parm_eager")
 
 
 @dataclass(frozen=True)
@@ -186,10 +203,22 @@ def baselines(m: int, extra: int) -> list[Scheme]:
     ]
 
 
-def parm_schemes(m: int, k: int, encoder: str, parity: str) -> list[Scheme]:
-    extra = math.ceil(m / k)
-    route = f"{{model}}=parm:k={k},encoder={encoder},parity_model={parity}"
-    return [*baselines(m, extra), Scheme("parm", route, _span(m), _span(m + extra, m))]
+def parm_schemes(m: int, k: int, encoder: str, parity: str, more: dict[int, str] | None = None) -> list[Scheme]:
+    """ParM at k and its baselines, the hedging sweep, eager decoding, and ParM at each k of ``more``
+    (k -> its parity model, :data:`MORE_K_ENCODER`'s), each on the first m/k of the parity instances."""
+    hedges = [Scheme(name, f"{{model}}=hedge:{opts}", _span(m)) for name, opts in HEDGE_SWEEP]
+    return [
+        *baselines(m, math.ceil(m / k)),
+        *hedges,
+        _parm("parm", m, k, encoder, parity),
+        _parm("parm_eager", m, k, encoder, parity, ",decode=eager"),
+        *(_parm(f"parm_k{k2}", m, k2, MORE_K_ENCODER, p) for k2, p in (more or {}).items()),
+    ]
+
+
+def _parm(name: str, m: int, k: int, encoder: str, parity: str, options: str = "") -> Scheme:
+    route = f"{{model}}=parm:k={k},encoder={encoder},parity_model={parity}{options}"
+    return Scheme(name, route, _span(m), _span(m + math.ceil(m / k), m))
 
 
 def collage_schemes(m: int, sides: Iterable[int]) -> list[Scheme]:
@@ -214,13 +243,25 @@ def _span(stop: int, start: int = 0) -> tuple[int, ...]:
     return tuple(range(start, stop))
 
 
-def testbed(profile: str, scale: str, model: str, parity: str, encoder: str = "concat", k: int = 2) -> Testbed:
-    """``profile`` at ``scale`` serving ``model`` (ParM: with ``parity``, built with ``encoder`` and ``k``)."""
+def testbed(
+    profile: str,
+    scale: str,
+    model: str,
+    parity: str,
+    encoder: str = "concat",
+    k: int = 2,
+    more_parities: dict[int, str] | None = None,
+    deployed: int | None = None,
+) -> Testbed:
+    """``profile`` at ``scale`` serving ``model`` (ParM: with ``parity``, built with ``encoder`` and ``k``;
+    at paper scale also at each k of ``more_parities``, k -> parity model), on ``deployed`` instances (the
+    scale's unless given: the rate follows, at the same utilisation)."""
     paper = scale == "paper"
-    m = PARM_PAPER_INSTANCES if paper else 4
+    m = deployed or (PARM_PAPER_INSTANCES if paper else 4)
     schemes = tuple(
         dataclasses.replace(s, route=s.route.format(model=model))
-        for s in _schemes(profile, paper, m, parity, encoder, k)
+        for s in _schemes(profile, paper, m, parity, encoder, k, more_parities if paper else None)
+        if paper or profile != "parm" or s.name in TINY_PARM
     )
     if not paper:
         return Testbed(
@@ -243,9 +284,11 @@ def testbed(profile: str, scale: str, model: str, parity: str, encoder: str = "c
     )  # fmt: skip
 
 
-def _schemes(profile: str, paper: bool, m: int, parity: str, encoder: str, k: int) -> list[Scheme]:
+def _schemes(
+    profile: str, paper: bool, m: int, parity: str, encoder: str, k: int, more: dict[int, str] | None
+) -> list[Scheme]:
     if profile == "parm":
-        return parm_schemes(m, k, encoder, parity)
+        return parm_schemes(m, k, encoder, parity, more)
     if profile == "collage":
         return collage_schemes(m, (2, 3))
     if profile == "approxifer":

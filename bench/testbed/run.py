@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ class Tally:
     load_s: float = 0.0  # wall time of its load windows
     cpu: list[tuple[CpuReading, CpuReading]] = field(default_factory=list)  # each window's (before, after)
     stall_events: int = 0
+    drain_s: float = 0.0  # after its load windows, until its instances' rows stopped moving (a backlog)
 
     @property
     def cpu_share(self) -> CpuShare:
@@ -103,6 +105,7 @@ def _segment(
         got = _load(stack, name, model, workload.queries[segment], testbed, seed, desc)
     cpu_after = cpu_reading(stack.tritons, pids)
     rows_after = settled_readings(stack.tritons)
+    tally.drain_s += time.monotonic() - cpu_after.at_s
     tally.cpu.append((cpu_before, cpu_after))
     tally.load_s += cpu_after.at_s - cpu_before.at_s
     tally.rows += sum(a.rows - b.rows for b, a in zip(rows_before, rows_after, strict=True))

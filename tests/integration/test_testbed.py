@@ -13,7 +13,7 @@ from tests.integration import linear_models
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-SCHEMES = ["none", "equal", "hedge", "replicate", "parm"]
+SCHEMES = ["none", "equal", "hedge", "replicate", "hedge_q50_b10", "parm", "parm_eager"]
 
 
 def test_tiny_parm_testbed_reports_every_scheme_and_accounts_for_every_query(tmp_path):
@@ -34,11 +34,15 @@ def test_tiny_parm_testbed_reports_every_scheme_and_accounts_for_every_query(tmp
         assert len(s["utilisation"]) == s["instances"], s["name"]
         assert s["stall_events"] > 0, s["name"]  # every instance stalls on its own schedule
     by = {s["name"]: s for s in report["schemes"]}
-    assert [by[n]["instances"] for n in SCHEMES] == [4, 6, 4, 8, 6]
+    assert [by[n]["instances"] for n in SCHEMES] == [4, 6, 4, 8, 4, 6, 6]
     assert by["none"]["calls_per_query"] == by["equal"]["calls_per_query"] == 1.0
     assert by["replicate"]["extra_load"] == 1.0  # both copies run to completion, never cancelled
     assert 1.5 <= by["parm"]["calls_per_query"] <= 2.0  # a parity per group of 2; a sealed partial group pays more
     assert by["parm"]["reconstructed"] <= by["parm"]["answered"]
+    assert 1.5 <= by["parm_eager"]["calls_per_query"] <= 2.0  # eager decoding sends what the deadline policy does
+    # The budget binds: a p50 delay would hedge about half the calls; the token bucket allows a tenth (its
+    # initial tokens let a few more through in a 2 s run).
+    assert by["hedge_q50_b10"]["extra_load"] <= 0.2
     # Triton's compute time holds the emulated 10 ms: `none` offers its 4 instances 60 q/s x 10 ms / 4 = 15%.
     assert by["none"]["mean_utilisation"] == pytest.approx(bed.utilisation, abs=0.05)
     assert isinstance(report["cpu_flagged"], bool) and 0 < report["cpu"]["machine"] <= 1

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 
 from bench.faults import InstanceStallProfile, stall_schedule, worker_stalls
 from bench.testbed import profiles
-from bench.testbed.measure import CpuReading, share_over
+from bench.testbed.measure import CpuReading, CpuShare, share_over
+from bench.testbed.report import SchemeResult, versus
+
+MORE = {3: "mnist_parm_add_k3", 4: "mnist_parm_add_k4"}
 
 
-def _bed(profile: str, scale: str = "paper") -> profiles.Testbed:
-    return profiles.testbed(profile, scale, "mnist_cnn", "mnist_parm_concat_k2")
+def _bed(profile: str, scale: str = "paper", deployed: int | None = None) -> profiles.Testbed:
+    return profiles.testbed(profile, scale, "mnist_cnn", "mnist_parm_concat_k2", more_parities=MORE, deployed=deployed)
 
 
 def _by_name(bed: profiles.Testbed) -> dict[str, profiles.Scheme]:
@@ -27,8 +31,38 @@ def test_parm_paper_layout_is_12_deployed_6_parity_and_its_baselines():
     assert [len(s[n].instances) for n in ("none", "equal", "hedge", "replicate")] == [12, 18, 12, 24]
     models = bed.instance_models()
     assert models[11] == ["mnist_cnn"]  # a deployed instance
-    assert models[12] == ["mnist_cnn", "mnist_parm_concat_k2"]  # parity for ParM, a replica for equal
+    assert models[12][:2] == ["mnist_cnn", "mnist_parm_concat_k2"]  # parity for ParM, a replica for equal
     assert models[23] == ["mnist_cnn"]  # replication's second half
+
+
+def test_parm_paper_sets_hedging_swept_eager_decoding_and_more_k_beside_parm():
+    bed = _bed("parm")
+    s = _by_name(bed)
+    assert s["hedge_q50"].route == "mnist_cnn=hedge:delay_q=0.5"
+    assert s["hedge_q50_b05"].route == "mnist_cnn=hedge:delay_q=0.5,budget=0.05"
+    assert {s[n].data for n in s if n.startswith("hedge")} == {tuple(range(12))}  # every hedge over the 12
+    assert s["parm_eager"].route == s["parm"].route + ",decode=eager"
+    assert s["parm_eager"].coded == s["parm"].coded
+    assert s["parm_k3"].coded == tuple(range(12, 16)) and s["parm_k4"].coded == tuple(range(12, 15))  # m/k
+    assert "k=3,encoder=add,parity_model=mnist_parm_add_k3" in s["parm_k3"].route
+    assert bed.instance_count == 24  # the other k's parity models load on k = 2's parity instances
+    assert bed.instance_models()[14] == ["mnist_cnn", "mnist_parm_concat_k2", "mnist_parm_add_k3", "mnist_parm_add_k4"]
+    assert bed.instance_models()[15] == ["mnist_cnn", "mnist_parm_concat_k2", "mnist_parm_add_k3"]
+
+
+def test_tiny_parm_keeps_its_subset_and_no_other_k():
+    assert [s.name for s in _bed("parm", "tiny").schemes] == [
+        n for n in _by_name(_bed("parm")) if n in profiles.TINY_PARM
+    ]
+    assert set(profiles.TINY_PARM) <= set(_by_name(_bed("parm")))
+
+
+def test_deployed_scales_the_layout_and_the_rate_at_the_same_utilisation():
+    bed, wide = _bed("collage"), _bed("collage", deployed=28)
+    s = _by_name(wide)
+    assert len(s["collage2"].coded) == 7 and len(s["collage3"].coded) == 4  # ceil(28 / s^2)
+    assert len(s["replicate"].instances) == 56
+    assert wide.rate == pytest.approx(bed.rate * 28 / 12)
 
 
 def test_paper_rate_is_the_papers_divided_by_the_time_scale():
@@ -95,3 +129,21 @@ def test_cpu_share_over_windows_weights_each_by_its_length(monkeypatch):
     assert share.machine == pytest.approx(3.0 / 8.0) and not share.flagged
     assert share.own == pytest.approx(1.0 / 8.0)
     assert share_over(windows[:1]).flagged  # 90% > 70%
+
+
+def _row(name: str, extra_load: float) -> SchemeResult:
+    return SchemeResult(
+        name=name, route="", instances=1, sent=1, answered=1, errors={}, reconstructed=0, figures={},
+        calls_per_query=1 + extra_load, extra_load=extra_load, utilisation={0: 0.5}, cpu=CpuShare(0.5, 0.1),
+        stall_events=0,
+    )  # fmt: skip
+
+
+def test_a_coded_scheme_is_set_against_equal_and_the_hedge_nearest_its_extra_load():
+    rows = [_row(n, x) for n, x in (("none", 0), ("equal", 0), ("hedge", 0.05), ("hedge_q50", 0.45), ("parm", 0.52))]
+    rng = np.random.default_rng(0)
+    latencies = {r.name: rng.exponential(10.0, 5000) for r in rows}
+    latencies["parm"] = latencies["parm"] / 2  # twice as fast everywhere
+    compared = versus(rows, latencies)
+    assert [(v.scheme, v.baseline) for v in compared] == [("parm", "equal"), ("parm", "hedge_q50")]
+    assert compared[0].p99.value == pytest.approx(2.0, rel=0.2)  # equal's p99 over parm's
