@@ -130,7 +130,7 @@ class FrontendApp:
                 await asyncio.sleep(retry_s)
 
     async def check_repository(self) -> None:
-        """Every model a route runs on, against the repository index of each fixed instance it is placed on:
+        """Every model a route runs on, against the repository index of each instance it is placed on:
         :class:`RouteError` naming the route, the model and the instance for one absent there, or there
         and not loaded (explicit model control without it) or failed to load (Triton's reason quoted).
         Models still loading pass (their signatures are waited for); an instance that does not answer
