@@ -35,11 +35,7 @@ def _tail_cdf(out: Path, tag: str, latencies: dict[str, np.ndarray]) -> Path:
     ax.set_title(f"Latency tail: {tag}")
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.2)
-    path = out / f"{tag}-tail.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _saved(fig, out / f"{tag}-tail.png")
 
 
 def _gap_bars(out: Path, tag: str, latencies: dict[str, np.ndarray]) -> Path:
@@ -50,11 +46,7 @@ def _gap_bars(out: Path, tag: str, latencies: dict[str, np.ndarray]) -> Path:
     ax.bar_label(bars, fmt="%.1f", fontsize=8)
     ax.set_ylabel("p99.9 - p50 (ms)")
     ax.set_title(f"Tail gap per scheme: {tag}")
-    path = out / f"{tag}-gap.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _saved(fig, out / f"{tag}-gap.png")
 
 
 @dataclass(frozen=True)
@@ -102,11 +94,7 @@ def cost_frontier(
             ax.legend(fontsize=7, loc="lower left")
     axes[0].set_ylabel("latency (ms, log)")
     fig.suptitle(f"Cost frontier: {tag}")
-    path = out / f"{tag}-frontier.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _saved(fig, out / f"{tag}-frontier.png")
 
 
 def _at(point: tuple[float, stats.Estimate, stats.Estimate], i: int) -> stats.Estimate:
@@ -153,14 +141,18 @@ def accuracy_vs_k(results_json: Path, out: Path) -> Path:
         ax.set_title(dataset)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    path = out / "parm-accuracy-vs-k.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _saved(fig, out / "parm-accuracy-vs-k.png")
 
 
 if __name__ == "__main__":
     import sys
 
     print(accuracy_vs_k(Path(sys.argv[1]), Path(sys.argv[2])))
+
+
+def _saved(fig: plt.Figure, path: Path) -> Path:
+    """Write ``fig`` to ``path`` as every plot here is written, and free it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
