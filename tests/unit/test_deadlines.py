@@ -39,6 +39,25 @@ def test_the_adaptive_fill_timeout_leaves_time_for_the_parity_and_follows_the_ar
     assert d.fill_s() == pytest.approx(0.001)
 
 
+def test_slow_coded_calls_never_shorten_the_fill_below_the_time_a_group_takes_to_fill():
+    policy = DeadlinePolicy(straggler_ms=20, straggler_quantile=0.5, fill_ms=50, adaptive_fill=True, fill_floor_ms=0.5)
+    d = _deadlines(policy, [4] * 100, group_size=4)  # deadline 4 ms; 3 partners to wait for
+    for t in range(50):
+        d.arrival(t * 0.002)  # a query every 2 ms: 3 more take 6 ms
+    d.encode_latency.record(0.0005)
+    for _ in range(100):
+        d.coded_latency.record(0.010)  # the parity comes back after the deadline whatever the fill
+    assert d.fill_s() == pytest.approx(0.006)  # not the 0.5 ms floor: groups sealed part empty cost more
+    for _ in range(100):
+        d.coded_latency.record(0.0005)
+    assert d.fill_s() == pytest.approx(0.006)  # in time (3 ms left) is below 6 ms: still the time to fill
+    policy = DeadlinePolicy(straggler_ms=40, straggler_quantile=0.5, fill_ms=50, adaptive_fill=True, fill_floor_ms=0.5)
+    d = _deadlines(policy, [40] * 100, group_size=4)
+    for t in range(50):
+        d.arrival(t * 0.002)
+    assert d.fill_s() == pytest.approx(0.012, rel=0.1)  # time to spare: twice the time to fill
+
+
 def test_bad_policies_are_refused_with_the_setting_named():
     with pytest.raises(ValueError, match="straggler_quantile"):
         DeadlinePolicy(straggler_quantile=1.5)
