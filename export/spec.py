@@ -1,5 +1,6 @@
 """What export writes and the built-in models are: tensor names, dtypes, batch size, and the MNIST /
-Fashion-MNIST facts (1 x 28 x 28 pixels, 10 classes, the data sets and model names).
+Fashion-MNIST facts (1 x 28 x 28 pixels, 10 classes, the data sets and model names; the parity models'
+naming rule is :func:`coding.parm.parity_model_name`, named here too so callers need one import).
 
 One place so the ONNX files, the config.pbtxt files, the bench and the tests agree. The coding library and
 the services know none of it: a scheme takes whatever shape its method allows (``Scheme.rejects``), and the
@@ -9,6 +10,7 @@ frontend reads a model's shapes from Triton.
 from __future__ import annotations
 
 from coding.parm import ENCODERS
+from coding.parm import parity_model_name as parity_model_name
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
