@@ -27,7 +27,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as kpb
 
 from bench.call_cost import infer_request
-from coding import spec
+from export import spec
 from frontend.app import FrontendApp
 from frontend.config import FrontendConfig, parse_route
 from frontend.kserve_servicer import KServeServicer, ModelInfo

@@ -22,7 +22,7 @@ from bench.testbed import profiles
 from bench.testbed.profiles import Testbed
 from bench.testbed.report import RunInfo, SchemeResult, cpu_overall, results, versus, write
 from bench.testbed.run import Workload, run
-from coding import spec
+from export import spec
 from export.datasets import load
 
 log = logging.getLogger("bench.testbed")
