@@ -36,7 +36,7 @@ from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from bench.cpu_breakdown import cpu_s
 from bench.perf_compare import floor_proxy
 from bench.stack import FrontendSpec, Stack
-from coding import spec
+from export import spec
 
 log = logging.getLogger("bench.call_cost")
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")

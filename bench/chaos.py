@@ -49,7 +49,7 @@ from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.stack import REPO_ROOT, FrontendSpec, Stack
-from coding import spec
+from export import spec
 from service_common.tensors import from_numpy
 from triton_local import shm
 

@@ -21,7 +21,7 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
-from coding import spec
+from export import spec
 from frontend.workers import ModelSignature, infer_request, output_rows
 from triton_local.server import TritonConfig, TritonServer
 

@@ -54,7 +54,8 @@ from bench.load import Record, Sender, frontend_sender, run_load, triton_sender
 from bench.netns import WorkerNetwork, unavailable
 from bench.report import Summary, markdown_table, summarize
 from bench.stack import REPO_ROOT, FrontendSpec, Stack
-from coding import coin, collage, spec
+from coding import coin, collage
+from export import spec
 from export.datasets import load
 
 log = logging.getLogger("bench.compare")

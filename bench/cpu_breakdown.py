@@ -19,7 +19,7 @@ import numpy as np
 from bench import compare
 from bench.load import load_frontend
 from bench.stack import REPO_ROOT, Stack
-from coding import spec
+from export import spec
 from export.datasets import load
 
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")

@@ -19,7 +19,7 @@ from pathlib import Path
 from bench.load import load_frontend
 from bench.report import markdown_table, summarize
 from bench.stack import REPO_ROOT, Stack
-from coding import spec
+from export import spec
 from export.datasets import load
 from frontend.config import parse_route
 

@@ -22,7 +22,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from bench.cpu_breakdown import cpu_s
-from coding import spec
+from export import spec
 from triton_local import TritonConfig, TritonServer, shm
 from triton_local.server import REPO_ROOT
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from tritonclient.grpc import InferInput
 from tritonclient.utils import InferenceServerException
 
-from coding import spec
+from export import spec
 from service_common.gc_tuning import freeze_startup_heap
 from service_common.tensors import from_numpy
 

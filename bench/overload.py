@@ -37,7 +37,7 @@ from codedserve.v1 import codedserve_pb2 as pb
 from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 
 from bench.stack import REPO_ROOT, Stack
-from coding import spec
+from export import spec
 from export.datasets import load
 from frontend.servicer import CLIENT_METADATA_KEY
 from service_common.loop_lag import LoopLag

@@ -33,7 +33,7 @@ import grpc
 import numpy as np
 
 from bench.stack import REPO_ROOT, FrontendSpec, Stack
-from coding import spec
+from export import spec
 from triton_local.server import free_ports
 
 log = logging.getLogger("bench.perf_compare")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper, save
 
-from coding import spec
+from export import spec
 from export.onnx_export import config_text
 
 DEPLOYED = "linear"

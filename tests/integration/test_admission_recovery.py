@@ -23,7 +23,7 @@ from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
 from bench.stack import FrontendSpec, Stack
-from coding import spec
+from export import spec
 from service_common.tensors import from_numpy
 from tests.integration import linear_models
 

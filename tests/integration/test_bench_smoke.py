@@ -11,7 +11,7 @@ import pytest
 import tritonclient.grpc.aio as triton_aio
 
 from bench import compare, faults, netns
-from coding import spec
+from export import spec
 from tests.integration import linear_models
 from triton_local import TritonConfig, TritonServer
 

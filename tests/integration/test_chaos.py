@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from bench.chaos import FAULT_KINDS, RunConfig, ShortDeadlines, chaos_stack, plan, run, run_short_deadlines
-from coding import spec
+from export import spec
 from tests.integration import linear_models
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

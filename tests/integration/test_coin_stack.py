@@ -20,8 +20,8 @@ from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
 from bench.stack import REPO_ROOT, FrontendSpec, Stack
-from coding.spec import INPUT_NAME
 from export.datasets import load
+from export.spec import INPUT_NAME
 from frontend.kserve_servicer import RECONSTRUCTED_ROWS_PARAM
 from service_common.tensors import from_numpy
 

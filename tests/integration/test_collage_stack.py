@@ -19,8 +19,8 @@ from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 
 from bench.stack import REPO_ROOT, FrontendSpec, Stack
 from coding import collage
-from coding.spec import INPUT_NAME
 from export.datasets import load
+from export.spec import INPUT_NAME
 from service_common.tensors import from_numpy
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

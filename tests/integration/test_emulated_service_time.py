@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc.aio as grpcclient_aio
 
-from coding import spec
+from export import spec
 from export.onnx_export import config_text
 from tests.integration import linear_models
 from triton_local import TritonConfig, TritonServer

@@ -17,7 +17,7 @@ from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
 from bench.stack import FrontendSpec, Stack
-from coding import spec
+from export import spec
 from service_common.tensors import from_numpy
 from tests.fuzz_strategies import FAULT_NUMBERS, VERSIONS, Target, classify_requests, infer_requests, names, status
 from tests.integration import linear_models

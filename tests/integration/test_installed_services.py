@@ -21,7 +21,7 @@ from codedserve.v1 import codedserve_pb2 as pb
 from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 
 from bench.stack import ServiceProcess
-from coding import spec
+from export import spec
 from service_common.tensors import from_numpy
 from tests.integration import linear_models
 from tests.unit.test_dockerfiles import requirements_installed

@@ -22,7 +22,7 @@ import dns.rrset
 import numpy as np
 import pytest
 
-from coding import spec
+from export import spec
 from frontend.app import FrontendApp
 from frontend.config import FrontendConfig, parse_route
 from frontend.deadlines import DeadlinePolicy

@@ -11,7 +11,7 @@ import signal
 import numpy as np
 import pytest
 
-from coding import spec
+from export import spec
 from frontend.workers import CallInfo, TritonPool, WorkerError
 from tests.integration import linear_models
 from triton_local.server import TritonConfig, TritonServer, free_ports

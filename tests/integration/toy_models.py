@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper, save
 
-from coding import spec
+from export import spec
 from export.onnx_export import config_text
 from tests.toy_schemes import ENSEMBLE, MEMBERS, tile_model_name
 

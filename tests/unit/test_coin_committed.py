@@ -13,9 +13,9 @@ import pytest
 
 from coding.coin import CODED, SPACES
 from coding.schemes import get_scheme
-from coding.spec import INPUT_NAME
 from export import coin
 from export.datasets import load
+from export.spec import INPUT_NAME
 
 REPO = Path(__file__).resolve().parents[2] / "model_repository"
 MANIFEST = json.loads((REPO / "manifest.json").read_text())["models"]

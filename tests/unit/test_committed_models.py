@@ -12,9 +12,9 @@ import onnxruntime as ort
 import pytest
 
 from coding.schemes import get_scheme
-from coding.spec import INPUT_NAME
 from export.datasets import load
 from export.onnx_export import config_text
+from export.spec import INPUT_NAME
 
 REPO = Path(__file__).resolve().parents[2] / "model_repository"
 MANIFEST = json.loads((REPO / "manifest.json").read_text())["models"]

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from coding import spec
+from export import spec
 from export.manifest import RunInfo, model_entry, update_manifest
 from export.models import build_model, multiply_accumulates
 from export.onnx_export import GPU_CONFIG_NAME, check_onnx, write_model

@@ -17,8 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from coding import parm, spec
-from export import accuracy_table, eval_approxifer, gpu_data, train, train_all
+from coding import parm
+from export import accuracy_table, eval_approxifer, gpu_data, spec, train, train_all
 from export.models import build_model
 from export.onnx_export import write_model
 

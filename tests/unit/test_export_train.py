@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from coding import parm
-from coding.spec import IMAGE_SHAPE, NUM_CLASSES
 from export import train
+from export.spec import IMAGE_SHAPE, NUM_CLASSES
 
 
 def _split(n: int, seed: int) -> train.Split:

@@ -8,7 +8,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as kpb
 
 from bench import handler_cost
-from coding import spec
+from export import spec
 
 
 async def _answer(route: str) -> kpb.ModelInferResponse:
