@@ -203,19 +203,24 @@ def _listening_ports(pid: int) -> set[int]:
     return ports
 
 
-def server_env(install: TritonInstall, config: TritonConfig | None = None) -> dict[str, str]:
+def server_env(
+    install: TritonInstall, config: TritonConfig | None = None, accelerator: Path | None = None
+) -> dict[str, str]:
     """The venv's bin first on PATH (the stub's isolated interpreter finds the venv through ``python3`` on
     PATH and ignores PYTHONPATH) and the wheel's bundled libraries on LD_LIBRARY_PATH; the config's emulated
     service times for the backend stubs, which inherit this environment (none unless the config names some,
-    whatever this process's environment holds)."""
+    whatever this process's environment holds), and the lock file their executions take turns on."""
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.prefix) / "bin"), env.get("PATH", "")])
     env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(install.libs), env.get("LD_LIBRARY_PATH")]))
     env.pop(service_time.ENV_LAWS, None)
     env.pop(service_time.ENV_SEED, None)
+    env.pop(service_time.ENV_ACCELERATOR, None)
     if config is not None and config.service_time:
         env[service_time.ENV_LAWS] = config.service_time
         env[service_time.ENV_SEED] = str(config.service_time_seed)
+        if accelerator is not None:
+            env[service_time.ENV_ACCELERATOR] = str(accelerator)
     return env
 
 
@@ -256,6 +261,8 @@ class TritonServer:
         self.log_path: Path | None = config.log_path
         self._started_at = 0.0
         self._start_time: int | None = None  # the process's start time, naming it in its /dev/shm record
+        # With an emulated service time: the lock file of its one emulated accelerator (service_time.Accelerator)
+        self.accelerator: Path | None = None
 
     @property
     def grpc_url(self) -> str:
@@ -272,6 +279,10 @@ class TritonServer:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
+
+    def accelerator_busy(self) -> bool:
+        """True while one of its executions holds its emulated accelerator (False without emulation)."""
+        return self.accelerator is not None and service_time.accelerator_busy(self.accelerator)
 
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -319,11 +330,17 @@ class TritonServer:
         if self.log_path is None:
             self.log_path = self.config.build_dir / "logs" / f"tritonserver-{self._ports[0]}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.config.service_time and self.accelerator is None:
+            folder = self.config.build_dir / "accelerators"
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f"grpc-{grpc}-", suffix=".lock", dir=folder)
+            os.close(fd)
+            self.accelerator = Path(name)
         with open(self.log_path, "ab") as log:  # append: a restarted server keeps its history
             self._proc = subprocess.Popen(
                 [*_die_with_parent(), *self.command(install, backends)], stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT,
-                env=server_env(install, self.config), start_new_session=True,
+                env=server_env(install, self.config, self.accelerator), start_new_session=True,
                 cwd=self.config.build_dir,  # not the caller's: Triton's Python stub would import a model.py there
             )  # fmt: skip
         self._started_at = time.monotonic()
@@ -394,6 +411,9 @@ class TritonServer:
             proc.wait()
             if self._start_time is not None:
                 shm.release(proc.pid, self._start_time)
+            if self.accelerator is not None:
+                self.accelerator.unlink(missing_ok=True)
+                self.accelerator = None
         LOG.info("tritonserver pid %d stopped with %s", proc.pid, proc.returncode)
         return proc.returncode
 

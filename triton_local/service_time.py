@@ -13,7 +13,12 @@ Laws are written ``MODEL=LAW[;MODEL=LAW...]``; ``*`` stands for every model not 
 - ``lognormal:median=MS,p99=MS``: a lognormal law with that median and 99th percentile;
 - ``fixed:ms=MS``: the same time every execution;
 
-optionally followed by ``,batch=GROWTH``, how the time grows with the rows ``b`` of one execution:
+One tritonserver emulates one accelerator: the executions of all its models and instances take turns on it
+(a lock file the launcher names in ``TRITON_LOCAL_ACCELERATOR``), as they would share one GPU that each
+execution keeps fully busy. Without that, each model's backend stub would hold its own instance, and a
+server serving two models would behave as two accelerators.
+
+Laws are optionally followed by ``,batch=GROWTH``, how the time grows with the rows ``b`` of one execution:
 ``flat`` (the default: a batch takes one draw, whatever its size) or ``linear:per_row=X``, where
 t(b) = t(1)·(1 + X·(b − 1)). Example: ``mnist_cnn=lognormal:median=20,p99=60,batch=linear:per_row=0.1;*=collage``.
 """
@@ -21,7 +26,10 @@ t(b) = t(1)·(1 + X·(b − 1)). Example: ``mnist_cnn=lognormal:median=20,p99=60
 from __future__ import annotations
 
 import bisect
+import contextlib
+import fcntl
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -30,6 +38,7 @@ from pathlib import Path
 # How the launcher hands the laws to the backend stubs (tritonserver's environment, which they inherit).
 ENV_LAWS = "TRITON_LOCAL_SERVICE_TIME"
 ENV_SEED = "TRITON_LOCAL_SERVICE_TIME_SEED"
+ENV_ACCELERATOR = "TRITON_LOCAL_ACCELERATOR"  # the lock file all of one server's executions take turns on
 ANY_MODEL = "*"
 _Z99 = 2.3263478740408408  # the standard normal's 99th percentile
 
@@ -257,3 +266,39 @@ class InstanceClock:
         remaining = self.draw_s(rows) - (time.monotonic() - started)
         if remaining > 0:
             time.sleep(remaining)
+
+
+class Accelerator:
+    """One server's emulated accelerator: ``with accelerator:`` waits for the turn, across the backend stubs
+    of every model on the server (an exclusive ``flock`` on a file they all open)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def __enter__(self) -> Accelerator:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def accelerator_busy(path: str | Path) -> bool:
+    """True while an execution holds the accelerator at ``path`` (a probe that takes and drops the turn)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    return False

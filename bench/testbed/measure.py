@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 import urllib.request
 from collections.abc import Iterable, Sequence
@@ -120,18 +121,39 @@ def instance_reading(triton: TritonServer) -> InstanceReading:
     )
 
 
+def pending_requests(triton: TritonServer) -> int:
+    """Requests queued in Triton's schedulers, not yet executing (``nv_inference_pending_request_count``
+    summed over models: a gauge kept as requests enter and leave the queue, current at every scrape)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(triton.metrics_url, timeout=10) as reply:
+        text = reply.read().decode()
+    return sum(int(float(v)) for v in re.findall(r"^nv_inference_pending_request_count\{[^}]*\} (\S+)$", text, re.M))
+
+
+def idle(triton: TritonServer) -> bool:
+    """Nothing queued in Triton and no execution holding its emulated accelerator."""
+    return not triton.accelerator_busy() and pending_requests(triton) == 0
+
+
 def settled_readings(
-    tritons: Sequence[TritonServer], quiet_s: float = 0.3, limit_s: float = 300.0
+    tritons: Sequence[TritonServer], quiet_s: float = 0.3, poll_s: float = 0.05, limit_s: float = 300.0
 ) -> list[InstanceReading]:
-    """Every instance's reading once their rows stop moving: a losing copy or a parity still in flight when
-    the last answer came lands in the window that sent it, not in the next. A backlog (an overloaded parity
-    instance) can take minutes to drain; one still moving at ``limit_s`` is logged, and spills over."""
+    """Every instance's reading once its work has drained: a losing copy or a parity still queued or
+    running when the last answer came lands in the window that sent it, not in the next. Drained means
+    idle (:func:`idle`) at every poll for ``quiet_s`` with the rows unchanged: a backlog of multi-second
+    batches keeps an instance busy between its row counts moving, and a call the frontend sends late (a
+    group's parity after its fill timeout) shows within the quiet time. One still busy at ``limit_s`` is
+    logged, and spills over."""
     deadline = time.monotonic() + limit_s
     readings = [instance_reading(t) for t in tritons]
+    quiet_since = time.monotonic()
     while time.monotonic() < deadline:
-        time.sleep(quiet_s)
+        time.sleep(poll_s)
+        busy = not all(idle(t) for t in tritons)
         now = [instance_reading(t) for t in tritons]
-        if [r.rows for r in now] == [r.rows for r in readings]:
+        if busy or [r.rows for r in now] != [r.rows for r in readings]:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
             return now
         readings = now
     log.warning("instances still busy %.0f s after the load: their rows spill into the next window", limit_s)

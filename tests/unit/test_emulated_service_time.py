@@ -139,10 +139,13 @@ def test_emulated_hold_sleeps_until_the_drawn_time_since_the_start():
 def test_emulated_laws_reach_the_stubs_only_through_the_config(tmp_path: Path, monkeypatch):
     install = TritonInstall(*(tmp_path for _ in range(4)))
     monkeypatch.setenv(service_time.ENV_LAWS, "*=collage")  # left over in the launcher's environment
-    off = server_env(install, TritonConfig(tmp_path))
-    assert service_time.ENV_LAWS not in off and service_time.ENV_SEED not in off
-    on = server_env(install, TritonConfig(tmp_path, service_time="m=fixed:ms=50", service_time_seed=7))
+    monkeypatch.setenv(service_time.ENV_ACCELERATOR, "/elsewhere.lock")
+    off = server_env(install, TritonConfig(tmp_path), accelerator=tmp_path / "a.lock")
+    assert not {service_time.ENV_LAWS, service_time.ENV_SEED, service_time.ENV_ACCELERATOR} & set(off)
+    config = TritonConfig(tmp_path, service_time="m=fixed:ms=50", service_time_seed=7)
+    on = server_env(install, config, accelerator=tmp_path / "a.lock")
     assert (on[service_time.ENV_LAWS], on[service_time.ENV_SEED]) == ("m=fixed:ms=50.0", "7")
+    assert on[service_time.ENV_ACCELERATOR] == str(tmp_path / "a.lock")
     with pytest.raises(ValueError, match="^service_time: 'm=fixed': fixed needs ms$"):
         TritonConfig(tmp_path, service_time="m=fixed")
 

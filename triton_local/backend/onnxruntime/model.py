@@ -12,9 +12,11 @@ site-packages because the venv's ``bin`` is first on PATH), so it imports only n
 
 Emulated accelerator time, for local benchmarks only: when the launcher names a law for this model (in
 tritonserver's environment, which the stub inherits), each execution holds the instance until a time drawn
-from that law has passed since it began; see ``service_time``.
+from that law has passed since it began, and the executions of every model on the server take turns (one
+emulated accelerator per server); see ``service_time``.
 """
 
+import contextlib
 import json
 import os
 import time
@@ -122,6 +124,7 @@ class TritonPythonModel:
         self._inputs = {i["name"]: _ORT_TYPES[ort_inputs[i["name"]]][1] for i in config["input"]}
         self._outputs = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
         self._clock = _clock(args)
+        self._accelerator = _accelerator() if self._clock else None
         emulated = f", emulated service time {self._clock.law}" if self._clock else ""
         pb_utils.Logger.log_info(
             f"onnxruntime {ort.__version__} serving {path} (intra_op_threads="
@@ -129,10 +132,13 @@ class TritonPythonModel:
         )
 
     def execute(self, requests):
-        """Answer the requests; with an emulated service time, hold the instance until it has passed."""
-        started = time.monotonic()
-        responses, rows = self._answer(requests)
-        if self._clock is not None:
+        """Answer the requests; with an emulated service time, take the server's accelerator and hold it
+        until that time has passed since the execution began on it."""
+        if self._clock is None:
+            return self._answer(requests)[0]
+        with self._accelerator:
+            started = time.monotonic()
+            responses, rows = self._answer(requests)
             self._clock.hold(started, rows)
         return responses
 
@@ -205,6 +211,13 @@ def _clock(args):
         return None
     seed = int(os.environ.get(service_time.ENV_SEED) or 0)
     return service_time.InstanceClock(law, seed, args["model_name"], args["model_instance_name"])
+
+
+def _accelerator():
+    """The server's emulated accelerator (its lock file, named by the launcher); where the launcher named
+    none, this instance is its own (the Python backend runs one execution at a time per instance)."""
+    path = os.environ.get(service_time.ENV_ACCELERATOR)
+    return service_time.Accelerator(path) if path else contextlib.nullcontext()
 
 
 def _response(outputs):
