@@ -16,20 +16,22 @@ from frontend.injection import parse_fault_metadata
 from frontend.server import create_server
 from service_common import event_loop
 from service_common.channels import DEFAULT_RECONNECT_BACKOFF_MS
-from service_common.cli import Flags, add_common_flags, common_config, legacy_name, new_parser
+from service_common.cli import (
+    CLIENT_TLS_FLAGS,  # noqa: F401 - the flags this command line takes (tests read them here)
+    Flags,
+    add_client_tls_flags,
+    add_common_flags,
+    client_tls_from_args,
+    common_config,
+    legacy_name,
+    new_parser,
+)
 from service_common.logs import setup_logging
 from service_common.metrics import serve_metrics
 from service_common.server import BindError, wait_for_signal
-from service_common.tls import ClientTLS, TLSConfigError, cert_and_key, client_tls, describe, labels
+from service_common.tls import describe
 
 log = logging.getLogger("frontend")
-CLIENT_TLS_FLAGS = (
-    "--triton-tls-ca",
-    "--triton-tls-server-name",
-    "--coding-tls-ca",
-    "--tls-client-cert",
-    "--tls-client-key",
-)
 
 
 def parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
@@ -121,7 +123,7 @@ def _flags(environ: Mapping[str, str] | None = None) -> Flags:
         "(the next query is let through to measure again): after a fault, short deadlines are refused for at "
         "most about this long",
     )
-    _tls_flags(flags)
+    add_client_tls_flags(flags)
     _health_flags(flags)
     _fault_flags(flags)
     return flags
@@ -226,44 +228,6 @@ def _deadline_flags(flags: Flags) -> None:
     )
 
 
-def _tls_flags(flags: Flags) -> None:
-    """The frontend's calls (its own ports take --tls-cert/--tls-key/--tls-client-ca, as every server)."""
-    group = flags.parser.add_argument_group("TLS of the frontend's calls to Triton and the coding services")
-    add = functools.partial(flags.add, group=group, metavar="FILE")
-    add("--triton-tls-ca", help="PEM CA bundle that signed Triton's gRPC certificate: call Triton over TLS")
-    add(
-        "--triton-tls-server-name",
-        metavar="NAME",
-        help="check Triton's certificate for this name instead of the dialed host (with --triton-dns, pods are "
-        "dialed by IP)",
-    )
-    add("--coding-tls-ca", help="PEM CA bundle that signed the encoder's and decoder's certs: call both over TLS")
-    add(
-        "--tls-client-cert",
-        help="PEM certificate the frontend presents on its TLS calls, to servers that require one (mTLS)",
-    )
-    add("--tls-client-key", help="PEM private key of --tls-client-cert")
-    flags.parser.set_defaults(
-        client_tls_labels=dict(zip(CLIENT_TLS_FLAGS, labels(flags, CLIENT_TLS_FLAGS), strict=True))
-    )
-
-
-def _client_tls(args: argparse.Namespace) -> tuple[ClientTLS | None, ClientTLS | None]:
-    """(Triton's, the coding services') channel TLS; raises TLSConfigError naming the flag at fault."""
-    names = {f: getattr(args, "client_tls_labels", {}).get(f, f) for f in CLIENT_TLS_FLAGS}
-    triton_ca, name, coding_ca, cert, key = (names[f] for f in CLIENT_TLS_FLAGS)
-    why = "a client certificate needs its private key"
-    pair = cert_and_key(args.tls_client_cert, args.tls_client_key, cert, key, why)
-    if pair is not None and not (args.triton_tls_ca or args.coding_tls_ca):
-        raise TLSConfigError(f"{cert} is set but no call uses TLS: give {triton_ca} or {coding_ca}")
-    if args.triton_tls_server_name and not args.triton_tls_ca:
-        raise TLSConfigError(f"{name} is set but {triton_ca} is not: Triton is called in plaintext")
-    return (
-        client_tls(args.triton_tls_ca, triton_ca, pair, args.triton_tls_server_name or ""),
-        client_tls(args.coding_tls_ca, coding_ca, pair),
-    )
-
-
 def _fault_flags(flags: Flags) -> None:
     group = flags.parser.add_argument_group("fault injection (demos and tests only)")
     add = functools.partial(flags.add, group=group)
@@ -300,7 +264,7 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
             args.allow_fault_metadata,
             _worker_faults(args.inject_worker_faults),
         )
-        triton_tls, coding_tls = _client_tls(args)
+        triton_tls, coding_tls = client_tls_from_args(args)
         return FrontendConfig(
             address=common.address,
             triton_urls=tuple(urls),

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError
 
-from service_common.errors import InvalidArgument, status_of
+from service_common.errors import InvalidArgument, status_name
 from service_common.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -30,11 +30,11 @@ def answer_each(
         try:
             responses.append(answer(request))
         except Exception as exc:  # noqa: BLE001 - becomes this request's error, not the batch's
-            known = status_of(exc)
-            if known is None:
+            known = status_name(exc) is not None
+            if not known:
                 cause = type(exc).__qualname__
                 _unexpected.log(logging.ERROR, cause, "request %d of a batch failed", i, exc_info=exc)
-            responses.append(failed(known[1] if known else "internal error; see the server log"))
+            responses.append(failed(str(exc) if known else "internal error; see the server log"))
     return responses
 
 

@@ -11,6 +11,7 @@ flag's variable and its built-in default. Old names keep working for a while, wi
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -20,7 +21,15 @@ from typing import Any
 from coding.errors import CodingError
 from coding.schemes import load_scheme_modules
 from service_common.event_loop import DEFAULT_LOOP, LOOPS
-from service_common.tls import ServerTLS, TLSConfigError, add_server_flags, server_tls_from_args
+from service_common.tls import (
+    SERVER_FLAGS,
+    ClientTLS,
+    ServerTLS,
+    TLSConfigError,
+    cert_and_key,
+    client_tls,
+    server_tls,
+)
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +254,73 @@ def common_config(args: argparse.Namespace) -> ServiceConfig:
         tls,
         args.health_address or None,
         args.event_loop,
+    )
+
+
+def add_server_flags(flags: Flags) -> None:
+    """``--tls-cert``, ``--tls-key``, ``--tls-client-ca``: every server's own TLS (off when unset)."""
+    cert, key, ca = SERVER_FLAGS
+    flags.add(cert, metavar="FILE", help=f"PEM certificate (chain) this server presents; with {key}: TLS")
+    flags.add(key, metavar="FILE", help=f"PEM private key of {cert}")
+    flags.add(ca, metavar="FILE", help="PEM CA bundle: clients must present a certificate it signed (mTLS)")
+    flags.parser.set_defaults(tls_labels=labels(flags, SERVER_FLAGS))
+
+
+def labels(flags: Flags, names: Sequence[str]) -> tuple[str, ...]:
+    """Each flag with its variable, ``--tls-key (CODEDSERVE_ENCODER_TLS_KEY)``: what an error names, since
+    either may have set it."""
+    return tuple(f"{name} ({flags.settings[name.lstrip('-').replace('-', '_')].env})" for name in names)
+
+
+def server_tls_from_args(args: argparse.Namespace) -> ServerTLS | None:
+    return server_tls(args.tls_cert, args.tls_key, args.tls_client_ca, getattr(args, "tls_labels", SERVER_FLAGS))
+
+
+CLIENT_TLS_FLAGS = (
+    "--triton-tls-ca",
+    "--triton-tls-server-name",
+    "--coding-tls-ca",
+    "--tls-client-cert",
+    "--tls-client-key",
+)
+
+
+def add_client_tls_flags(flags: Flags) -> None:
+    """The TLS of a service's own calls, to Triton and to the coding services (the frontend's: its ports take
+    --tls-cert/--tls-key/--tls-client-ca, as every server)."""
+    group = flags.parser.add_argument_group("TLS of the frontend's calls to Triton and the coding services")
+    add = functools.partial(flags.add, group=group, metavar="FILE")
+    add("--triton-tls-ca", help="PEM CA bundle that signed Triton's gRPC certificate: call Triton over TLS")
+    add(
+        "--triton-tls-server-name",
+        metavar="NAME",
+        help="check Triton's certificate for this name instead of the dialed host (with --triton-dns, pods are "
+        "dialed by IP)",
+    )
+    add("--coding-tls-ca", help="PEM CA bundle that signed the encoder's and decoder's certs: call both over TLS")
+    add(
+        "--tls-client-cert",
+        help="PEM certificate the frontend presents on its TLS calls, to servers that require one (mTLS)",
+    )
+    add("--tls-client-key", help="PEM private key of --tls-client-cert")
+    flags.parser.set_defaults(
+        client_tls_labels=dict(zip(CLIENT_TLS_FLAGS, labels(flags, CLIENT_TLS_FLAGS), strict=True))
+    )
+
+
+def client_tls_from_args(args: argparse.Namespace) -> tuple[ClientTLS | None, ClientTLS | None]:
+    """(Triton's, the coding services') channel TLS; raises TLSConfigError naming the flag at fault."""
+    names = {f: getattr(args, "client_tls_labels", {}).get(f, f) for f in CLIENT_TLS_FLAGS}
+    triton_ca, name, coding_ca, cert, key = (names[f] for f in CLIENT_TLS_FLAGS)
+    why = "a client certificate needs its private key"
+    pair = cert_and_key(args.tls_client_cert, args.tls_client_key, cert, key, why)
+    if pair is not None and not (args.triton_tls_ca or args.coding_tls_ca):
+        raise TLSConfigError(f"{cert} is set but no call uses TLS: give {triton_ca} or {coding_ca}")
+    if args.triton_tls_server_name and not args.triton_tls_ca:
+        raise TLSConfigError(f"{name} is set but {triton_ca} is not: Triton is called in plaintext")
+    return (
+        client_tls(args.triton_tls_ca, triton_ca, pair, args.triton_tls_server_name or ""),
+        client_tls(args.coding_tls_ca, coding_ca, pair),
     )
 
 

@@ -1,8 +1,10 @@
-"""Typed service errors. The core raises these; one interceptor turns them into gRPC statuses."""
+"""Typed service errors. The core raises these; one interceptor turns them into gRPC statuses.
+
+No gRPC here: each error names its status (``status``, the gRPC name), so the cores that raise them import
+no transport; :func:`service_common.interceptor.status_of` turns the name into the status code.
+"""
 
 from __future__ import annotations
-
-import grpc
 
 from coding.errors import CodingError
 
@@ -10,27 +12,27 @@ from coding.errors import CodingError
 class ServiceError(Exception):
     """Base: an error whose message is safe to show the caller."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    status = "INTERNAL"  # the name of the gRPC status it maps to
 
 
 class InvalidArgument(ServiceError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    status = "INVALID_ARGUMENT"
 
 
 class NotFound(ServiceError):
-    code = grpc.StatusCode.NOT_FOUND
+    status = "NOT_FOUND"
 
 
 class Unavailable(ServiceError):
-    code = grpc.StatusCode.UNAVAILABLE
+    status = "UNAVAILABLE"
 
 
 class DeadlineExceeded(ServiceError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    status = "DEADLINE_EXCEEDED"
 
 
 class ResourceExhausted(ServiceError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = "RESOURCE_EXHAUSTED"
 
 
 class BindError(OSError):
@@ -38,17 +40,16 @@ class BindError(OSError):
     (:mod:`service_common.server`) or the metrics port (:mod:`service_common.metrics`)."""
 
 
-def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
-    """The (code, message) for an error we know, or None for an unexpected one (-> INTERNAL)."""
+def status_name(exc: BaseException) -> str | None:
+    """The gRPC status name for an error we know, or None for an unexpected one (-> INTERNAL)."""
     if isinstance(exc, ServiceError):
-        return exc.code, str(exc)
+        return exc.status
     if isinstance(exc, CodingError):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        return "INVALID_ARGUMENT"
     return None
 
 
 def code_name(exc: BaseException) -> str:
     """The gRPC name of the status ``exc`` maps to (``DEADLINE_EXCEEDED``...; ``INTERNAL`` for an
     unexpected error): the one spelling of a status in every metric label."""
-    known = status_of(exc)
-    return known[0].name if known is not None else grpc.StatusCode.INTERNAL.name
+    return status_name(exc) or "INTERNAL"

@@ -32,7 +32,7 @@ from google.protobuf.message import DecodeError
 from grpc._cython.cygrpc import ExecuteBatchError  # grpc.aio raises it, and exports only its base class
 
 from service_common import metrics
-from service_common.errors import InvalidArgument, status_of
+from service_common.errors import InvalidArgument, status_name
 from service_common.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,12 @@ def _count(method: str, code: grpc.StatusCode) -> None:
     if child is None:
         child = _counts[method, code] = metrics.RPCS.labels(method=method, code=code.name)
     child.inc()
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
+    """The (code, message) for an error we know, or None for an unexpected one (-> INTERNAL)."""
+    name = status_name(exc)
+    return None if name is None else (grpc.StatusCode[name], str(exc))
 
 
 def message_status(exc: Exception, method: str | None, what: str) -> tuple[grpc.StatusCode, str]:

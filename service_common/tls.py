@@ -5,22 +5,18 @@ in plaintext, as before. A server given a client CA requires every client to pre
 signed (mTLS); a channel given a client certificate presents it. The files are checked when the
 configuration is built, so a missing file or a half-given pair fails at start-up naming its flag, not at
 the first handshake. The files are read again whenever credentials are made (a restart picks up new ones).
+The flags that set them are the command-line layer's (:mod:`service_common.cli`); this module knows files only.
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import grpc
-
-if TYPE_CHECKING:
-    from service_common.cli import Flags
 
 SERVER_FLAGS = ("--tls-cert", "--tls-key", "--tls-client-ca")
 _CERT, _KEY = "CERTIFICATE", "PRIVATE KEY"
@@ -153,22 +149,3 @@ def pem_file(path: str, flag: str, kind: str) -> Path:
     if not re.search(rf"-----BEGIN (?:[A-Z]+ )?{kind}-----", text):
         raise TLSConfigError(f"{flag}: {path}: not a PEM {kind.lower()} (no '-----BEGIN {kind}' line)")
     return file
-
-
-def add_server_flags(flags: Flags) -> None:
-    """``--tls-cert``, ``--tls-key``, ``--tls-client-ca``: every server's own TLS (off when unset)."""
-    cert, key, ca = SERVER_FLAGS
-    flags.add(cert, metavar="FILE", help=f"PEM certificate (chain) this server presents; with {key}: TLS")
-    flags.add(key, metavar="FILE", help=f"PEM private key of {cert}")
-    flags.add(ca, metavar="FILE", help="PEM CA bundle: clients must present a certificate it signed (mTLS)")
-    flags.parser.set_defaults(tls_labels=labels(flags, SERVER_FLAGS))
-
-
-def labels(flags: Flags, names: Sequence[str]) -> tuple[str, ...]:
-    """Each flag with its variable, ``--tls-key (CODEDSERVE_ENCODER_TLS_KEY)``: what an error names, since
-    either may have set it."""
-    return tuple(f"{name} ({flags.settings[name.lstrip('-').replace('-', '_')].env})" for name in names)
-
-
-def server_tls_from_args(args: argparse.Namespace) -> ServerTLS | None:
-    return server_tls(args.tls_cert, args.tls_key, args.tls_client_ca, getattr(args, "tls_labels", SERVER_FLAGS))
