@@ -6,6 +6,7 @@ import pytest
 from codedserve.v1 import codedserve_pb2 as pb
 from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from coding import parm
 from decoder_service.server import create_server as create_decoder
@@ -77,11 +78,17 @@ async def test_approxifer_decodes_a_linear_model_and_names_a_lying_worker(servic
     assert np.abs(rebuilt - truth).max() < 0.5 * np.abs(truth).max()
 
 
-async def test_health_and_reflection_are_served(services):
-    _, _, channels = services
-    health = health_pb2_grpc.HealthStub(channels[0])
-    reply = await health.Check(health_pb2.HealthCheckRequest(service="codedserve.v1.Encoder"))
+@pytest.mark.parametrize("which, name", [(0, "codedserve.v1.Encoder"), (1, "codedserve.v1.Decoder")])
+async def test_health_and_reflection_are_served(services, which, name):
+    channel = services[2][which]
+    health = health_pb2_grpc.HealthStub(channel)
+    reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    ask = reflection_pb2.ServerReflectionRequest(list_services="")
+    answers = [a async for a in reflection.ServerReflectionInfo(iter([ask]))]
+    listed = {s.name for s in answers[0].list_services_response.service}
+    assert listed == {name, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
 
 
 def _tensor(dtype="float32", shape=(2, 1, 28, 28), data=None):
