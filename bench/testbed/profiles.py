@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.faults import InstanceStallProfile
-from frontend.config import parse_route
+from frontend.core.routes import parse_route
 from triton_local.service_time import parse_law
 
 PROFILES = ("parm", "collage", "approxifer")
@@ -279,7 +279,7 @@ def testbed(
         utilisation=paper_utilisation(PARM_PAPER_RATE),
         utilisation_source=f"ParM's {PARM_PAPER_RATE:g} q/s on {PARM_PAPER_INSTANCES} instances (fig10, fig11) "
         "under the ResNet-18 law",
-        stalls=None if collage else PAPER_STALLS.scaled(time_scale), duration_s=100.0, rounds=4,
+        stalls=None if collage else PAPER_STALLS.scaled(time_scale), duration_s=75.0, rounds=4,
         resend_ms=COLLAGE_RESEND_MS, warmup_s=3.0,
     )  # fmt: skip
 
