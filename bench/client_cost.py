@@ -22,7 +22,8 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
 from export import spec
-from frontend.workers import ModelSignature, infer_request, output_rows
+from frontend.core.calls import ModelSignature
+from frontend.transport.triton import infer_request, output_rows
 from triton_local.server import TritonConfig, TritonServer
 
 log = logging.getLogger("bench.client_cost")
@@ -41,7 +42,7 @@ def _tritonclient(client: triton_aio.InferenceServerClient, model: str) -> Call:
 
 
 def _raw(stub: kpb_grpc.GRPCInferenceServiceStub, model: str) -> Call:
-    """What the frontend's Triton pool sends (frontend.workers), without its batching."""
+    """What the frontend's Triton pool sends (frontend.transport.triton), without its batching."""
     signature = ModelSignature(spec.INPUT_NAME, spec.OUTPUT_NAME, spec.IMAGE_SHAPE, np.dtype(np.float32))
 
     async def call(x: np.ndarray) -> np.ndarray:

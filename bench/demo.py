@@ -21,7 +21,7 @@ from bench.report import markdown_table, summarize
 from bench.stack import REPO_ROOT, Stack
 from export import spec
 from export.datasets import load
-from frontend.config import parse_route
+from frontend.core.routes import parse_route
 
 log = logging.getLogger("bench.demo")
 

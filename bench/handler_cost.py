@@ -28,10 +28,11 @@ from tritonclient.grpc import service_pb2 as kpb
 
 from bench.call_cost import infer_request
 from export import spec
-from frontend.app import FrontendApp
-from frontend.config import FrontendConfig, parse_route
-from frontend.kserve_servicer import KServeServicer, ModelInfo
-from frontend.workers import ModelSignature
+from frontend.api.kserve import KServeServicer, ModelInfo
+from frontend.app.assembly import FrontendApp
+from frontend.app.config import FrontendConfig
+from frontend.core.calls import ModelSignature
+from frontend.core.routes import parse_route
 
 MODEL = "m"
 CLASSES = 10

@@ -39,7 +39,7 @@ from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 from bench.stack import REPO_ROOT, Stack
 from export import spec
 from export.datasets import load
-from frontend.servicer import CLIENT_METADATA_KEY
+from frontend.api.classify import CLIENT_METADATA_KEY
 from service_common.loop_lag import LoopLag
 from service_common.tensors import from_numpy
 from triton_local.server import HOST, free_ports

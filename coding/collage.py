@@ -11,7 +11,7 @@ shape; the ``H - s th`` rows at the bottom and ``W - s tw`` columns at the right
 vectors, row j for cell j.
 
 A partial group (sealed by the fill timeout) fills its empty cells by repeating its own queries, as every
-group does (frontend.groups), so the collage is always full and cell j always holds data slot j: the
+group does (frontend.core.groups), so the collage is always full and cell j always holds data slot j: the
 decoder reads a missing query's answer off its own cell's row, and never needs the partners.
 """
 

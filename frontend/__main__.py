@@ -9,11 +9,12 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from frontend.batching import DEFAULT_ESTIMATE_MAX_AGE_S
-from frontend.config import FaultPlan, FrontendConfig, RouteError, parse_route
-from frontend.deadlines import DeadlinePolicy
-from frontend.injection import parse_fault_metadata
-from frontend.server import create_server
+from frontend.app.config import FrontendConfig
+from frontend.app.server import create_server
+from frontend.core.deadlines import DeadlinePolicy
+from frontend.core.faults import FaultPlan, parse_fault_metadata
+from frontend.core.routes import RouteError, parse_route
+from frontend.dataplane.batching import DEFAULT_ESTIMATE_MAX_AGE_S
 from service_common import event_loop
 from service_common.channels import DEFAULT_RECONNECT_BACKOFF_MS
 from service_common.cli import (
@@ -136,7 +137,8 @@ def _health_flags(flags: Flags) -> None:
         type=float,
         default=0.5,
         help="how often Triton's ModelReady (a real inference once a model's calls keep failing) and the coding "
-        "services' health are probed; grpc.health.v1 and the KServe ServerReady/ModelReady follow (frontend.health)",
+        "services' health are probed; grpc.health.v1 and the KServe ServerReady/ModelReady follow "
+        "(frontend.app.health)",
     )
     add("--health-timeout-s", type=float, default=1.0, help="a probe unanswered this long counts as down")
     add(

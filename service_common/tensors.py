@@ -16,7 +16,7 @@ coding group (where one poisoned input would spoil its partners' reconstructions
 be finite and within ``|x| <= MAX_ABS_INPUT`` (1e6). Queries are pixels or normalised features, far
 below the bound; above it a float32 model's activations head for overflow (NaN logits) — 3e38 pixels
 did. Integer inputs cannot be NaN and get no bound. The frontend also never answers OK with a
-non-finite logit (:func:`frontend.servicer.finite_answer`), whatever the input.
+non-finite logit (:func:`frontend.api.classify.finite_answer`), whatever the input.
 """
 
 from __future__ import annotations

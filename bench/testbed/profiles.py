@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.faults import InstanceStallProfile
-from frontend.config import parse_route
+from frontend.core.routes import parse_route
 from triton_local.service_time import parse_law
 
 PROFILES = ("parm", "collage", "approxifer")

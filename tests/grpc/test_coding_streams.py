@@ -12,9 +12,10 @@ from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 from coding import parm
 from decoder_service.server import create_server as create_decoder
 from encoder_service.server import create_server as create_encoder
-from frontend.coding_clients import CodingClients, CodingServiceError
-from frontend.config import parse_route
-from frontend.streams import StreamCalls
+from frontend.core.calls import CodingServiceError
+from frontend.core.routes import parse_route
+from frontend.transport.coding_clients import CodingClients
+from frontend.transport.streams import StreamCalls
 from service_common.cli import ServiceConfig
 from service_common.tensors import from_numpy, to_numpy
 

@@ -15,13 +15,14 @@ from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
-from frontend.app import FrontendApp
-from frontend.completion import run_then
-from frontend.config import FrontendConfig, parse_route
-from frontend.deadlines import DeadlinePolicy
-from frontend.server import SERVICE_NAME
-from frontend.servicer import READ_SLACK, FrontendServicer
-from frontend.workers import CallInfo, ModelSignature
+from frontend.api.classify import READ_SLACK, FrontendServicer
+from frontend.app.assembly import FrontendApp
+from frontend.app.config import FrontendConfig
+from frontend.app.server import SERVICE_NAME
+from frontend.core.calls import CallInfo, ModelSignature
+from frontend.core.completion import run_then
+from frontend.core.deadlines import DeadlinePolicy
+from frontend.core.routes import parse_route
 from service_common.server import start_server
 from service_common.tensors import MAX_ABS_INPUT, from_numpy
 

@@ -26,8 +26,9 @@ from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
-from frontend.config import FrontendConfig, parse_route
-from frontend.server import SERVICE_NAME, FrontendServer, create_server
+from frontend.app.config import FrontendConfig
+from frontend.app.server import SERVICE_NAME, FrontendServer, create_server
+from frontend.core.routes import parse_route
 from service_common.tensors import from_numpy
 from tests.fuzz_strategies import FAULT_NUMBERS, VERSIONS, Target, classify_requests, infer_requests, names, status
 from tests.grpc.fake_triton import INPUT, MODEL, OUTPUT, ROW, FakeTriton

@@ -14,9 +14,10 @@ from codedserve.v1 import codedserve_pb2 as pb
 from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from frontend.config import FrontendConfig, parse_route
-from frontend.server import create_server
-from frontend.workers import FAILING_CALLS
+from frontend.app.config import FrontendConfig
+from frontend.app.server import create_server
+from frontend.core.routes import parse_route
+from frontend.transport.triton import FAILING_CALLS
 from service_common.tensors import from_numpy
 from tests.grpc.fake_triton import MODEL, ROW, FakeTriton
 

@@ -16,10 +16,11 @@ from decoder_service.server import SERVICE_NAME as DECODER
 from decoder_service.server import create_server as create_decoder
 from encoder_service.server import SERVICE_NAME as ENCODER
 from encoder_service.server import create_server as create_encoder
-from frontend.config import FrontendConfig, parse_route
-from frontend.health import ROUTE_HEALTH_PREFIX
-from frontend.server import SERVICE_NAME as FRONTEND
-from frontend.server import create_server as create_frontend
+from frontend.app.config import FrontendConfig
+from frontend.app.health import ROUTE_HEALTH_PREFIX
+from frontend.app.server import SERVICE_NAME as FRONTEND
+from frontend.app.server import create_server as create_frontend
+from frontend.core.routes import parse_route
 from service_common.cli import ServiceConfig
 from service_common.server import LIVENESS_SERVICE, BindError
 from service_common.tensors import from_numpy
@@ -106,7 +107,7 @@ async def test_a_health_address_in_use_fails_with_bind_error_naming_it_and_frees
 
 async def test_the_frontends_health_port_follows_the_frontend_ports_health_and_answers_no_query(pki):
     """NOT_SERVING while warm-up queries are held at the stand-in Triton's gate, then SERVING, with the
-    per-route name of frontend.health: on the plaintext health port exactly as on the mTLS Frontend port."""
+    per-route name of frontend.app.health: on the plaintext health port exactly as on the mTLS Frontend port."""
     triton = await FakeTriton().start()
     triton.gate.clear()  # warm-up (before SERVING) waits here
     config = FrontendConfig(

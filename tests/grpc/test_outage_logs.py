@@ -13,15 +13,16 @@ import pytest
 from codedserve.v1 import codedserve_pb2 as pb
 from prometheus_client import REGISTRY
 
-from frontend.coding_clients import CodingClients, CodingServiceError
-from frontend.config import parse_route
+from frontend.core.calls import CodingServiceError
+from frontend.core.routes import parse_route
+from frontend.transport.coding_clients import CodingClients
 from service_common.server import start_server
 from service_common.tensors import from_numpy
 from triton_local.server import free_ports
 
 ROUTE = parse_route("m=parm:k=2,encoder=add")
 GROUP = np.zeros((2, 1, 4, 4), np.float32)
-LOGGERS = ("frontend.coding_clients", "frontend.streams")
+LOGGERS = ("frontend.transport.coding_clients", "frontend.transport.streams")
 
 
 def _lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:

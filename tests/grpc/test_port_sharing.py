@@ -10,8 +10,9 @@ import pytest
 
 from bench.stack import ServiceProcess
 from encoder_service.server import create_server as create_encoder
-from frontend.config import FrontendConfig, parse_route
-from frontend.server import create_server as create_frontend
+from frontend.app.config import FrontendConfig
+from frontend.app.server import create_server as create_frontend
+from frontend.core.routes import parse_route
 from service_common.cli import ServiceConfig
 from triton_local.server import free_ports
 

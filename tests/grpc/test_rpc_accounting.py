@@ -20,12 +20,13 @@ from prometheus_client import REGISTRY
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
-from frontend.app import FrontendApp
-from frontend.config import FrontendConfig, parse_route
-from frontend.kserve_servicer import SERVICE_NAME as KSERVE_NAME
-from frontend.kserve_servicer import KServeServicer
-from frontend.server import SERVICE_NAME
-from frontend.servicer import READ_SLACK, FrontendServicer
+from frontend.api.classify import READ_SLACK, FrontendServicer
+from frontend.api.kserve import SERVICE_NAME as KSERVE_NAME
+from frontend.api.kserve import KServeServicer
+from frontend.app.assembly import FrontendApp
+from frontend.app.config import FrontendConfig
+from frontend.app.server import SERVICE_NAME
+from frontend.core.routes import parse_route
 from service_common.server import start_server
 from tests.grpc.test_frontend_servicer import HANG, LIMIT, FakeTriton, _request, _x
 

@@ -16,8 +16,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
-from frontend.config import FrontendConfig, parse_route
-from frontend.server import FrontendServer, create_server
+from frontend.app.config import FrontendConfig
+from frontend.app.server import FrontendServer, create_server
+from frontend.core.routes import parse_route
 from service_common.metrics import RPCS
 from service_common.tensors import from_numpy
 from tests.grpc.fake_triton import INPUT, MODEL, ROW, FakeTriton

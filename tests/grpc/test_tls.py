@@ -18,8 +18,8 @@ from bench.stack import ServiceProcess
 from coding import parm
 from decoder_service.server import create_server as create_decoder
 from encoder_service.server import create_server as create_encoder
-from frontend.coding_clients import CodingClients
-from frontend.config import parse_route
+from frontend.core.routes import parse_route
+from frontend.transport.coding_clients import CodingClients
 from service_common.cli import ServiceConfig
 from service_common.tensors import from_numpy, to_numpy
 from service_common.tls import ClientTLS, ServerTLS

@@ -4,7 +4,7 @@ than the calls a 1 s stall of the only Triton leaves behind are answered again w
 The frontend refuses a query whose estimated wait for Triton exceeds its deadline. The estimate is
 measured from the calls that return; refused queries make no call, so an estimate the stall inflated
 could be kept for good and refuse every short-deadline query after the fault (it was: 100% refused,
-still after 60 s idle). It now ages (:meth:`frontend.batching.Batcher.wait_s`).
+still after 60 s idle). It now ages (:meth:`frontend.dataplane.batching.Batcher.wait_s`).
 """
 
 from __future__ import annotations

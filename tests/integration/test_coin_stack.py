@@ -22,7 +22,7 @@ from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from bench.stack import REPO_ROOT, FrontendSpec, Stack
 from export.datasets import load
 from export.spec import INPUT_NAME
-from frontend.kserve_servicer import RECONSTRUCTED_ROWS_PARAM
+from frontend.api.kserve import RECONSTRUCTED_ROWS_PARAM
 from service_common.tensors import from_numpy
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

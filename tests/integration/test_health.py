@@ -23,7 +23,7 @@ from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
 from bench.stack import FrontendSpec, Stack
-from frontend.health import CODED_HEALTH_PREFIX, ROUTE_HEALTH_PREFIX
+from frontend.app.health import CODED_HEALTH_PREFIX, ROUTE_HEALTH_PREFIX
 from service_common.server import LIVENESS_SERVICE
 from service_common.tensors import from_numpy
 from tests.integration import linear_models

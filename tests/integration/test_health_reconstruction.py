@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bench.stack import REPO_ROOT, FrontendSpec, Stack
 from coding import collage
 from export.datasets import load
-from frontend.health import CODED_HEALTH_PREFIX, ROUTE_HEALTH_PREFIX
+from frontend.app.health import CODED_HEALTH_PREFIX, ROUTE_HEALTH_PREFIX
 from service_common.tensors import from_numpy
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

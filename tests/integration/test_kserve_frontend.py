@@ -20,7 +20,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from bench.stack import FrontendSpec, Stack
-from frontend.kserve_servicer import RECONSTRUCTED_PARAM, RECONSTRUCTED_ROWS_PARAM, SCHEME_PARAM
+from frontend.api.kserve import RECONSTRUCTED_PARAM, RECONSTRUCTED_ROWS_PARAM, SCHEME_PARAM
 from tests.integration import linear_models
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

@@ -20,7 +20,7 @@ from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.stack import FrontendSpec, Stack
-from frontend.health import CODED_HEALTH_PREFIX, ROUTE_HEALTH_PREFIX
+from frontend.app.health import CODED_HEALTH_PREFIX, ROUTE_HEALTH_PREFIX
 from service_common.tensors import from_numpy
 from tests.integration import linear_models
 from triton_local.server import TritonServer

@@ -23,10 +23,11 @@ import numpy as np
 import pytest
 
 from export import spec
-from frontend.app import FrontendApp
-from frontend.config import FrontendConfig, parse_route
-from frontend.deadlines import DeadlinePolicy
-from frontend.workers import CallInfo
+from frontend.app.assembly import FrontendApp
+from frontend.app.config import FrontendConfig
+from frontend.core.calls import CallInfo
+from frontend.core.deadlines import DeadlinePolicy
+from frontend.core.routes import parse_route
 from tests.integration import linear_models
 from triton_local.server import TritonConfig, TritonServer, free_ports
 

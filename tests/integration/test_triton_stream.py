@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from export import spec
-from frontend.workers import CallInfo, TritonPool, WorkerError
+from frontend.core.calls import CallInfo, WorkerError
+from frontend.transport.triton import TritonPool
 from tests.integration import linear_models
 from triton_local.server import TritonConfig, TritonServer, free_ports
 

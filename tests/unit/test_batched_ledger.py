@@ -13,13 +13,14 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from frontend.coding_clients import LocalCoding
-from frontend.config import Dispatch, parse_route
-from frontend.coordinator import ModelServer
-from frontend.deadlines import DeadlinePolicy, RouteDeadlines
-from frontend.dispatch import Dispatcher
-from frontend.placement import Placer
-from frontend.workers import CallInfo, ModelSignature, TritonPool, WorkerError
+from frontend.core.calls import CallInfo, ModelSignature, WorkerError
+from frontend.core.deadlines import DeadlinePolicy, RouteDeadlines
+from frontend.core.placement import Placer
+from frontend.core.routes import Dispatch, parse_route
+from frontend.dataplane.coordinator import ModelServer
+from frontend.dataplane.dispatch import Dispatcher
+from frontend.transport.coding_clients import LocalCoding
+from frontend.transport.triton import TritonPool
 from service_common.errors import Unavailable
 
 W = np.random.default_rng(0).standard_normal((16, 10)).astype(np.float32)  # F(x) = flatten(x) @ W, no bias

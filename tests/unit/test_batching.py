@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from frontend.batching import Batcher, Expired, row_batcher
+from frontend.dataplane.batching import Batcher, Expired, row_batcher
 
 
 class FakeTriton:

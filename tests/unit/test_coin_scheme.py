@@ -10,7 +10,7 @@ from coding.coin import CODED, CoinScheme, member_role, softmax
 from coding.errors import CodingError
 from coding.scheme import Arrivals, group_size
 from coding.schemes import get_scheme
-from frontend.config import parse_route
+from frontend.core.routes import parse_route
 
 
 def _arrivals(present, coded=True):

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from coding import collage
 from coding.errors import CodingError
 from coding.scheme import Arrivals
-from frontend.actions import Encode
-from frontend.config import parse_route
-from frontend.groups import CodingGroup
-from frontend.placement import Placer
+from frontend.core.actions import Encode
+from frontend.core.groups import CodingGroup
+from frontend.core.placement import Placer
+from frontend.core.routes import parse_route
 
 RNG = np.random.default_rng(0)
 

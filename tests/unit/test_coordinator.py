@@ -8,17 +8,20 @@ import asyncio
 
 import numpy as np
 
-from frontend import coordinator
-from frontend.actions import Answer, Fail
-from frontend.app import FrontendApp
-from frontend.completion import run_then
-from frontend.config import Dispatch, FaultPlan, FrontendConfig, parse_route
-from frontend.coordinator import ModelServer
-from frontend.deadlines import DeadlinePolicy, RouteDeadlines
-from frontend.dispatch import Dispatcher
-from frontend.injection import Fault, InjectingPool
-from frontend.placement import Placer
-from frontend.workers import CallInfo, ModelSignature, TritonPool
+from frontend.app.assembly import FrontendApp
+from frontend.app.config import FrontendConfig
+from frontend.core.actions import Answer, Fail
+from frontend.core.calls import CallInfo, ModelSignature
+from frontend.core.completion import run_then
+from frontend.core.deadlines import DeadlinePolicy, RouteDeadlines
+from frontend.core.faults import Fault, FaultPlan
+from frontend.core.placement import Placer
+from frontend.core.routes import Dispatch, parse_route
+from frontend.dataplane import coordinator
+from frontend.dataplane.coordinator import ModelServer
+from frontend.dataplane.dispatch import Dispatcher
+from frontend.dataplane.injection import InjectingPool
+from frontend.transport.triton import TritonPool
 from service_common.errors import DeadlineExceeded
 from tests import toy_schemes  # registers the toy schemes
 

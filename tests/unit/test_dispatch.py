@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from frontend.completion import run_then
-from frontend.config import Dispatch, parse_route
-from frontend.dispatch import BUDGET_WINDOW, Dispatcher
-from frontend.placement import Placer
-from frontend.workers import CallInfo, ModelSignature, WorkerError
+from frontend.core.calls import CallInfo, ModelSignature, WorkerError
+from frontend.core.completion import run_then
+from frontend.core.placement import Placer
+from frontend.core.routes import Dispatch, parse_route
+from frontend.dataplane.dispatch import BUDGET_WINDOW, Dispatcher
 
 SIG = ModelSignature("input", "logits", (1,), np.dtype("float32"))
 

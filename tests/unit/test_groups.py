@@ -9,9 +9,9 @@ import pytest
 from coding.approxifer import ApproxiferScheme
 from coding.parm import ParmScheme
 from coding.scheme import Uncoded
-from frontend.actions import Answer, Decode, Discarded, Encode, Fail, Infer
-from frontend.groups import CodingGroup
-from frontend.placement import Placer
+from frontend.core.actions import Answer, Decode, Discarded, Encode, Fail, Infer
+from frontend.core.groups import CodingGroup
+from frontend.core.placement import Placer
 from tests.toy_schemes import EnsembleScheme, TileScheme
 
 MODELS = {"deployed": "m", "parity": "p", "tiles": "t", "member0": "a", "member1": "b", "coded": "c"}

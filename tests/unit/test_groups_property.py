@@ -17,9 +17,9 @@ from coding.approxifer import ApproxiferScheme
 from coding.collage import SIDES, CollageScheme
 from coding.parm import ParmScheme
 from coding.scheme import Uncoded, group_size
-from frontend.actions import Answer, Decode, Encode, Fail, Infer
-from frontend.groups import CodingGroup
-from frontend.placement import Placer
+from frontend.core.actions import Answer, Decode, Encode, Fail, Infer
+from frontend.core.groups import CodingGroup
+from frontend.core.placement import Placer
 from tests.toy_schemes import EnsembleScheme, TileScheme
 
 CLASSES = 10

@@ -1,4 +1,4 @@
-"""frontend.health.judge: a route is down while a data slot's model has no ready instance, degraded
+"""frontend.app.health.judge: a route is down while a data slot's model has no ready instance, degraded
 (answered uncoded) while its parity model, encoder or decoder is down, serving otherwise."""
 
 from __future__ import annotations
@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from frontend.config import parse_route
-from frontend.health import (
+from frontend.app.health import (
     CODED_HEALTH_PREFIX,
     DEGRADED,
     DOWN,
@@ -17,6 +16,7 @@ from frontend.health import (
     Probes,
     judge,
 )
+from frontend.core.routes import parse_route
 
 PARM = parse_route("c=parm:k=2,encoder=add,parity_model=p")
 NONE = parse_route("m=none")
@@ -77,7 +77,7 @@ def test_the_monitor_publishes_and_logs_each_transition_once(caplog):
         published.append(health.serving)
 
     monitor = HealthMonitor(probe, lambda p: judge((NONE, PARM), ("m", "c"), SERVED, URLS, p), publish, 0.1, 0.1)
-    with caplog.at_level(logging.INFO, logger="frontend.health"):
+    with caplog.at_level(logging.INFO, logger="frontend.app.health"):
         for _ in range(3):
             asyncio.run(monitor.check())
     assert published == [True, False] and not monitor.serving and monitor.answerable("c")

@@ -4,10 +4,10 @@ keep the route not-ready (a regression: the deployed signature alone used to mar
 import numpy as np
 import pytest
 
-from frontend.config import RouteError, parse_route
-from frontend.coordinator import ModelServer
-from frontend.placement import Placer
-from frontend.workers import ModelSignature, WorkerError
+from frontend.core.calls import ModelSignature, WorkerError
+from frontend.core.placement import Placer
+from frontend.core.routes import RouteError, parse_route
+from frontend.dataplane.coordinator import ModelServer
 
 SIG = ModelSignature("input", "logits", (1, 28, 28), np.dtype("float32"), (10,))
 

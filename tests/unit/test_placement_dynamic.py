@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from frontend.discovery import SystemResolver
-from frontend.placement import Placer
+from frontend.core.placement import Placer
+from frontend.transport.discovery import SystemResolver
 
 
 def _group(placer: Placer, model: str, slots: int) -> list[int]:

@@ -8,8 +8,9 @@ import logging
 
 import numpy as np
 
-from frontend.coding_clients import CodingClients, CodingServiceError
-from frontend.config import parse_route
+from frontend.core.calls import CodingServiceError
+from frontend.core.routes import parse_route
+from frontend.transport.coding_clients import CodingClients
 from service_common.logs import RateLimitedLog
 from triton_local.server import free_ports
 
@@ -89,7 +90,7 @@ async def test_an_unreachable_encoder_is_warned_once_not_once_per_group(caplog):
     group = np.zeros((2, 1, 4, 4), np.float32)
     failures = 0
     try:
-        with caplog.at_level(logging.INFO, logger="frontend.coding_clients"):
+        with caplog.at_level(logging.INFO, logger="frontend.transport.coding_clients"):
             for _ in range(20):
                 try:
                     await clients.encode(route, group, 2.0)
@@ -97,6 +98,6 @@ async def test_an_unreachable_encoder_is_warned_once_not_once_per_group(caplog):
                     failures += 1
     finally:
         await clients.close()
-    warnings = [r.getMessage() for r in caplog.records if r.name == "frontend.coding_clients"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "frontend.transport.coding_clients"]
     assert failures == 20
     assert len(warnings) == 1 and f"encoder at 127.0.0.1:{port}" in warnings[0] and "UNAVAILABLE" in warnings[0]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from frontend.__main__ import config_from_args, parser
-from frontend.config import FrontendConfig, parse_route
+from frontend.app.config import FrontendConfig
+from frontend.core.routes import parse_route
 
 VARIABLE = "CODEDSERVE_FRONTEND_MAX_CONCURRENT_RPCS"
 

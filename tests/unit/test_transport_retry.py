@@ -7,9 +7,9 @@ import numpy as np
 
 from coding.parm import ParmScheme
 from coding.scheme import Uncoded
-from frontend.actions import Answer, Decode, Fail, Infer
-from frontend.groups import CodingGroup
-from frontend.placement import Placer
+from frontend.core.actions import Answer, Decode, Fail, Infer
+from frontend.core.groups import CodingGroup
+from frontend.core.placement import Placer
 
 MODELS = {"deployed": "m", "parity": "p"}
 DEADLINE = 10.0

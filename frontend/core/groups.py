@@ -2,13 +2,13 @@
 
 No I/O here. A group's events are methods — a query added, the group sealed, an output arrived, a
 call failed, a straggler deadline passed, the encoder or decoder answered — and each returns the
-actions to take (:mod:`frontend.actions`). The coordinator executes them and never writes a group's
+actions to take (:mod:`frontend.core.actions`). The coordinator executes them and never writes a group's
 fields, so the exactly-once and decodability rules are properties of this class, tested here.
 
 A group holds up to ``group_size`` queries and the slots its scheme asks for (:mod:`coding.scheme`):
 data slots, each a query on a model, and coded slots. Slots holding the same query on the same model
 (a partial group repeats its queries) are one *call*. The group places every call it sends on a
-Triton instance (:mod:`frontend.placement`), never one it already uses while another is free.
+Triton instance (:mod:`frontend.core.placement`), never one it already uses while another is free.
 Systematic codes send every data call at once and decode only the missing ones; a non-systematic
 code (ApproxIFER) sends none and decodes every answer.
 
@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from coding.scheme import Arrivals, Scheme, group_size
-from frontend.actions import Action, Answer, Decode, Discarded, Encode, Fail, Infer, Output
-from frontend.placement import Placer
+from frontend.core.actions import Action, Answer, Decode, Discarded, Encode, Fail, Infer, Output
+from frontend.core.placement import Placer
 
 DATA, CODED = "data", "coded"
 

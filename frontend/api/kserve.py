@@ -34,11 +34,7 @@ from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from tritonclient.utils import triton_to_np_dtype
 
-from frontend.app import FrontendApp
-from frontend.coordinator import ModelServer, QueryAnswer
-from frontend.health import HealthMonitor
-from frontend.injection import Fault
-from frontend.servicer import (
+from frontend.api.classify import (
     answer_concurrently,
     check_message_size,
     client_of,
@@ -47,6 +43,10 @@ from frontend.servicer import (
     query_timeout_s,
     request_fault,
 )
+from frontend.app.assembly import FrontendApp
+from frontend.app.health import HealthMonitor
+from frontend.core.faults import Fault
+from frontend.dataplane.coordinator import ModelServer, QueryAnswer
 from service_common.channels import client_options
 from service_common.errors import DeadlineExceeded, InvalidArgument, NotFound, ServiceError, Unavailable
 from service_common.tensors import check_input_values

@@ -10,7 +10,7 @@ read up to :data:`READ_SLACK` times the limit so that it can be. (Past that, gRP
 unread and fails the whole call with RESOURCE_EXHAUSTED.)
 
 The module-level helpers (deadline, fault metadata, per-message status, finite answers, concurrent
-streaming) are shared with the KServe v2 servicer (:mod:`frontend.kserve_servicer`), so both protocols
+streaming) are shared with the KServe v2 servicer (:mod:`frontend.api.kserve`), so both protocols
 behave alike.
 """
 
@@ -27,9 +27,9 @@ from codedserve.v1 import codedserve_pb2 as pb
 from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 from google.protobuf.message import DecodeError, Message
 
-from frontend.app import FrontendApp
-from frontend.coordinator import ModelOutput, QueryAnswer
-from frontend.injection import Fault, parse_fault_metadata
+from frontend.app.assembly import FrontendApp
+from frontend.core.faults import Fault, parse_fault_metadata
+from frontend.dataplane.coordinator import ModelOutput, QueryAnswer
 from service_common import interceptor
 from service_common.errors import InvalidArgument, ResourceExhausted, Unavailable
 from service_common.tensors import check_input_values, to_numpy

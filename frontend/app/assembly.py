@@ -8,16 +8,18 @@ import logging
 import numpy as np
 
 from coding.scheme import group_size
-from frontend.admission import Admission, Admitted
-from frontend.coding_clients import Coder, CodingClients, LocalCoding
-from frontend.config import FrontendConfig, Route, RouteError
-from frontend.coordinator import ModelServer
-from frontend.deadlines import RouteDeadlines
-from frontend.discovery import Discovery, Source, resolver_for
-from frontend.dispatch import Dispatcher
-from frontend.injection import InjectingPool
-from frontend.placement import Placer
-from frontend.workers import CallInfo, Pool, TritonPool, WorkerError
+from frontend.app.config import FrontendConfig
+from frontend.core.admission import Admission, Admitted
+from frontend.core.calls import CallInfo, Coder, Pool, WorkerError
+from frontend.core.deadlines import RouteDeadlines
+from frontend.core.placement import Placer
+from frontend.core.routes import Route, RouteError
+from frontend.dataplane.coordinator import ModelServer
+from frontend.dataplane.dispatch import Dispatcher
+from frontend.dataplane.injection import InjectingPool
+from frontend.transport.coding_clients import CodingClients, LocalCoding
+from frontend.transport.discovery import Discovery, Source, resolver_for
+from frontend.transport.triton import TritonPool
 from service_common.errors import NotFound, Unavailable
 from service_common.logs import RateLimitedLog
 from service_common.loop_lag import LoopLag
@@ -185,7 +187,7 @@ class FrontendApp:
 
     def admit(self, server: ModelServer, client: str, time_left_s: float, queries: int = 1) -> Admitted:
         """Count ``queries`` of ``client`` for ``server``'s route in flight while the ``with`` block runs, or
-        refuse them at once with RESOURCE_EXHAUSTED (:mod:`frontend.admission`): over a bound, or when the
+        refuse them at once with RESOURCE_EXHAUSTED (:mod:`frontend.core.admission`): over a bound, or when the
         Triton queue of the route's deployed model is longer than their deadline."""
         model = min(server.route.data_models)
         wait_s = self.pool.wait_s(model, self.placer.ready(model), queries) if self.config.refuse_by_wait else 0.0

@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from frontend.completion import Done, awaited, deliver
+from frontend.core.completion import Done, awaited, deliver
 
 # How long the measured call time stands with no call returning to renew it (Batcher.recent_call_s).
 DEFAULT_ESTIMATE_MAX_AGE_S = 0.5

@@ -25,8 +25,8 @@ import dns.asyncresolver
 import dns.exception
 from prometheus_client import Gauge
 
-from frontend.placement import Placer
-from frontend.workers import TritonPool
+from frontend.core.placement import Placer
+from frontend.transport.triton import TritonPool
 from service_common.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 import numpy as np
@@ -17,9 +17,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coding.errors import CodingError
 from coding.scheme import Outputs
-from frontend.batching import Batcher
-from frontend.config import Route
-from frontend.streams import StreamCalls, rpc_error
+from frontend.core.calls import CodingServiceError
+from frontend.core.routes import Route
+from frontend.dataplane.batching import Batcher
+from frontend.transport.streams import StreamCalls, rpc_error
 from service_common.channels import DEFAULT_RECONNECT_BACKOFF_MS, client_options
 from service_common.errors import ServiceError
 from service_common.logs import RateLimitedLog
@@ -33,15 +34,11 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 
 
-class CodingServiceError(Exception):
-    """The encoder or decoder service failed or timed out."""
-
-
 class CodingClients:
     """Channels to the encoder and decoder. Calls go one at a time per service; groups that seal or
-    need decoding while one is out travel together in one batch (no added delay, :mod:`frontend.batching`).
+    need decoding while one is out travel together in one batch (no added delay, :mod:`frontend.dataplane.batching`).
     With ``transport="stream"`` (the default) every batch is one message on a long-lived EncodeStream /
-    DecodeStream (:mod:`frontend.streams`); with ``"unary"`` one Encode / Decode or EncodeBatch / DecodeBatch
+    DecodeStream (:mod:`frontend.transport.streams`); with ``"unary"`` one Encode / Decode or EncodeBatch / DecodeBatch
     call. A batch's timeout is the longest time left of the groups it carries.
     Failures are warned rate-limited, per service and cause (while a service is down every group fails
     alike), and a service answering again after a warning is logged once, at most once per period too:
@@ -193,24 +190,6 @@ class _Timed(Generic[_R]):
 
 def _tensor(array: np.ndarray | None) -> pb.Tensor:
     return pb.Tensor() if array is None else from_numpy(array)
-
-
-class Coder(Protocol):
-    """How the coordinator encodes and decodes: the coding services, or the same library in-process."""
-
-    async def start(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def ready(self, timeout_s: float) -> dict[str, bool]:
-        """Which coding services answer (by name); empty when coding runs in-process."""
-        ...
-
-    async def encode(self, route: Route, inputs: np.ndarray, timeout_s: float) -> np.ndarray: ...
-
-    async def decode(
-        self, route: Route, data_outputs: Outputs, coded_outputs: Outputs, timeout_s: float
-    ) -> tuple[list[np.ndarray], list[int]]: ...
 
 
 class LocalCoding:

@@ -17,30 +17,12 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from frontend.completion import Done, awaited, run_then
-from frontend.config import FaultPlan
-from frontend.workers import CallInfo, ModelSignature, Pool, WorkerError
-
-
-@dataclass(frozen=True)
-class Fault:
-    delay_s: float = 0.0
-    fail: bool = False
-    corrupt: bool = False  # a lying (Byzantine) worker: the output comes back sign-flipped
-
-
-def parse_fault_metadata(value: str) -> Fault:
-    """``delay=MS``, ``fail`` or ``corrupt`` (the ``codedserve-fault`` metadata, and --inject-worker-faults)."""
-    if value in ("fail", "corrupt"):
-        return Fault(fail=value == "fail", corrupt=value == "corrupt")
-    key, _, ms = value.partition("=")
-    if key == "delay":
-        return Fault(delay_s=float(ms) / 1e3)
-    raise ValueError(f"fault {value!r}: expected 'delay=MS', 'fail' or 'corrupt'")
+from frontend.core.calls import CallInfo, ModelSignature, Pool, WorkerError
+from frontend.core.completion import Done, awaited, run_then
+from frontend.core.faults import Fault, FaultPlan, parse_fault_metadata
 
 
 class FaultInjector:
@@ -62,7 +44,7 @@ class FaultInjector:
 
 
 class InjectingPool:
-    """A :class:`frontend.workers.Pool` that injects the plan's faults into the calls of the pool it wraps."""
+    """A :class:`frontend.transport.triton.Pool` that injects the plan's faults into the calls of the pool it wraps."""
 
     def __init__(self, pool: Pool, plan: FaultPlan, deployed_models: Collection[str]) -> None:
         self._pool = pool

@@ -18,15 +18,15 @@ Optional, off by default: a second deadline, ``--resend-after-ms``, after which 
 output is still missing and which its group cannot rebuild yet is sent once more to another instance
 (Collage-CNN's fallback: its master resends a slow image only when the collage is slow too).
 
-A coded route with ``decode=eager`` (:func:`frontend.config.parse_route`) has no straggler deadline: its
-groups decode an absent output as soon as the arrivals can rebuild it (:mod:`frontend.groups`).
+A coded route with ``decode=eager`` (:func:`frontend.core.routes.parse_route`) has no straggler deadline: its
+groups decode an absent output as soon as the arrivals can rebuild it (:mod:`frontend.core.groups`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from frontend.latency import LatencyWindow
+from frontend.core.latency import LatencyWindow
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ and the encoder and decoder their grpc.health.v1 status, over the channels the q
 unanswered within ``timeout_s`` counts as down: a stalled Triton). Where the queries' own ModelInfers
 keep failing, ready means a real inference answered (:meth:`TritonPool.model_ready`): a Triton that
 says ready and fails every inference is down. The placer is told which instances
-did not answer, so new slots go elsewhere (frontend.placement). :func:`judge` turns what answered into
+did not answer, so new slots go elsewhere (frontend.core.placement). :func:`judge` turns what answered into
 each route's state:
 
 - *serving*: every model of its data slots has a ready instance, and coding works;
@@ -33,11 +33,11 @@ from typing import TYPE_CHECKING
 from prometheus_client import Gauge
 
 from coding.scheme import Arrivals
-from frontend.config import Route
+from frontend.core.routes import Route
 from service_common.logs import RateLimitedLog
 
 if TYPE_CHECKING:
-    from frontend.app import FrontendApp
+    from frontend.app.assembly import FrontendApp
 
 log = logging.getLogger(__name__)
 

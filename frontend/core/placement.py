@@ -48,7 +48,7 @@ class Placer:
             self._serving[model] = tuple(i for i in self._serving[model] if i != instance)
 
     def set_unready(self, pairs: Iterable[tuple[int, str]]) -> None:
-        """The (instance, model) pairs the last health probe found not ready (frontend.health)."""
+        """The (instance, model) pairs the last health probe found not ready (frontend.app.health)."""
         self._unready = frozenset(pairs)
 
     def ready(self, model: str) -> tuple[int, ...]:

@@ -1,7 +1,7 @@
 """Triton workers: every Triton instance the frontend calls, on the raw KServe v2 gRPC stub.
 
-The pool only sends calls, batched per instance and model (:mod:`frontend.batching`); *which*
-instance a call goes to is decided before (a coding group places its slots, :mod:`frontend.placement`).
+The pool only sends calls, batched per instance and model (:mod:`frontend.dataplane.batching`); *which*
+instance a call goes to is decided before (a coding group places its slots, :mod:`frontend.core.placement`).
 Calls are never cancelled: a late answer is awaited to completion and discarded, because cancelling
 in-flight ModelInfer calls crashes tritonserver 2.51 (see ../shared/README.md). Each call carries a
 generous safety deadline only.
@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
 
 import grpc
 import numpy as np
@@ -21,10 +19,11 @@ from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from tritonclient.utils import triton_to_np_dtype
 
-from frontend import metrics
-from frontend.batching import DEFAULT_ESTIMATE_MAX_AGE_S, Batcher, row_batcher
-from frontend.completion import Done, awaited, deliver
-from frontend.streams import StreamCalls
+from frontend.core.calls import CallInfo, ModelSignature, WorkerError
+from frontend.core.completion import Done, awaited, deliver
+from frontend.dataplane import metrics
+from frontend.dataplane.batching import DEFAULT_ESTIMATE_MAX_AGE_S, Batcher, row_batcher
+from frontend.transport.streams import StreamCalls
 from service_common.channels import DEFAULT_RECONNECT_BACKOFF_MS, client_options
 from service_common.tls import ClientTLS, aio_channel
 
@@ -35,83 +34,18 @@ TRANSPORTS = ("unary", "stream")  # how calls reach Triton (see TritonPool)
 FAILING_CALLS = 3
 
 
-class WorkerError(Exception):
-    """A Triton call failed (server down, model missing, error, or an injected failure). ``transport``:
-    it failed on the way (the instance is unreachable or died with the call: UNAVAILABLE), so the same
-    call may succeed on another instance."""
-
-    def __init__(self, message: str, transport: bool = False) -> None:
-        super().__init__(message)
-        self.transport = transport
-
-
-@dataclass(frozen=True)
-class ModelSignature:
-    """What one query for a model must look like, and what it answers (batch dimension stripped)."""
-
-    input_name: str
-    output_name: str
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    output_shape: tuple[int, ...] = ()
-    max_batch: int = 1  # rows one ModelInfer may carry (the model's max_batch_size)
-    input_datatype: str = "FP32"  # Triton's spelling of ``dtype``
-    output_dtype: np.dtype = np.dtype("float32")
-
-
-@dataclass(frozen=True)
-class CallInfo:
-    """One Triton call: which model on which instance, and what it is to its coding group.
-
-    ``kind`` is "data" or "coded"; ``worker`` the scheme's worker number (data slots 0..k-1 then coded
-    slots, or coded slots only for a non-systematic code: :func:`coding.berrut.coded_nodes`); ``copy``
-    the copy of a replicated, hedged or resent call (0 = the first); ``group`` its coding group's id (for logs and
-    traces). ``annotation`` is the query's opaque tag, passed through untouched (only fault injection reads it).
-    """
-
-    model: str
-    instance: int
-    kind: str = "data"
-    worker: int = 0
-    copy: int = 0
-    annotation: Any = None
-    group: int = -1
-    # Loop time after which no query of its group waits for it: a call still queued then is never sent.
-    deadline: float | None = None
-
-
-class Pool(Protocol):
-    """What the frontend calls Triton through: :class:`TritonPool`, or a wrapper of it."""
-
-    urls: tuple[str, ...]
-
-    async def start(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def signature(self, model: str, instance: int) -> ModelSignature: ...
-
-    async def repository(self, instance: int, timeout_s: float = 2.0) -> dict[str, tuple[str, str]]: ...
-
-    def send(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature, done: Done) -> None: ...
-
-    async def infer(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature) -> np.ndarray: ...
-
-    def wait_s(self, model: str, instances: Sequence[int], rows: int = 1) -> float: ...
-
-
 class TritonPool:
     """One channel per Triton instance (numbered by position in ``urls``), and one :class:`Batcher` per
     instance and model: calls that queue while ``batch_inflight`` calls are out leave as one ModelInfer.
 
-    Instances can come and go (:mod:`frontend.discovery`): :meth:`add` opens one more, numbered after
+    Instances can come and go (:mod:`frontend.transport.discovery`): :meth:`add` opens one more, numbered after
     every earlier one (numbers are never reused), and :meth:`drain` closes one once every call already
     given to it has finished on its own: a drained instance's calls are never cancelled.
 
     Requests are built on the raw ``GRPCInferenceService`` stub (``raw_input_contents`` in, raw bytes out):
     ``python -m bench.client_cost`` measured that cheaper per call than tritonclient's wrappers. With
     ``transport="stream"`` each instance's calls are messages on one long-lived ModelStreamInfer stream
-    (:mod:`frontend.streams`; answers matched by the request ``id``, Triton's errors arrive in
+    (:mod:`frontend.transport.streams`; answers matched by the request ``id``, Triton's errors arrive in
     ``error_message``), with ``"unary"`` one ModelInfer call each.
     """
 
@@ -268,7 +202,7 @@ class TritonPool:
 
     def send(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature, done: Done) -> None:
         """:meth:`infer` without a task: the rows join their instance's batcher at once and ``done``
-        gets the output rows or a WorkerError (:mod:`frontend.completion`)."""
+        gets the output rows or a WorkerError (:mod:`frontend.core.completion`)."""
         key = (call.instance, call.model)
         batcher = self._batchers.get(key)
         if batcher is None:

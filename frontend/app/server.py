@@ -1,6 +1,6 @@
 """The frontend's gRPC servers: the Frontend service and, when configured, Triton's own KServe v2
 protocol on a second port. Health on both is NOT_SERVING until Triton has the models, then follows
-the health monitor (:mod:`frontend.health`): NOT_SERVING while some route cannot be answered."""
+the health monitor (:mod:`frontend.app.health`): NOT_SERVING while some route cannot be answered."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from codedserve.v1 import codedserve_pb2 as pb
 from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 from tritonclient.grpc import service_pb2_grpc as kserve_grpc
 
-from frontend.app import FrontendApp
-from frontend.config import FrontendConfig
-from frontend.health import Health, HealthMonitor, monitor_for
-from frontend.kserve_servicer import SERVICE_NAME as KSERVE_SERVICE_NAME
-from frontend.kserve_servicer import KServeServicer
-from frontend.servicer import READ_SLACK, FrontendServicer
+from frontend.api.classify import READ_SLACK, FrontendServicer
+from frontend.api.kserve import SERVICE_NAME as KSERVE_SERVICE_NAME
+from frontend.api.kserve import KServeServicer
+from frontend.app.assembly import FrontendApp
+from frontend.app.config import FrontendConfig
+from frontend.app.health import Health, HealthMonitor, monitor_for
 from service_common.server import NOT_SERVING, SERVING, Running, start_server
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ async def create_server(config: FrontendConfig) -> FrontendServer:
 
 
 async def _publish(health: Health, ports: list[Running]) -> None:
-    """Every port's grpc.health.v1: "" and its service names, and one name per route (frontend.health)."""
+    """Every port's grpc.health.v1: "" and its service names, and one name per route (frontend.app.health)."""
     for running in ports:
         await running.set_serving(health.serving)
         for name, up in health.statuses().items():

@@ -4,7 +4,7 @@ Every call of a route goes through its Dispatcher. Data calls follow the route's
 are sent once (their redundancy is the code's). The first successful copy wins. Losing copies are
 left to finish and are discarded (cancelling in-flight calls crashes the local Triton 2.51). Extra
 copies go to instances the call does not use yet. Outcomes travel as completion callbacks
-(:mod:`frontend.completion`), so a hedge costs a timer, not a task. A route may cap its hedges with a
+(:mod:`frontend.core.completion`), so a hedge costs a timer, not a task. A route may cap its hedges with a
 budget (:class:`HedgeBudget`), as budgeted hedging in public RPC libraries does.
 """
 
@@ -16,12 +16,12 @@ import time
 
 import numpy as np
 
-from frontend import metrics
-from frontend.completion import Done, awaited
-from frontend.config import Dispatch
-from frontend.latency import LatencyWindow
-from frontend.placement import Placer
-from frontend.workers import CallInfo, ModelSignature, Pool
+from frontend.core.calls import CallInfo, ModelSignature, Pool
+from frontend.core.completion import Done, awaited
+from frontend.core.latency import LatencyWindow
+from frontend.core.placement import Placer
+from frontend.core.routes import Dispatch
+from frontend.dataplane import metrics
 
 BUDGET_WINDOW = 100  # calls: a hedging budget saves up at most the hedges of this many calls
 
@@ -114,7 +114,7 @@ class _Race:
     """One replicated or hedged data call: its copies race and the first success goes to ``done``.
     Replication sends every copy at once; hedging sends a second one when the first has not answered
     within the hedge delay, or at once when it fails, unless the route's hedging budget is spent. Losers
-    finish and are dropped (Triton calls are never cancelled: see frontend.workers); ``done`` gets the
+    finish and are dropped (Triton calls are never cancelled: see frontend.transport.triton); ``done`` gets the
     last error only if every copy sent failed."""
 
     def __init__(

@@ -23,9 +23,9 @@ class Infer:
     instance: int
     input: np.ndarray
     kind: str  # "data" | "coded"
-    worker: int  # the scheme's worker number (see frontend.workers.CallInfo)
+    worker: int  # the scheme's worker number (see frontend.transport.triton.CallInfo)
     annotation: Any = None
-    copy: int = 0  # 1: a resend of a call already out (frontend.groups.CodingGroup.resend_deadline)
+    copy: int = 0  # 1: a resend of a call already out (frontend.core.groups.CodingGroup.resend_deadline)
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,11 +1,11 @@
 """Per-route serving: runs coding groups' actions against Triton and the coding services.
 
-Queries are grouped in arrival order (:mod:`frontend.groups` decides everything); this module owns
+Queries are grouped in arrival order (:mod:`frontend.core.groups` decides everything); this module owns
 the clock and the I/O. It feeds a group its events — a query admitted, the group full or its fill
 timeout passed, a call's outcome, a straggler deadline, the encoder's or decoder's answer — and
 executes the actions the group returns: Triton calls, encodes, decodes, answers. It never writes a
 group's fields. Every coding call's timeout is what is left of its queries' deadlines; Triton calls
-keep a generous safety timeout and are never cancelled (see :mod:`frontend.workers`).
+keep a generous safety timeout and are never cancelled (see :mod:`frontend.transport.triton`).
 """
 
 from __future__ import annotations
@@ -20,15 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from frontend import metrics
-from frontend.actions import Action, Answer, Decode, Discarded, Encode, Fail, Infer
-from frontend.coding_clients import Coder, CodingServiceError
-from frontend.config import Route, RouteError
-from frontend.deadlines import RouteDeadlines
-from frontend.dispatch import Dispatcher
-from frontend.groups import CodingGroup, Query
-from frontend.placement import Placer
-from frontend.workers import CallInfo, ModelSignature, Pool, WorkerError
+from frontend.core.actions import Action, Answer, Decode, Discarded, Encode, Fail, Infer
+from frontend.core.calls import CallInfo, Coder, CodingServiceError, ModelSignature, Pool, WorkerError
+from frontend.core.deadlines import RouteDeadlines
+from frontend.core.groups import CodingGroup, Query
+from frontend.core.placement import Placer
+from frontend.core.routes import Route, RouteError
+from frontend.dataplane import metrics
+from frontend.dataplane.dispatch import Dispatcher
 from service_common.errors import DeadlineExceeded, Unavailable, code_name
 
 log = logging.getLogger(__name__)
@@ -221,7 +220,7 @@ class ModelServer:
 
     def _infer(self, group: CodingGroup, action: Infer) -> None:
         """Send the call; its outcome comes back in :meth:`_inferred` (a completion callback: no task
-        or future per call, see frontend.completion)."""
+        or future per call, see frontend.core.completion)."""
         model = self.models[action.role]
         # Past the last deadline of the group's queries so far nobody waits for this output: never sent then.
         deadline = max(q.deadline for q in group.queries)
