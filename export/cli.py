@@ -8,22 +8,27 @@
     python -m export route    --name shapes --scheme parm --k 2
 
 Every command takes ``--out`` (the model repository, default ``model_repository``). docs/own-model.md walks
-through them.
+through them. The built-in models are made by the same commands (``make models``): ``--data mnist`` (or
+``fashion``) names a built-in data set, ``--model export.models:cnn`` the built-in CNN, ``--profile`` one of
+export.train_all's training profiles (``import --profile`` trains the model first), ``parity --recipe parm``
+ParM's own recipe, and ``coin --relabel-k`` export.coin's relabelled members instead of your checkpoints.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
 
 from coding.parm import ENCODERS
-from export import degraded, own_coded, own_import, own_route
+from export import coin, degraded, own_coded, own_import, own_route, train
 from export.manifest import RunInfo
 from export.own_coded import device_of
 from export.train import TrainConfig
-from export.user_data import LAYOUTS, DataError, DataSpec, Preprocessing
+from export.train_all import PROFILES
+from export.user_data import BUILTIN_VAL_FRACTION, LAYOUTS, DataError, DataSpec, Preprocessing, builtin
 from export.user_model import ModelError
 
 log = logging.getLogger("export")
@@ -48,24 +53,39 @@ def _common(p: argparse.ArgumentParser, name_help: str = "the imported (served) 
 def _data_args(p: argparse.ArgumentParser, recorded: bool = True) -> None:
     p.add_argument(
         "--data",
-        help="image folder (one subfolder per class; or train/ and test/ of those) or .npz (x, y)"
+        help="image folder (one subfolder per class; or train/ and test/ of those), .npz (x, y), or a built-in "
+        "data set: mnist, fashion (data/<name>, make data)"
         + ("; default: the one recorded at import" if recorded else ""),
     )
 
 
-def _train_args(p: argparse.ArgumentParser, epochs: int, batch: int, lr: float = 2e-3) -> None:
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--batch-size", type=int, default=batch, help="coding groups (or images) per step")
-    p.add_argument("--lr", type=float, default=lr)
-    p.add_argument("--time-budget-s", type=float, default=None, help="stop (annealed) after this many seconds")
-    p.add_argument("--seed", type=int, default=0)
+def _profile_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        help=f"a training profile of export.train_all (tiny, cpu, full, ...): its {what} recipe; given flags override",
+    )
+
+
+def _train_args(p: argparse.ArgumentParser, what: str, default: TrainConfig) -> None:
+    p.set_defaults(default_train=default)
+    _profile_arg(p, what)
+    p.add_argument("--epochs", type=int, help=f"default: the profile's, else {default.epochs}")
+    p.add_argument("--batch-size", type=int, help=f"coding groups (or images) per step; default {default.batch_size}")
+    p.add_argument("--lr", type=float, help=f"default: the profile's, else {default.lr}")
+    p.add_argument("--time-budget-s", type=float, help="stop (annealed) after this many seconds")
+    p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (CUDA where torch sees one)")
 
 
-def _config(args: argparse.Namespace, **extra) -> TrainConfig:
-    return TrainConfig(
-        args.epochs, args.batch_size, lr=args.lr, time_budget_s=args.time_budget_s, seed=args.seed, **extra
-    )
+_OVERRIDES = ("epochs", "batch_size", "lr", "time_budget_s", "seed")
+
+
+def _config(args: argparse.Namespace, base: TrainConfig | None = None, **extra) -> TrainConfig:
+    """``base`` (the profile's recipe, else the command's default) with the flags given on the command line."""
+    given = {name: getattr(args, name) for name in _OVERRIDES if getattr(args, name) is not None}
+    extra = {name: value for name, value in extra.items() if value is not None}
+    return dataclasses.replace(base or args.default_train, **extra, **given)
 
 
 def _add_import(p: argparse.ArgumentParser) -> None:
@@ -78,8 +98,11 @@ def _add_import(p: argparse.ArgumentParser) -> None:
     _data_args(p, recorded=False)
     p.add_argument("--layout", choices=LAYOUTS, default="auto", help=".npz images: N x C x H x W or N x H x W x C")
     p.add_argument("--seed", type=int, default=0, help="draws the splits where the data has none")
-    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--val-fraction", type=float, help=f"default 0.1 (built-in data: {BUILTIN_VAL_FRACTION:.4g})")
     p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--limit", type=int, help="only the first N images of each split (default: the profile's)")
+    _profile_arg(p, "deployed-model")
+    p.add_argument("--device", default="auto", help="where --profile trains: cpu, cuda, or auto")
     p.add_argument("--scale", type=float, default=1 / 255, help="pixels are multiplied by this first")
     p.add_argument("--mean", type=_floats, default=(0.0,), help="then this is subtracted (one, or one per channel)")
     p.add_argument("--std", type=_floats, default=(1.0,), help="and the result divided by this")
@@ -90,10 +113,16 @@ def _add_parity(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=2)
     p.add_argument("--encoder", choices=sorted(ENCODERS), default="add")
     p.add_argument("--parity-model", help="the parity model's factory (default: the deployed model's)")
-    p.add_argument("--decode-ce-weight", type=float, default=0.0, help="adds the decoded outputs' cross-entropy")
-    p.add_argument("--warm-start", action="store_true", help="start from the deployed model's weights")
+    p.add_argument("--decode-ce-weight", type=float, help="adds the decoded outputs' cross-entropy (default 0)")
+    p.add_argument("--warm-start", action="store_const", const=True, help="start from the deployed model's weights")
     p.add_argument("--checkpoint", type=Path, help="--warm-start's weights (default: those imported)")
-    _train_args(p, epochs=20, batch=64)
+    p.add_argument(
+        "--recipe",
+        choices=train.RECIPES,
+        default="ours",
+        help="parm: ParM's published recipe (MSE alone, from scratch, Adam; the name ends _recipe_parm)",
+    )
+    _train_args(p, "parity-model", TrainConfig(20, 64, augment=False))
     _data_args(p)
 
 
@@ -101,20 +130,28 @@ def _add_collage(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--s", type=int, default=2, help="cells a side: 2, 3 or 4")
     p.add_argument("--width", type=int, default=64, help="channels of the per-cell CNN")
-    p.add_argument("--shift", action="store_true", help="shift each image by up to 2 px while training")
-    _train_args(p, epochs=20, batch=64)
+    p.add_argument("--shift", action="store_const", const=True, help="shift each image by up to 2 px while training")
+    _train_args(p, "collage-model", TrainConfig(20, 64, augment=False))
     _data_args(p)
 
 
 def _add_coin(p: argparse.ArgumentParser) -> None:
     _common(p, "the set's name: members NAME_m0.., the coded model NAME_k{k}_{method}")
     p.add_argument("--like", required=True, help="an imported model whose input, preprocessing and data to share")
-    p.add_argument("--model", required=True, help="the members' factory")
-    p.add_argument("--checkpoints", type=Path, nargs="+", required=True, help="one per member (k >= 2)")
+    members = p.add_mutually_exclusive_group(required=True)
+    members.add_argument("--checkpoints", type=Path, nargs="+", help="one per member (k >= 2), with --model")
+    members.add_argument(
+        "--relabel-k",
+        help="export.coin's experiment instead: members fine-tuned from --like under relabellings, coded for "
+        "each k of this comma-separated list (--name must be <prefix of --like>_coin)",
+    )
+    p.add_argument("--model", help="the members' factory (with --checkpoints)")
     p.add_argument("--method", choices=own_coded.COIN_METHODS, default="fisher")
     p.add_argument("--fisher-samples", type=int, default=512)
-    p.add_argument("--bn", choices=("average", "recompute"), default="average", help="BatchNorm statistics")
-    _train_args(p, epochs=10, batch=128, lr=1e-3)
+    p.add_argument("--bn", choices=coin.BN_MODES, default="average", help="BatchNorm statistics")
+    p.add_argument("--settings", default="shared", help=f"--relabel-k: comma-separated, of {sorted(coin.SETTINGS)}")
+    p.add_argument("--results", type=Path, help="--relabel-k: its Markdown tables, e.g. export/results/coin-mnist.md")
+    _train_args(p, "distillation", TrainConfig(10, 128, lr=1e-3, augment=False))
     _data_args(p)
 
 
@@ -137,10 +174,24 @@ def _add_route(p: argparse.ArgumentParser) -> None:
 def run_import(args: argparse.Namespace, run: RunInfo) -> None:
     if args.onnx and (args.checkpoint or args.input_shape):
         raise ModelError("--onnx takes neither --checkpoint nor --input-shape (the file declares its input)")
-    data = DataSpec(args.data, args.layout, args.seed, args.val_fraction, args.test_fraction) if args.data else None
+    profile = PROFILES[args.profile] if args.profile else None
+    limit = args.limit if args.limit is not None else (profile.limit if profile else None)
+    val = args.val_fraction
+    if val is None:
+        val = BUILTIN_VAL_FRACTION if args.data and builtin(args.data) else 0.1
+    data = DataSpec(args.data, args.layout, args.seed, val, args.test_fraction, limit) if args.data else None
     prep = Preprocessing(args.scale, args.mean, args.std)
     spec = own_import.ImportArgs(
-        args.name, args.out, prep, args.model, args.checkpoint, args.onnx, args.input_shape, data
+        args.name,
+        args.out,
+        prep,
+        args.model,
+        args.checkpoint,
+        args.onnx,
+        args.input_shape,
+        data,
+        profile.deployed if profile else None,
+        device_of(args.device),
     )
     entry = own_import.import_model(spec, run)
     user = entry["user"]
@@ -164,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         device = device_of(getattr(args, "device", "cpu"))
-        run = RunInfo.current("user", device, argv=sys.argv[1:] if argv is None else argv, module="export")
+        profile = getattr(args, "profile", None) or "user"
+        run = RunInfo.current(profile, device, argv=sys.argv[1:] if argv is None else argv, module="export")
         COMMANDS[args.command][2](args, run)
     except (ModelError, DataError, ValueError, FileNotFoundError) as exc:
         print(f"python -m export {args.command}: {exc}", file=sys.stderr)
@@ -173,9 +225,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_parity(args: argparse.Namespace, run: RunInfo) -> None:
-    cfg = _config(args, decode_ce_weight=args.decode_ce_weight, warm_start=args.warm_start, augment=False)
+    profile = PROFILES[args.profile] if args.profile else None
+    base = profile.parity_for(args.k) if profile else None
+    cfg = _config(args, base, decode_ce_weight=args.decode_ce_weight, warm_start=args.warm_start)
+    if args.recipe == "parm":  # ParM's settings, under the budget, seed and clock ours would get (train_all's)
+        cfg = train.parm_recipe(args.k, time_budget_s=cfg.time_budget_s, arch=cfg.arch, seed=cfg.seed, clock=cfg.clock)
     spec = own_coded.ParityArgs(
-        args.name, args.out, args.encoder, args.k, cfg, args.device, args.parity_model, args.checkpoint, args.data
+        args.name,
+        args.out,
+        args.encoder,
+        args.k,
+        cfg,
+        args.device,
+        args.parity_model,
+        args.checkpoint,
+        args.data,
+        profile.test_rounds if profile else 4,
     )
     e = own_coded.parity(spec, run)
     m = e["metrics"]
@@ -183,15 +248,19 @@ def run_parity(args: argparse.Namespace, run: RunInfo) -> None:
 
 
 def run_collage(args: argparse.Namespace, run: RunInfo) -> None:
-    spec = own_coded.CollageArgs(
-        args.name, args.out, args.s, _config(args, augment=args.shift), args.width, args.device, args.data
-    )
+    cfg = _config(args, PROFILES[args.profile].collage if args.profile else None, augment=args.shift)
+    spec = own_coded.CollageArgs(args.name, args.out, args.s, cfg, args.width, args.device, args.data)
     e = own_coded.collage(spec, run)
     _print_coded(e, f"per-cell test accuracy {e['metrics']['cell_accuracy']:.2%}")
 
 
 def run_coin(args: argparse.Namespace, run: RunInfo) -> None:
-    cfg = _config(args, augment=False)
+    if args.relabel_k:
+        _run_relabelled(args, run)
+        return
+    if not args.model:
+        raise ValueError("--checkpoints needs --model (the members' factory)")
+    cfg = _config(args)
     spec = own_coded.CoinArgs(
         args.name,
         args.out,
@@ -218,6 +287,20 @@ def run_coin(args: argparse.Namespace, run: RunInfo) -> None:
                 "fine-tunes of one base model",
                 file=sys.stderr,
             )
+
+
+def _run_relabelled(args: argparse.Namespace, run: RunInfo) -> None:
+    expected = own_coded.relabel_set_name(args.like)
+    if args.name != expected:
+        raise ValueError(f"--relabel-k names the set after --like: --name {expected}")
+    ks = sorted(int(k) for k in args.relabel_k.split(","))
+    settings = args.settings.split(",")
+    if not set(ks) <= set(range(2, len(coin.LABELLINGS) + 1)) or not set(settings) <= set(coin.SETTINGS):
+        raise ValueError(f"--relabel-k must be within 2..{len(coin.LABELLINGS)}, --settings of {sorted(coin.SETTINGS)}")
+    plan = coin.Plan(ks, settings, args.fisher_samples, bn=args.bn, export_setting=settings[0])
+    spec = own_coded.RelabelArgs(args.like, args.out, plan, args.results, args.device, args.data)
+    for e in own_coded.coin_relabelled(spec, run):
+        _print_coded(e, e["role"])
 
 
 def run_evaluate(args: argparse.Namespace, run: RunInfo) -> None:

@@ -584,22 +584,43 @@ def main(argv: list[str] | None = None) -> None:
     data = train.load_data(args.dataset, args.data, device, limit=args.limit)
     base = load_base(args.base, args.dataset, train.pixels(data.test.images[:16]))
     run = RunInfo.current(f"coin-{'-'.join(settings)}", device, argv, module="export.coin")
-    shown = (Variant("fisher", args.fisher, args.bn), Variant("average", None, args.bn), Variant("distill"))
+    plan = Plan(ks, settings, args.fisher_samples, args.fisher, args.bn, args.lambdas, args.export_setting)
+    make_sets(args.dataset, base, data, plan, args.out, run, args.results)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What :func:`make_sets` builds: k members per setting, the coded variants, which setting is exported."""
+
+    ks: Sequence[int]
+    settings: Sequence[str]
+    fisher_samples: int = 1000
+    fisher: str = "true"  # the exported fisher model's Fisher
+    bn: str = "recompute"  # the exported merged models' BatchNorm statistics
+    lambdas: str = "uniform"
+    export_setting: str = "shared"
+
+
+def make_sets(
+    dataset: str, base: nn.Module, data: train.Data, plan: Plan, out: Path, run: RunInfo, results: Path | None
+) -> list[dict]:
+    """Members fine-tuned from ``base`` per setting, the coded models of every variant; the export setting's
+    members and shown variants written to ``out`` (the set ``set_name(dataset)``), the tables to ``results``."""
+    shown = (Variant("fisher", plan.fisher, plan.bn), Variant("average", None, plan.bn), Variant("distill"))
     by_setting, coded, entries = {}, [], []
-    for name in settings:
-        by_setting[name], results = run_setting(name, base, data, ks, args.lambdas, args.fisher_samples)
-        coded += results
-        if name == args.export_setting:
-            entries = export_set(
-                args.dataset, by_setting[name], results, shown, data, args.fisher_samples, args.out, run
-            )
+    for name in plan.settings:
+        by_setting[name], made = run_setting(name, base, data, plan.ks, plan.lambdas, plan.fisher_samples)
+        coded += made
+        if name == plan.export_setting:
+            entries = export_set(dataset, by_setting[name], made, shown, data, plan.fisher_samples, out, run)
     if entries:
-        update_manifest(args.out, entries)
+        update_manifest(out, entries)
         log.info("exported %s", ", ".join(e["name"] for e in entries))
-    if args.results:
-        markdown = results_markdown(args.dataset, run, by_setting, coded, shown, base, data, args.fisher_samples)
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(markdown)
+    if results:
+        markdown = results_markdown(dataset, run, by_setting, coded, shown, base, data, plan.fisher_samples)
+        results.parent.mkdir(parents=True, exist_ok=True)
+        results.write_text(markdown)
+    return entries
 
 
 if __name__ == "__main__":

@@ -146,22 +146,24 @@ def train_collage(
     soft: torch.Tensor | None = None,
     soft_weight: float = 0.0,
     width: int = 64,
+    classes: int = NUM_CLASSES,
 ) -> train.Trained:
     """Cross-entropy of every cell against its label — the true one, or mixed with ``soft_weight`` of the
-    deployed model's soft label ``soft[i]`` —; best epoch by per-cell validation accuracy."""
+    deployed model's soft label ``soft[i]`` —; best epoch by per-cell validation accuracy. Any images
+    ``(N, C, H, W)`` (uint8 pixels, or a user's preprocessed floats) and ``classes`` outputs."""
     tr, device = data.train, data.train.images.device
     sample = train.pixels(tr.images[:4096])
     torch.manual_seed(cfg.seed)
     shape = tuple(tr.images.shape[1:])  # one query's (C, H, W)
     model = CollageNet(
-        s, sample.mean().item(), sample.std().item(), width, layout=layout, shape=shape, classes=NUM_CLASSES
+        s, sample.mean().item(), sample.std().item(), width, layout=layout, shape=shape, classes=classes
     ).to(device)
-    hard = F.one_hot(tr.labels, NUM_CLASSES).float()
+    hard = F.one_hot(tr.labels, classes).float()
     targets = hard if soft is None or not soft_weight else (1 - soft_weight) * hard + soft_weight * soft
 
     def loss_fn(groups: torch.Tensor) -> torch.Tensor:
         logits = model(collages(tr.images, groups, s, shift=cfg.augment, layout=layout))
-        return F.cross_entropy(logits.reshape(-1, NUM_CLASSES), targets[groups].reshape(-1, NUM_CLASSES))
+        return F.cross_entropy(logits.reshape(-1, classes), targets[groups].reshape(-1, classes))
 
     def batches() -> list[torch.Tensor]:
         return list(train.random_groups(len(tr), s * s, device).split(cfg.batch_size))
@@ -169,7 +171,9 @@ def train_collage(
     def validate() -> float:
         return cell_accuracy(model, data.val, s, rounds=1, layout=layout)
 
-    return train._fit(model, cfg, batches, loss_fn, validate, f"collage s={s} {layout}")
+    return train._fit(
+        model, cfg, batches, loss_fn, validate, f"collage s={s}" + ("" if layout == "resized" else f" {layout}")
+    )
 
 
 def _deployed_accuracy(repository: Path, dataset: str) -> float | None:

@@ -62,10 +62,20 @@ def _conv_bn_relu(c_in: int, c_out: int, pool: bool) -> list[nn.Module]:
     return [conv, *([nn.MaxPool2d(2)] if pool else []), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
 
-class SmallCNN(nn.Module):
-    mean: torch.Tensor  # buffers: exported as constants
+class _Normalized(nn.Module):
+    """Inputs normalized inside the model by two buffers (exported as constants), fitted on training inputs."""
+
+    mean: torch.Tensor
     std: torch.Tensor
 
+    @torch.no_grad()
+    def fit_normalization(self, x: torch.Tensor) -> None:
+        """Set the constants to the mean and standard deviation of ``x`` (export.train calls this)."""
+        self.mean.fill_(x.mean().item())
+        self.std.fill_(x.std().item())
+
+
+class SmallCNN(_Normalized):
     def __init__(
         self,
         arch: Arch = Arch(),
@@ -118,11 +128,8 @@ class BasicBlock(nn.Module):
         return torch.relu(self.body(x) + self.shortcut(x))
 
 
-class ResNet(nn.Module):
+class ResNet(_Normalized):
     """Same contract as :class:`SmallCNN`: pixels in, normalized inside by fitted constants, logits out."""
-
-    mean: torch.Tensor
-    std: torch.Tensor
 
     def __init__(
         self,
@@ -193,3 +200,10 @@ def build_model(
     if isinstance(spec, ResArch):
         return ResNet(spec, mean=mean, std=std, shape=shape, classes=classes)
     return SmallCNN(spec, mean=mean, std=std, shape=shape, classes=classes)
+
+
+def cnn() -> nn.Module:
+    """The built-in deployed model (and its parity models' architecture) as a factory, ``export.models:cnn``,
+    for ``python -m export import --model`` like any user's: 1 x 28 x 28 pixels in [0, 1], 10 classes, the input
+    normalization fitted when export.train trains it."""
+    return build_model("cnn")

@@ -12,7 +12,9 @@ with onnxruntime, so a parity model learns what Triton answers, whether the user
   starts from the deployed weights.
 - collage: Collage-CNN (Narra et al., 2019), s x s cells, one shared CNN per cell, trained on true labels.
 - coin: COIN's coded model from k member checkpoints (one factory): Fisher-weighted, plain average, or
-  distilled (MSE to Σ λ_i f_i, starting from the average). The members are exported too.
+  distilled (MSE to Σ λ_i f_i, starting from the average). The members are exported too. Or (``relabel``)
+  export.coin's experiment on the imported model: members fine-tuned from it under relabellings, every variant
+  measured, the set ``<prefix>_coin`` exported (how ``make models`` makes ``mnist_coin``).
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ from coding import collage as collage_code
 from coding import parm
 from coding.coin import coded_model_name, member_model_name
 from coding.scheme import name_prefix
+from export import coin as coin_experiment
 from export import fisher, train, user_model
 from export.coin import merged_model
-from export.collage import CollageNet, collages
+from export.collage import cell_accuracy, collages, train_collage
 from export.manifest import RunInfo, model_entry, update_manifest
 from export.onnx_export import write_model
-from export.own_import import OnnxModel, Served, user_fields
+from export.own_import import OnnxModel, Served, torch_data, user_fields
 from export.train import TrainConfig, Trained
 from export.user_data import UserData
 
@@ -47,15 +50,6 @@ def device_of(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda: torch sees no CUDA device here")
     return torch.device(name)
-
-
-def torch_data(data: UserData, device: torch.device) -> train.Data:
-    """The splits as export.train's tensors (float inputs on ``device``: train.pixels passes them through)."""
-
-    def split(s) -> train.Split:
-        return train.Split(torch.from_numpy(s.x).to(device), torch.from_numpy(s.y).to(device))
-
-    return train.Data(split(data.train), split(data.val if len(data.val) else data.train), split(data.test))
 
 
 def teacher(served: OnnxModel, data: UserData, device: torch.device) -> train.Teacher:
@@ -72,40 +66,6 @@ def _run(served: Served, device: torch.device, data_path: str | None) -> tuple[U
 # ---- ParM ------------------------------------------------------------------------------------------------
 
 
-def train_parity(
-    data: train.Data,
-    targets: train.Teacher,
-    encoder: str,
-    k: int,
-    cfg: TrainConfig,
-    model: nn.Module,
-    deployed: nn.Module | None = None,
-) -> Trained:
-    """export.train.train_parity's objective and validation for any architecture ``model`` (fresh weights)."""
-    problem = parm.ParmScheme(encoder, k).rejects(tuple(data.train.images.shape[1:]))
-    if problem:
-        raise user_model.ModelError(f"no parity model for these inputs: {problem}")
-    device = data.train.images.device
-    if cfg.warm_start:
-        if deployed is None:
-            raise user_model.ModelError("--warm-start needs the deployed model's PyTorch factory and checkpoint")
-        model.load_state_dict(deployed.state_dict())
-    model = model.to(device)
-    val_groups = train.random_groups(len(data.val), k, device, torch.Generator().manual_seed(cfg.seed))
-
-    def loss_fn(groups: torch.Tensor) -> torch.Tensor:
-        x = train.parity_inputs(data.train.images, groups, encoder)
-        return train.parity_loss(model(x), targets.train[groups], cfg.decode_ce_weight, cfg.distill_temperature)
-
-    def validate() -> float:
-        return train.degraded_metrics(model, encoder, data.val, targets.val, [val_groups])["degraded_accuracy"]
-
-    def batches() -> list[torch.Tensor]:
-        return list(train.random_groups(len(data.train), k, device).split(cfg.batch_size))
-
-    return train._fit(model, cfg, batches, loss_fn, validate, f"parity {encoder} k={k}")
-
-
 @dataclass(frozen=True)
 class ParityArgs:
     name: str
@@ -117,6 +77,7 @@ class ParityArgs:
     parity_model: str | None = None  # a factory; None: the deployed model's
     checkpoint: Path | None = None  # the deployed model's, for --warm-start (default: the imported one)
     data: str | None = None
+    rounds: int = 4  # random partitions of the test split into coding groups, for the metrics
 
 
 def parity(args: ParityArgs, run: RunInfo) -> dict:
@@ -124,14 +85,18 @@ def parity(args: ParityArgs, run: RunInfo) -> dict:
     factory = args.parity_model or served.factory
     if factory is None:
         raise user_model.ModelError(f"{args.name} was imported from ONNX: name the parity model's --parity-model")
+    problem = parm.ParmScheme(args.encoder, args.k).rejects(served.shape)
+    if problem:
+        raise user_model.ModelError(f"no parity model for these inputs: {problem}")
     user, data = _run(served, device, args.data)
     targets = teacher(served.model(), user, device)
+    deployed = _warm_start_from(served, args.checkpoint) if args.cfg.warm_start else None
     torch.manual_seed(args.cfg.seed)
     model = user_model.load_factory(factory)()
-    deployed = _warm_start_from(served, args.checkpoint) if args.cfg.warm_start else None
-    result = train_parity(data, targets, args.encoder, args.k, args.cfg, model, deployed)
     name = parm.parity_model_name(name_prefix(args.name), args.encoder, args.k)
-    metrics = train.evaluate_parity(result.model, targets, args.encoder, args.k, data.test)
+    name += "_recipe_parm" if args.cfg.recipe == "parm" else ""
+    result = train.train_parity(data, targets, args.encoder, args.k, args.cfg, deployed, model=model)
+    metrics = train.evaluate_parity(result.model, targets, args.encoder, args.k, data.test, args.rounds)
     check = train.parity_inputs(data.test.images, torch.arange(4 * args.k, device=device).view(4, -1), args.encoder)
     entry = _export(result, name, args.repository, check, (served.classes,), run, served, user)
     entry |= {"role": "parity", "encoder": args.encoder, "k": args.k, "metrics": metrics}
@@ -189,32 +154,6 @@ def _export(
 # ---- Collage ---------------------------------------------------------------------------------------------
 
 
-def train_collage(data: train.Data, s: int, classes: int, cfg: TrainConfig, width: int = 64) -> Trained:
-    """export.collage.train_collage for any input shape and classes (true labels, no soft ones)."""
-    tr, device = data.train, data.train.images.device
-    torch.manual_seed(cfg.seed)
-    shape = tuple(tr.images.shape[1:])
-    model = CollageNet(s, 0.0, 1.0, width, shape=shape, classes=classes).to(device)  # inputs come normalised
-
-    def loss_fn(groups: torch.Tensor) -> torch.Tensor:
-        logits = model(collages(tr.images, groups, s, shift=cfg.augment))
-        return F.cross_entropy(logits.reshape(-1, classes), tr.labels[groups].reshape(-1))
-
-    def batches() -> list[torch.Tensor]:
-        return list(train.random_groups(len(tr), s * s, device).split(cfg.batch_size))
-
-    def validate() -> float:
-        return cell_accuracy(model, data.val, s)
-
-    return train._fit(model, cfg, batches, loss_fn, validate, f"collage s={s}")
-
-
-def cell_accuracy(model: nn.Module, split: train.Split, s: int, rounds: int = 2) -> float:
-    from export.collage import cell_accuracy as built_in
-
-    return built_in(model, split, s, rounds=rounds)
-
-
 @dataclass(frozen=True)
 class CollageArgs:
     name: str
@@ -232,7 +171,7 @@ def collage(args: CollageArgs, run: RunInfo) -> dict:
     if problem:
         raise user_model.ModelError(problem)
     user, data = _run(served, device, args.data)
-    result = train_collage(data, args.s, served.classes, args.cfg, args.width)
+    result = train_collage(data, args.s, args.cfg, width=args.width, classes=served.classes)
     name = collage_code.collage_model_name(name_prefix(args.name), args.s)
     check = collages(data.test.images, torch.arange(4 * args.s**2, device=device).view(4, -1) % len(data.test), args.s)
     entry = _export(result, name, args.repository, check, (args.s**2, served.classes), run, served, user)
@@ -358,3 +297,30 @@ def coin(args: CoinArgs, run: RunInfo) -> list[dict]:
     entries.append(entry)
     update_manifest(args.repository, entries)
     return entries
+
+
+@dataclass(frozen=True)
+class RelabelArgs:
+    like: str  # the imported model the members are fine-tuned from (its factory and weights)
+    repository: Path
+    plan: coin_experiment.Plan
+    results: Path | None = None
+    device: str = "auto"
+    data: str | None = None
+
+
+def relabel_set_name(like: str) -> str:
+    return coin_experiment.set_name(name_prefix(like))
+
+
+def coin_relabelled(args: RelabelArgs, run: RunInfo) -> list[dict]:
+    """export.coin's members and coded models, built on the imported model ``args.like``."""
+    served, device = Served.of(args.repository, args.like), device_of(args.device)
+    if served.classes != coin_experiment.NUM_CLASSES:
+        raise user_model.ModelError(
+            f"the relabelled members permute {coin_experiment.NUM_CLASSES} classes; {served.name} answers "
+            f"{served.classes}: bring member --checkpoints instead"
+        )
+    _, data = _run(served, device, args.data)
+    base = _warm_start_from(served, None).to(device)
+    return coin_experiment.make_sets(name_prefix(args.like), base, data, args.plan, args.repository, run, args.results)

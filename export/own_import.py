@@ -5,6 +5,10 @@ file is copied, its batch axis made dynamic where it is fixed (and checked by ru
 way ``config.pbtxt`` and ``configs/gpu.pbtxt`` are written from the ONNX file's signature, and the manifest
 records the file's sha256, the input shape, the classes, the preprocessing and where the data is, so the
 commands that follow (``parity``, ``collage``, ``coin``, ``evaluate``, ``route``) need only the model's name.
+
+A PyTorch model can also be trained here first (``ImportArgs.train``: export.train's deployed-model recipe, e.g. a
+profile's; how ``make models`` makes the built-in ``export.models:cnn``); its trained weights are saved beside
+the model (``<name>/weights.pt``) and recorded as its checkpoint, for a parity model's warm start.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from export import user_data, user_model
+from export import train, user_data, user_model
 from export.manifest import RunInfo, entry_of, model_entry, update_manifest
 from export.onnx_export import OPSET, onnx_providers, sha256_file, write_configs, write_model
+from export.train import TrainConfig
 from export.user_data import DataSpec, Preprocessing, UserData
 
 log = logging.getLogger(__name__)
@@ -85,13 +90,22 @@ class Served:
             raise ValueError(f"{self.name} was imported without --data: pass --data")
         spec = self.data or DataSpec(str(path))
         if path is not None:
-            spec = DataSpec(str(path), spec.layout, spec.seed, spec.val_fraction, spec.test_fraction)
+            spec = spec.at(str(path))
         data = user_data.load(spec, self.preprocessing)
         check_data(data, self.shape, self.classes)
         return data
 
     def model(self) -> OnnxModel:
         return OnnxModel(model_path(self.repository, self.name))
+
+
+def torch_data(data: UserData, device: torch.device) -> train.Data:
+    """The splits as export.train's tensors (float inputs on ``device``: train.pixels passes them through)."""
+
+    def split(s: user_data.Split) -> train.Split:
+        return train.Split(torch.from_numpy(s.x).to(device), torch.from_numpy(s.y).to(device))
+
+    return train.Data(split(data.train), split(data.val if len(data.val) else data.train), split(data.test))
 
 
 def check_data(data: UserData, shape: tuple[int, ...], classes: int) -> None:
@@ -163,6 +177,8 @@ class ImportArgs:
     onnx_file: Path | None = None
     input_shape: tuple[int, ...] | None = None
     data: DataSpec | None = None
+    train: TrainConfig | None = None  # train the factory's model (from --checkpoint, if given) on the data first
+    device: torch.device = torch.device("cpu")
 
 
 def _import_onnx(args: ImportArgs, data: UserData | None) -> tuple[dict, tuple[int, ...], int]:
@@ -179,22 +195,40 @@ def _import_torch(args: ImportArgs, data: UserData | None) -> tuple[dict, tuple[
     shape = args.input_shape or (data.shape if data else ())
     if not shape:
         raise user_model.ModelError("a PyTorch model needs --input-shape C,H,W or --data to read it from")
-    torch.manual_seed(0)
+    torch.manual_seed(args.train.seed if args.train else 0)
     model = user_model.load_torch(args.factory, args.checkpoint)
     classes = user_model.check_torch(model, shape)
     if data is not None:
         check_data(data, shape, classes)  # before anything is written
+    checkpoint, trained = args.checkpoint, None
+    if args.train is not None:
+        if data is None:
+            raise user_model.ModelError("training the model needs --data")
+        trained = train.train_deployed(torch_data(data, args.device), args.train, args.name, model)
+        model, checkpoint = trained.model, args.out / args.name / "weights.pt"
     facts = write_model(model, args.name, args.out, _check_batch(shape, data), output_dims=(classes,))
     facts["factory"] = args.factory
-    if args.checkpoint:
-        facts |= {"checkpoint": str(args.checkpoint), "checkpoint_sha256": sha256_file(args.checkpoint)}
+    if trained is not None and checkpoint is not None:
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, checkpoint)
+        facts["training"] = {
+            "config": args.train.as_dict() if args.train else {},
+            "epochs": trained.epochs,
+            "best_epoch": trained.best_epoch,
+            "val_metric": trained.val_metric,
+            "seconds": round(trained.seconds, 1),
+        }
+    if checkpoint:
+        facts |= {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint)}
     return facts, shape, classes
 
 
 def import_model(args: ImportArgs, run: RunInfo) -> dict:
     """Import one model; return its manifest entry (also merged into the manifest)."""
     data = user_data.load(args.data, args.prep) if args.data else None
+    if args.onnx_file is not None and args.train is not None:
+        raise user_model.ModelError("an ONNX file is imported as it is: training needs --model")
     facts, shape, classes = (_import_onnx if args.onnx_file is not None else _import_torch)(args, data)
+    training = facts.pop("training", {})
     metrics = {"test_accuracy": accuracy(OnnxModel(model_path(args.out, args.name)), data.test)} if data else {}
     entry = model_entry(
         name=args.name,
@@ -204,7 +238,7 @@ def import_model(args: ImportArgs, run: RunInfo) -> dict:
         k=None,
         run=run,
         onnx_facts=facts,
-        training={},
+        training=training,
         metrics=metrics,
     )
     entry["user"] = user_fields(shape, classes, args.prep, data, args.factory)

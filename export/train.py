@@ -269,10 +269,18 @@ def _fit(
     return Trained(model, len(history), best[1], best[0], time.monotonic() - start, history)
 
 
-def _new_model(cfg: TrainConfig, sample: torch.Tensor, device: torch.device) -> nn.Module:
-    """A fresh model whose input normalization constants are the mean/std of ``sample`` (float pixels)."""
+def _new_model(cfg: TrainConfig, sample: torch.Tensor) -> nn.Module:
+    """A fresh model of ``cfg.arch`` (seeded by ``cfg.seed``) for inputs shaped like ``sample``."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.arch, mean=sample.mean().item(), std=sample.std().item(), shape=tuple(sample.shape[1:]))
+    return build_model(cfg.arch, shape=tuple(sample.shape[1:]))
+
+
+def _prepared(model: nn.Module, sample: torch.Tensor, device: torch.device) -> nn.Module:
+    """``model`` on ``device`` (channels-last), its input normalization fitted on ``sample`` where it has one
+    (``fit_normalization``, as export.models' models: constants exported inside the model)."""
+    fit = getattr(model, "fit_normalization", None)
+    if callable(fit):
+        fit(sample)
     return model.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
@@ -280,11 +288,13 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(-1) == labels).float().mean().item()
 
 
-def train_deployed(data: Data, cfg: TrainConfig, desc: str = "deployed") -> Trained:
+def train_deployed(data: Data, cfg: TrainConfig, desc: str = "deployed", model: nn.Module | None = None) -> Trained:
     """The deployed model: cross-entropy on (optionally shifted, flipped, mixed) training images; best epoch by
-    val accuracy on the clean held-out images."""
+    val accuracy on the clean held-out images. ``model``: a fresh one built by the caller after
+    ``torch.manual_seed(cfg.seed)`` (a user's factory); default ``cfg.arch``'s."""
     train, device = data.train, data.train.images.device
-    model = _new_model(cfg, pixels(train.images), device)
+    sample = pixels(train.images)
+    model = _prepared(model if model is not None else _new_model(cfg, sample), sample, device)
     mix = torch.distributions.Beta(cfg.mixup_alpha, cfg.mixup_alpha) if cfg.mixup_alpha else None
 
     def ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -375,11 +385,14 @@ def train_parity(
     cfg: TrainConfig,
     deployed: nn.Module | None = None,
     desc: str = "",
+    model: nn.Module | None = None,
 ) -> Trained:
     """A ParM parity model for (encoder, k); best epoch by degraded-mode accuracy on the held-out images (the parm
     recipe: by reconstruction top-1, as ParM chose its ``best.pth``).
 
-    With ``cfg.warm_start`` the weights start as ``deployed``'s (the input normalization stays the parity's own).
+    ``model``: a fresh one built by the caller after ``torch.manual_seed(cfg.seed)`` (a user's factory); default
+    ``cfg.arch``'s. With ``cfg.warm_start`` the weights start as ``deployed``'s (the input normalization, where the
+    model has one, stays the parity's own: fitted on parity queries).
     """
     train, device = data.train, data.train.images.device
     problem = parm.ParmScheme(encoder, k).rejects(tuple(train.images.shape[1:]))
@@ -387,7 +400,8 @@ def train_parity(
         raise ValueError(f"no parity model for these images: {problem}")
     val_groups = random_groups(len(data.val), k, device, torch.Generator().manual_seed(cfg.seed))
     sample_groups = random_groups(len(train), k, device, torch.Generator().manual_seed(cfg.seed))[:4096]
-    model = _new_model(cfg, parity_inputs(train.images, sample_groups, encoder), device)
+    sample = parity_inputs(train.images, sample_groups, encoder)
+    model = model if model is not None else _new_model(cfg, sample)
     if cfg.recipe == "parm":
         parm_init(model)
     if cfg.warm_start:
@@ -396,7 +410,8 @@ def train_parity(
         shapes = lambda m: {k: v.shape for k, v in m.state_dict().items()}  # noqa: E731
         if shapes(deployed) != shapes(model):
             raise ValueError(f"warm_start needs the deployed model's architecture; the parity's is {cfg.arch!r}")
-        model.load_state_dict({**deployed.state_dict(), "mean": model.mean, "std": model.std})
+        model.load_state_dict(deployed.state_dict())
+    model = _prepared(model, sample, device)
 
     objective = parity_objective(cfg)
     select_by = "reconstruction_top1" if cfg.recipe == "parm" else "degraded_accuracy"

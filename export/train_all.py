@@ -94,6 +94,8 @@ class Profile:
     test_rounds: int = 4  # random partitions of the test split into coding groups
     limit: int | None = None  # use only the first `limit` images of each split (smoke tests)
     variants: tuple[Variant, ...] = (Variant(),)
+    # The collage models' recipe (`python -m export collage --profile`; `make models` used export.collage's defaults)
+    collage: TrainConfig = TrainConfig(epochs=6, batch_size=64)
 
     def parity_for(self, k: int, variant: Variant | None = None) -> TrainConfig:
         cfg = (variant.parity if variant else None) or self.parity
@@ -241,6 +243,7 @@ PROFILES = {
         parity=TrainConfig(epochs=2, batch_size=32, decode_ce_weight=2.0, warm_start=True),
         test_rounds=1,
         limit=1000,
+        collage=TrainConfig(epochs=1, batch_size=64),
     ),
     "cpu": Profile(
         deployed=TrainConfig(epochs=3, batch_size=128),

@@ -10,6 +10,11 @@ subfolders, each holding one subfolder per class; an ``.npz`` with ``x_train``/`
 (and optionally ``x_val``/``y_val``). Otherwise the rows are shuffled with ``seed`` and cut into test, val and
 train shares. Layout of ``.npz`` images: ``N x C x H x W``, ``N x H x W x C`` or ``N x H x W`` (one channel);
 ``layout="auto"`` tells the first two apart by which axis is the channel axis (1, 3 or 4 long).
+
+The built-in data sets are data sets like any other: ``mnist`` or ``fashion`` names the IDX files ``make data``
+fetched into ``data/<name>/`` (or give that folder), read by export.datasets (every file's sha256 checked), with
+their given train and test splits; the validation split is drawn from train as for any given splits
+(:data:`BUILTIN_VAL_FRACTION`: the 5,000 images export.train held out with the same seed and draw).
 """
 
 from __future__ import annotations
@@ -20,9 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from export import datasets
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 LAYOUTS = ("auto", "nchw", "nhwc")
 _CHANNELS = (1, 3, 4)
+BUILTIN_VAL_FRACTION = 5000 / 60000  # export.train.VAL_SIZE of the built-in data sets' 60,000 training images
 
 
 class DataError(ValueError):
@@ -79,9 +87,14 @@ class DataSpec:
     seed: int = 0
     val_fraction: float = 0.1
     test_fraction: float = 0.2
+    limit: int | None = None  # only the first `limit` images of each split (smoke tests)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def at(self, path: str) -> DataSpec:
+        """The same split rules for the data at ``path``."""
+        return DataSpec(path, self.layout, self.seed, self.val_fraction, self.test_fraction, self.limit)
 
 
 @dataclass(frozen=True)
@@ -194,7 +207,28 @@ def draw_splits(n: int, seed: int, val_fraction: float, test_fraction: float) ->
     return {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
 
 
+def builtin(path: str) -> tuple[str, Path] | None:
+    """``(name, root)`` where ``path`` is a built-in data set: its name (read from ``data/<name>``) or its folder."""
+    folder = Path(path) if Path(path).is_dir() else Path(datasets.DEFAULT_ROOT) / path
+    if folder.name in datasets.SHA256 and (folder / datasets.file_names("train")[0]).is_file():
+        return folder.name, folder.parent
+    if path in datasets.SHA256 and not Path(path).exists():
+        raise DataError(f"{folder}: no IDX files of {path}; run `make data` (python -m export.fetch_data --out data)")
+    return None
+
+
+def _idx_parts(name: str, root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    try:
+        return {split: (x[:, None], y) for split in ("train", "test") for x, y in [datasets.load(name, split, root)]}
+    except datasets.DatasetError as exc:
+        raise DataError(str(exc)) from exc
+
+
 def _raw_parts(spec: DataSpec) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[str, ...]]:
+    known = builtin(spec.path)
+    if known is not None:
+        parts = _idx_parts(*known)
+        return parts, tuple(str(c) for c in range(int(parts["train"][1].max()) + 1))
     path = Path(spec.path)
     if path.is_dir():
         if (path / "train").is_dir() and (path / "test").is_dir():
@@ -225,5 +259,5 @@ def load(spec: DataSpec, prep: Preprocessing) -> UserData:
         parts["val"], parts["train"] = (x[order[:n_val]], y[order[:n_val]]), (x[order[n_val:]], y[order[n_val:]])
     if len(classes) < 2:
         raise DataError(f"{spec.path}: {len(classes)} class; a classifier needs at least 2")
-    splits = {name: Split(prep.apply(x), y) for name, (x, y) in parts.items()}
+    splits = {name: Split(prep.apply(x[: spec.limit]), y[: spec.limit]) for name, (x, y) in parts.items()}
     return UserData(splits["train"], splits["val"], splits["test"], classes, given, spec)
