@@ -29,45 +29,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import numpy as np
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
-from bench.cpu_breakdown import cpu_s
-from bench.perf_compare import floor_proxy
-from bench.stack import FrontendSpec, Stack
+from bench.load import infer_request
+from bench.proc import cpu_s, process_tree, thread_cpu_s
+from bench.stack import FrontendSpec, Stack, floor_proxy
 from export import spec
 
 log = logging.getLogger("bench.call_cost")
-_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 INFER = "/inference.GRPCInferenceService/ModelInfer"
-
-
-def thread_cpu_s(pid: int) -> tuple[float, float]:
-    """(all threads, main thread) user + system CPU seconds of ``pid``."""
-    total = main = 0.0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
-            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-            seconds = (int(fields[11]) + int(fields[12])) * _TICK_S
-            total += seconds
-            main += seconds if int(tid) == pid else 0.0
-    return total, main
-
-
-def _tree(pid: int) -> list[int]:
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [pid, *(p for c in children for p in _tree(int(c)))]
-
-
-def infer_request(model: str) -> bytes:
-    """One serialized MNIST-shaped ModelInfer of ``model`` (random pixels, raw contents)."""
-    x = np.random.default_rng(0).random((1, *spec.IMAGE_SHAPE), dtype=np.float32)
-    return kpb.ModelInferRequest(
-        model_name=model,
-        inputs=[kpb.ModelInferRequest.InferInputTensor(name=spec.INPUT_NAME, datatype="FP32", shape=x.shape)],
-        raw_input_contents=[x.tobytes()],
-    ).SerializeToString()
 
 
 async def _drive(address: str, request: bytes, calls: int, concurrency: int) -> None:
@@ -149,7 +120,7 @@ def main() -> None:
         frontends = _frontends(model, args.coded)
         with Stack(models, frontends, log_dir=scratch / "logs") as stack, _targets(stack, scratch) as targets:
             assert stack.triton is not None and stack.triton.pid is not None
-            triton_pids = _tree(stack.triton.pid)
+            triton_pids = process_tree(stack.triton.pid)
             coders = [s.proc.pid for n in ("encoder", "decoder") if (s := stack.services[n]).proc is not None]
             for round_ in range(1, args.rounds + 1):
                 chosen = [n for n in targets if not args.targets or n in args.targets.split(",")]

@@ -12,23 +12,15 @@ import argparse
 import asyncio
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 
-from bench import compare
 from bench.load import load_frontend
-from bench.stack import REPO_ROOT, Stack
+from bench.proc import children, cpu_s
+from bench.schemes import SCHEMES, frontend_specs
+from bench.stack import REPO_ROOT, Stack, settled_triton_calls
 from export import spec
 from export.datasets import load
-
-_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and of its children that have exited and been waited for."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(v) for v in fields[11:15]) * _TICK_S
 
 
 def processes(stack: Stack) -> dict[str, list[int]]:
@@ -41,8 +33,7 @@ def processes(stack: Stack) -> dict[str, list[int]]:
     }
     for i, triton in enumerate(stack.tritons):
         assert triton.pid is not None
-        children = Path(f"/proc/{triton.pid}/task/{triton.pid}/children").read_text().split()
-        roles[f"triton t{i}"] = [triton.pid, *map(int, children)]
+        roles[f"triton t{i}"] = [triton.pid, *children(triton.pid)]
     roles["load generator"] = [os.getpid()]
     return roles
 
@@ -51,7 +42,7 @@ def breakdown(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """scheme -> role -> CPU ms per query."""
     model = spec.deployed_model_name(args.dataset)
     parity = spec.parity_model_name(args.dataset, args.encoder, args.k)
-    all_specs = compare.frontend_specs(model, parity, k=args.k, encoder=args.encoder)
+    all_specs = frontend_specs(model, parity, k=args.k, encoder=args.encoder)
     specs = {name: s for name, s in all_specs.items() if name in args.schemes}
     images, _ = load(args.dataset, "test")
     n = int(args.rate * args.duration)
@@ -64,7 +55,7 @@ def breakdown(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             asyncio.run(load_frontend(address, model, queries[: int(args.rate)], args.rate, desc=f"{name} warm-up"))
             before = {role: sum(map(cpu_s, pids)) for role, pids in roles.items()}
             asyncio.run(load_frontend(address, model, queries, args.rate, timeout_s=10.0, desc=name))
-            compare.settled_triton_calls(stack)  # losers and late parities finish inside this scheme's window
+            settled_triton_calls(stack)  # losers and late parities finish inside this scheme's window
             result[name] = {role: 1e3 * (sum(map(cpu_s, pids)) - before[role]) / n for role, pids in roles.items()}
     return result
 
@@ -81,7 +72,7 @@ def markdown(result: dict[str, dict[str, float]]) -> str:
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(prog="python -m bench.cpu_breakdown", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--schemes", default="none,parm", help=f"comma-separated subset of {compare.SCHEMES[1:]}")
+    p.add_argument("--schemes", default="none,parm", help=f"comma-separated subset of {SCHEMES[1:]}")
     p.add_argument("--rate", type=float, default=150.0, help="Poisson arrivals per second")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of load per scheme")
     p.add_argument("--dataset", default="mnist", choices=spec.DATASETS)
@@ -89,9 +80,9 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--k", type=int, default=2)
     args = p.parse_args(argv)
     args.schemes = [s for s in args.schemes.split(",") if s]
-    unknown = set(args.schemes) - set(compare.SCHEMES[1:])
+    unknown = set(args.schemes) - set(SCHEMES[1:])
     if unknown:
-        raise SystemExit(f"unknown schemes {sorted(unknown)}; known: {compare.SCHEMES[1:]}")
+        raise SystemExit(f"unknown schemes {sorted(unknown)}; known: {SCHEMES[1:]}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     table = markdown(breakdown(args))
     print(f"CPU ms per query, {args.rate:.0f} q/s for {args.duration:.0f} s per scheme, no faults:\n\n{table}")

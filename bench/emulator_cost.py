@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from bench.cpu_breakdown import cpu_s
+from bench.proc import cpu_s
 from export import spec
 from triton_local import TritonConfig, TritonServer, shm
 from triton_local.server import REPO_ROOT

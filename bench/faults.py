@@ -15,10 +15,17 @@
 - ``none``: nothing, the control.
 Every injector runs in one thread, stops when its run ends, and always SIGCONTs (releases) what it stopped.
 :class:`InstanceStalls` is ``stalls`` with a schedule per worker, for the testbed's many instances.
+
+The one process-fault module of bench/: a process is stalled only by :func:`freeze` / :func:`thaw` (or
+:func:`stall`, both around a wait), and taken down and brought back on its ports only by :func:`restart`
+(then :func:`wait_ready`); besides the injectors above, :class:`PlannedFaults` carries out a seeded
+:func:`plan` of kills and stalls on a running stack (bench.chaos, bench.soak), and bench.recovery restarts
+a dependency through the same functions.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import logging
@@ -33,10 +40,63 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from bench.netns import WorkerNetwork
+from bench.stack import ServiceProcess, Stack
 from triton_local.server import TritonServer
 
 log = logging.getLogger(__name__)
+
+
+def freeze(pid: int) -> None:
+    """SIGSTOP: the process is up, holds its sockets, and answers nothing until :func:`thaw`."""
+    os.kill(pid, signal.SIGSTOP)
+
+
+def thaw(pid: int) -> None:
+    os.kill(pid, signal.SIGCONT)
+
+
+def stall(pids: Sequence[int], hold_s: float) -> None:
+    """Freeze every one of ``pids`` for ``hold_s``, then thaw exactly those, whatever interrupts the wait."""
+    for pid in pids:
+        freeze(pid)
+    try:
+        time.sleep(hold_s)
+    finally:
+        for pid in pids:
+            thaw(pid)
+
+
+Process = TritonServer | ServiceProcess  # what restart() takes down and brings back
+
+
+def _pid(process: Process) -> int | None:
+    if isinstance(process, TritonServer):
+        return process.pid
+    return process.proc.pid if process.proc is not None and process.proc.poll() is None else None
+
+
+def restart(process: Process, down_s: float = 0.0, *, kill: bool = True) -> None:
+    """Take ``process`` down (SIGKILL with ``kill``: a crash; else a graceful stop), leave it down ``down_s``,
+    then start it again on the same ports: clients reconnect once it is back. Returns once it is started,
+    not ready (:func:`wait_ready`)."""
+    pid = _pid(process)
+    if kill and pid is not None:
+        os.kill(pid, signal.SIGKILL)
+    process.stop()  # after a SIGKILL: reaps it (a tritonserver and its backend stubs)
+    if down_s > 0:
+        time.sleep(down_s)
+    process.start()
+
+
+def wait_ready(process: Process, timeout_s: float) -> None:
+    """Until a restarted process is ready again: Triton's /v2/health/ready, a service's grpc.health.v1 SERVING."""
+    if isinstance(process, TritonServer):
+        process.wait_ready(timeout_s)
+    else:
+        process.wait_serving(timeout_s)
 
 
 @dataclass(frozen=True)
@@ -122,11 +182,11 @@ class Stalls(Bursts):
         if pid is None:
             return False
         self._stopped = pid
-        os.kill(pid, signal.SIGSTOP)
+        freeze(pid)
         return True
 
     def _resume(self, victim: int) -> None:
-        os.kill(self._stopped, signal.SIGCONT)
+        thaw(self._stopped)
 
 
 @dataclass(frozen=True)
@@ -212,14 +272,14 @@ class InstanceStalls(FaultInjector):
         if pid is None:
             return False
         self._stopped[worker] = pid
-        os.kill(pid, signal.SIGSTOP)
+        freeze(pid)
         self.events += 1
         return True
 
     def _resume(self, worker: int) -> None:
         pid = self._stopped.pop(worker, None)
         if pid is not None:
-            os.kill(pid, signal.SIGCONT)
+            thaw(pid)
 
     def _cleanup(self) -> None:
         for worker in list(self._stopped):
@@ -272,9 +332,7 @@ class Kills(FaultInjector):
         if victim.pid is None:
             return
         self.calls_lost_to_kills += victim.successful_inferences()
-        os.kill(victim.pid, signal.SIGKILL)
-        victim.stop()
-        victim.start()  # same ports: clients reconnect once it is back
+        restart(victim)
         self.events += 1
 
 
@@ -363,6 +421,93 @@ class Shuffles(FaultInjector):
             proc.terminate()
         for proc in self._sinks:
             proc.wait(timeout=10)
+
+
+# Planned faults: a seeded plan of kills and stalls carried out on a running stack (bench.chaos_run).
+
+FAULT_KINDS = ("kill_triton", "stall_triton", "stall_tritons", "kill_encoder", "kill_decoder")
+
+
+@dataclass(frozen=True)
+class Fault:
+    at_s: float  # seconds after the load starts
+    kind: str  # one of FAULT_KINDS
+    target: int  # the Triton instance (kill_triton, stall_triton); ignored otherwise
+    hold_s: float  # how long a stall lasts, or how long a killed process stays down before its restart
+
+
+def plan(seed: int, duration_s: float, every_s: float, tritons: int, kinds: Sequence[str] = FAULT_KINDS) -> list[Fault]:
+    """One fault every ``every_s``, the kinds in a seeded order that visits each kind before repeating
+    one (so a run of ``len(kinds)`` faults has them all); the last ``every_s`` is left quiet, to recover."""
+    unknown = set(kinds) - set(FAULT_KINDS)
+    if unknown:
+        raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {FAULT_KINDS}")
+    rng = np.random.default_rng(seed)
+    faults: list[Fault] = []
+    order: list[str] = []
+    at = every_s / 2
+    while every_s > 0 and at + every_s <= duration_s:
+        if not order:
+            order = [kinds[i] for i in rng.permutation(len(kinds))]
+        kind = order.pop()
+        hold = {
+            "stall_triton": rng.uniform(0.05, 0.5),
+            "stall_tritons": 2.5,  # longer than the frontend's health probe needs to see it
+            "kill_triton": rng.uniform(0.2, 1.0),
+        }.get(kind, rng.uniform(0.2, 1.0))
+        faults.append(Fault(round(at, 3), kind, int(rng.integers(tritons)), round(float(hold), 3)))
+        at += every_s
+    return faults
+
+
+@dataclass
+class FaultEvent:
+    fault: Fault
+    began_s: float
+    ended_s: float  # the stall lifted, or the killed process started again
+    ready_s: float | None  # when the restarted process was ready again (kills only)
+
+
+class PlannedFaults:
+    """Carries out a plan's faults on a running stack, in threads (restarts block for seconds)."""
+
+    def __init__(self, stack: Stack, start: float) -> None:
+        self.stack, self._start = stack, start
+        self.events: list[FaultEvent] = []
+
+    def _now(self) -> float:
+        return round(time.monotonic() - self._start, 3)
+
+    async def run(self, faults: Sequence[Fault]) -> None:
+        for fault in faults:
+            delay = self._start + fault.at_s - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            log.info("fault at %.1f s: %s", fault.at_s, fault)
+            began = self._now()
+            ended, ready = await asyncio.to_thread(self._apply, fault)
+            self.events.append(FaultEvent(fault, began, ended, ready))
+
+    def _apply(self, fault: Fault) -> tuple[float, float | None]:
+        tritons = self.stack.tritons
+        if fault.kind in ("stall_triton", "stall_tritons"):
+            victims = [tritons[fault.target]] if fault.kind == "stall_triton" else tritons
+            stall([t.pid for t in victims if t.pid is not None], fault.hold_s)
+            return self._now(), None
+        if fault.kind == "kill_triton":
+            process: Process = tritons[fault.target]
+            ready_within_s = 120.0
+        else:
+            process, ready_within_s = self.stack.services[fault.kind.removeprefix("kill_")], 60.0
+        restart(process, fault.hold_s)
+        ended = self._now()
+        wait_ready(process, ready_within_s)
+        return ended, self._now()
+
+    def pids(self) -> dict[str, int | None]:
+        found: dict[str, int | None] = {f"triton{i}": t.pid for i, t in enumerate(self.stack.tritons)}
+        found.update({n: s.proc.pid if s.proc else None for n, s in self.stack.services.items()})
+        return found
 
 
 PROFILES: dict[str, type[FaultInjector]] = {

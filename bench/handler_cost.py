@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from tritonclient.grpc import service_pb2 as kpb
 
-from bench.call_cost import infer_request
+from bench.load import infer_request
 from export import spec
 from frontend.api.kserve import KServeServicer, ModelInfo
 from frontend.app.assembly import FrontendApp

@@ -1,5 +1,10 @@
 """Open-loop load: queries leave on a fixed schedule (Poisson or steady) whatever the answers do,
-so slow answers cannot hide queueing. Every query's latency and outcome is recorded."""
+so slow answers cannot hide queueing. Every query's latency and outcome is recorded.
+
+The one load generator of bench/: :func:`open_loop` (and :func:`due`, for a stream's messages) sends on a
+schedule of offsets; :func:`run_load` is it with a :class:`Record` per query. The entries' own loads (a
+ledger's unary calls and streams in bench.chaos_run, bench.overload's refusals) are open loops over it.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,9 @@ import asyncio
 import contextlib
 import gc
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -17,6 +23,7 @@ from codedserve.v1 import codedserve_pb2 as pb
 from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 from tqdm import tqdm
 from tritonclient.grpc import InferInput
+from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.utils import InferenceServerException
 
 from export import spec
@@ -25,6 +32,7 @@ from service_common.tensors import from_numpy
 
 # send(i) -> (label, reconstructed); raises on failure. One per target kind below.
 Sender = Callable[[int], Awaitable[tuple[int, bool]]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,42 @@ def arrival_times(n: int, rate: float, poisson: bool, seed: int = 0) -> np.ndarr
     if poisson:
         return np.cumsum(np.random.default_rng(seed).exponential(1.0 / rate, n))
     return np.arange(n) / rate
+
+
+def poisson_until(rate: float, horizon_s: float, seed: int = 0) -> np.ndarray:
+    """Poisson send offsets at ``rate`` per second, every one before ``horizon_s``: those of
+    :func:`arrival_times` with the same seed, cut at the horizon."""
+    n = int(rate * horizon_s) + 16
+    while (offsets := arrival_times(n, rate, True, seed))[-1] < horizon_s:
+        n *= 2
+    return offsets[offsets < horizon_s]
+
+
+async def due(offsets: Iterable[float], start: float) -> AsyncIterator[int]:
+    """Yield i at ``start + offsets[i]`` (time.monotonic), each on time whatever else is waiting (one
+    running late is yielded at once)."""
+    for i, offset in enumerate(offsets):
+        delay = start + offset - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        yield i
+
+
+async def open_loop(offsets: Iterable[float], start: float, send: Callable[[int], Coroutine[Any, Any, T]]) -> list[T]:
+    """Start ``send(i)`` at ``start + offsets[i]`` (time.monotonic) whatever the earlier ones are doing;
+    returns every result, in the order of i."""
+    tasks: list[asyncio.Task[T]] = [asyncio.create_task(send(i)) async for i in due(offsets, start)]
+    return list(await asyncio.gather(*tasks))
+
+
+def infer_request(model: str) -> bytes:
+    """One serialized MNIST-shaped KServe ModelInfer of ``model`` (random pixels, raw contents)."""
+    x = np.random.default_rng(0).random((1, *spec.IMAGE_SHAPE), dtype=np.float32)
+    return kpb.ModelInferRequest(
+        model_name=model,
+        inputs=[kpb.ModelInferRequest.InferInputTensor(name=spec.INPUT_NAME, datatype="FP32", shape=x.shape)],
+        raw_input_contents=[x.tobytes()],
+    ).SerializeToString()
 
 
 def frontend_sender(stub: pb_grpc.FrontendStub, model: str, images: np.ndarray, timeout_s: float) -> Sender:
@@ -107,16 +151,9 @@ async def _run_load(send: Sender, n: int, rate: float, poisson: bool, seed: int,
         progress.update()
         return record
 
-    began = time.perf_counter()
-    tasks = []
-    for i, offset in enumerate(offsets):
-        delay = began + offset - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(i)))
-    records = await asyncio.gather(*tasks)
+    records = await open_loop(offsets, time.monotonic(), one)
     progress.close()
-    return list(records)
+    return records
 
 
 async def load_frontend(

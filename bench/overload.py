@@ -36,6 +36,7 @@ import numpy as np
 from codedserve.v1 import codedserve_pb2 as pb
 from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 
+from bench.load import open_loop, poisson_until
 from bench.stack import REPO_ROOT, Stack
 from export import spec
 from export.datasets import load
@@ -197,20 +198,14 @@ async def _open_loop(
     end: float,
     args: argparse.Namespace,
 ) -> None:
-    """Poisson arrivals at ``args.rate``, whatever the answers: each query is sent when it is due."""
-    rng = np.random.default_rng(0)
+    """Poisson arrivals at ``args.rate`` until ``end``, whatever the answers: each query is sent when it is due."""
+    now = time.perf_counter()
 
     async def one(i: int) -> None:
         metadata = ((CLIENT_METADATA_KEY, f"client-{i}"),)
         outcomes.append(await _classify(stub, requests[i % len(requests)], metadata, args.deadline_s))
 
-    calls: list[asyncio.Task[None]] = []
-    due = time.perf_counter()
-    while due < end:
-        due += rng.exponential(1 / args.rate)
-        await asyncio.sleep(max(0.0, due - time.perf_counter()))
-        calls.append(asyncio.create_task(one(len(calls))))
-    await asyncio.gather(*calls)
+    await open_loop(poisson_until(args.rate, end - now), time.monotonic(), one)
 
 
 def _handler_seconds(metrics_port: int) -> tuple[float, float]:

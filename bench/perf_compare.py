@@ -12,7 +12,6 @@ bench/results/perf_compare/. perf_analyzer comes from bench/perf_tools.sh (insta
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import io
 import json
@@ -25,16 +24,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import numpy as np
 
-from bench.stack import REPO_ROOT, FrontendSpec, Stack
+from bench.stack import REPO_ROOT, FrontendSpec, Stack, floor_proxy
 from export import spec
-from triton_local.server import free_ports
 
 log = logging.getLogger("bench.perf_compare")
 
@@ -284,39 +280,6 @@ def _measure(args: argparse.Namespace, model: str, urls: dict[str, str], data: P
             print(run.output)
             runs.append(run)
     return runs
-
-
-@contextlib.contextmanager
-def floor_proxy(triton_url: str, log_path: Path, canned: bool = False) -> Iterator[tuple[str, int]]:
-    """Run bench.floor_proxy in front of ``triton_url`` (``canned``: its --canned mode); yields its
-    address and pid once it forwards."""
-    address = f"127.0.0.1:{free_ports(1)[0]}"
-    argv = [sys.executable, "-m", "bench.floor_proxy", "--address", address, "--triton-url", triton_url]
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen(
-            [*argv, *(["--canned"] if canned else [])], stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT
-        )
-    try:
-        _wait_live(address, proc)
-        yield address, proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def _wait_live(address: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
-        live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit(f"bench.floor_proxy exited with {proc.returncode}")
-            try:
-                live(b"", timeout=1.0)
-                return
-            except grpc.RpcError:
-                time.sleep(0.1)
-    raise SystemExit(f"bench.floor_proxy on {address} did not answer within {timeout_s:.0f} s")
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from codedserve.v1 import codedserve_pb2 as pb
 from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.faults import Process, restart, wait_ready
 from bench.stack import Stack
 from frontend.app.health import CODED_HEALTH_PREFIX
 from service_common.tensors import from_numpy
@@ -73,15 +74,11 @@ def _restart(stack: Stack, dependency: str, down_s: float) -> None:
     """Stop the dependency, leave it down ``down_s``, then start it on the same port and wait until ready."""
     if dependency == "triton":
         assert stack.triton is not None
-        stack.triton.stop()
-        time.sleep(down_s)
-        stack.triton.start()
-        stack.triton.wait_ready(60)
+        process: Process = stack.triton
     else:
-        service = stack.services[dependency]
-        service.stop()
-        time.sleep(down_s)
-        service.start().wait_serving(30)
+        process = stack.services[dependency]
+    restart(process, down_s, kill=False)
+    wait_ready(process, 60 if dependency == "triton" else 30)
 
 
 def _round(stack: Stack, dependency: str, down_s: float) -> tuple[float, float]:

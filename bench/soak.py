@@ -8,7 +8,7 @@ flat (bench.chaos with longer defaults; every flag of bench.chaos applies).
 
 from __future__ import annotations
 
-from bench import chaos
+from bench import chaos_run
 
 DEFAULTS: dict[str, object] = {
     "duration": 600.0,
@@ -20,7 +20,7 @@ DEFAULTS: dict[str, object] = {
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
-    return chaos.main(argv, prog="python -m bench.soak", doc=__doc__, defaults=DEFAULTS)
+    return chaos_run.main(argv, prog="python -m bench.soak", doc=__doc__, defaults=DEFAULTS)
 
 
 if __name__ == "__main__":

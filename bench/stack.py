@@ -7,6 +7,7 @@ frontends, each on a free 127.0.0.1 port, each waited on through its readiness c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -215,3 +216,55 @@ class Stack:
                 os.kill(triton.pid, signal.SIGTERM)
         for triton in self.tritons:
             triton.stop()
+
+
+def triton_calls(stack: Stack) -> int:
+    """Inferences (rows, however batched) over every model on every Triton (Triton's own count)."""
+    return sum(t.successful_inferences() for t in stack.tritons)
+
+
+def settled_triton_calls(stack: Stack, quiet_s: float = 0.3, limit_s: float = 10.0) -> int:
+    """Triton's call count once it stops moving: losing copies and parities still in flight when the
+    last answer arrived must land in the run that sent them, not in the next one."""
+    deadline = time.monotonic() + limit_s
+    count = triton_calls(stack)
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = triton_calls(stack)
+        if now == count:
+            break
+        count = now
+    return count
+
+
+@contextlib.contextmanager
+def floor_proxy(triton_url: str, log_path: Path, canned: bool = False) -> Iterator[tuple[str, int]]:
+    """Run bench.floor_proxy in front of ``triton_url`` (``canned``: its --canned mode); yields its
+    address and pid once it forwards."""
+    address = f"127.0.0.1:{free_ports(1)[0]}"
+    argv = [sys.executable, "-m", "bench.floor_proxy", "--address", address, "--triton-url", triton_url]
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            [*argv, *(["--canned"] if canned else [])], stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+        )
+    try:
+        _wait_live(address, proc)
+        yield address, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _wait_live(address: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"bench.floor_proxy exited with {proc.returncode}")
+            try:
+                live(b"", timeout=1.0)
+                return
+            except grpc.RpcError:
+                time.sleep(0.1)
+    raise SystemExit(f"bench.floor_proxy on {address} did not answer within {timeout_s:.0f} s")

@@ -19,7 +19,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from bench.chaos import FAULT_KINDS, RunConfig, ShortDeadlines, chaos_stack, plan, run, run_short_deadlines
+from bench.chaos_run import RunConfig, ShortDeadlines, chaos_stack, run, run_short_deadlines
+from bench.faults import FAULT_KINDS, plan
 from export import spec
 from tests.integration import linear_models
 

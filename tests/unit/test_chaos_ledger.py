@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.chaos import FAULT_KINDS, ChaosResult, Fault, FaultEvent, HealthWatch, Ledger, plan
+from bench.chaos_run import ChaosResult, HealthWatch, Ledger
+from bench.faults import FAULT_KINDS, Fault, FaultEvent, plan
 
 
 def test_a_ledger_of_one_answer_per_query_holds_and_counts_by_status():

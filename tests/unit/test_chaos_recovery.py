@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.chaos import Recovery, RecoveryRule, ShortDeadlines, recovery, windows
+from bench.chaos_run import Recovery, RecoveryRule, ShortDeadlines, recovery, windows
 
 RULE = RecoveryRule(window_s=0.25, baseline_s=2.0, tolerance=0.9, stay_s=1.0, min_baseline=0.5)
 
