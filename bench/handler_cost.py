@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,10 +29,9 @@ from tritonclient.grpc import service_pb2 as kpb
 
 from bench.load import infer_request
 from export import spec
-from frontend.api.kserve import KServeServicer, ModelInfo
+from frontend.api.kserve import KServeServicer
 from frontend.app.assembly import FrontendApp
 from frontend.app.config import FrontendConfig
-from frontend.core.calls import ModelSignature
 from frontend.core.routes import parse_route
 
 MODEL = "m"
@@ -51,42 +51,60 @@ class _Context:
         return "ipv4:127.0.0.1:1"
 
 
-async def _canned(request: kpb.ModelInferRequest, timeout: float | None = None) -> kpb.ModelInferResponse:
-    await asyncio.sleep(0)  # one turn of the loop, as a real answer arrives
-    rows = int(request.inputs[0].shape[0])
-    response = kpb.ModelInferResponse(model_name=request.model_name, model_version="1")
-    response.outputs.add(name=spec.OUTPUT_NAME, datatype="FP32", shape=[rows, CLASSES])
-    response.raw_output_contents.append(np.zeros((rows, CLASSES), "<f4").tobytes())
-    return response
+class CannedTriton:
+    """Triton's wire, in-process: what the frontend's pool calls each instance through
+    (``FrontendApp(config, triton_stub=...)``). The routed models are ready, described with the
+    MNIST shapes, and every ModelInfer is answered at once with zeros of the right shape."""
+
+    def __init__(self, channel: object, models: Collection[str]) -> None:
+        self.channel = channel  # opened by the pool, never used
+        self.models = sorted(models)  # what RepositoryIndex lists
+
+    async def ModelInfer(self, request: kpb.ModelInferRequest, timeout: float | None = None) -> kpb.ModelInferResponse:
+        await asyncio.sleep(0)  # one turn of the loop, as a real answer arrives
+        rows = int(request.inputs[0].shape[0])
+        response = kpb.ModelInferResponse(model_name=request.model_name, model_version="1")
+        response.outputs.add(name=spec.OUTPUT_NAME, datatype="FP32", shape=[rows, CLASSES])
+        response.raw_output_contents.append(np.zeros((rows, CLASSES), "<f4").tobytes())
+        return response
+
+    async def ModelReady(self, request: kpb.ModelReadyRequest, timeout: float | None = None) -> kpb.ModelReadyResponse:
+        return kpb.ModelReadyResponse(ready=True)
+
+    async def RepositoryIndex(
+        self, request: kpb.RepositoryIndexRequest, timeout: float | None = None
+    ) -> kpb.RepositoryIndexResponse:
+        return kpb.RepositoryIndexResponse(models=[{"name": m, "state": "READY"} for m in self.models])
+
+    async def ModelMetadata(
+        self, request: kpb.ModelMetadataRequest, timeout: float | None = None
+    ) -> kpb.ModelMetadataResponse:
+        tensor = kpb.ModelMetadataResponse.TensorMetadata
+        return kpb.ModelMetadataResponse(
+            name=request.name,
+            versions=["1"],
+            inputs=[tensor(name=spec.INPUT_NAME, datatype="FP32", shape=[-1, *spec.IMAGE_SHAPE])],
+            outputs=[tensor(name=spec.OUTPUT_NAME, datatype="FP32", shape=[-1, CLASSES])],
+        )
+
+    async def ModelConfig(
+        self, request: kpb.ModelConfigRequest, timeout: float | None = None
+    ) -> kpb.ModelConfigResponse:
+        response = kpb.ModelConfigResponse()
+        response.config.name, response.config.max_batch_size = request.name, 64
+        return response
 
 
 async def _servicer(route: str, coding: str) -> KServeServicer:
+    """The real frontend for ``route`` over :class:`CannedTriton`, started and loaded through its own API."""
     config = FrontendConfig(
         "127.0.0.1:0", ("127.0.0.1:1",), "127.0.0.1:2", "127.0.0.1:3", (parse_route(route),), coding=coding
     )
-    app = FrontendApp(config)
-    await app.triton.start()
-    for stub in app.triton._stubs:  # the wire to Triton, and only it, replaced
-        stub.ModelInfer = _canned  # type: ignore[method-assign]
-    shape = spec.IMAGE_SHAPE
-    for server in app.servers.values():  # what load() would read from Triton
-        server.signatures = {
-            m: ModelSignature(spec.INPUT_NAME, spec.OUTPUT_NAME, shape, np.dtype("float32"), (CLASSES,), 64)
-            for m in server.models.values()
-        }
-        server.signature = server.signatures[server.models[server.scheme.data_slots[0].role]]
-    servicer = KServeServicer(app)
-    tensor = kpb.ModelMetadataResponse.TensorMetadata
-    metadata = kpb.ModelMetadataResponse(
-        name=MODEL,
-        versions=["1"],
-        inputs=[tensor(name=spec.INPUT_NAME, datatype="FP32", shape=[-1, *shape])],
-        outputs=[tensor(name=spec.OUTPUT_NAME, datatype="FP32", shape=[-1, CLASSES])],
-    )
-    config_response = kpb.ModelConfigResponse()
-    config_response.config.max_batch_size = 64
-    servicer._infos[MODEL] = ModelInfo(metadata, config_response)
-    return servicer
+    models = {m for r in config.routes for m in r.models.values()}
+    app = FrontendApp(config, triton_stub=lambda channel: CannedTriton(channel, models))
+    await app.start()
+    await app.load_until_ready(give_up_s=5.0)
+    return KServeServicer(app, app.catalog)
 
 
 class CountingLoop(asyncio.SelectorEventLoop):

@@ -40,7 +40,7 @@ from bench.load import open_loop, poisson_until
 from bench.stack import REPO_ROOT, Stack
 from export import spec
 from export.datasets import load
-from frontend.api.classify import CLIENT_METADATA_KEY
+from frontend.api.common import CLIENT_METADATA_KEY
 from service_common.loop_lag import LoopLag
 from service_common.tensors import from_numpy
 from triton_local.server import HOST, free_ports

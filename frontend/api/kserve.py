@@ -12,10 +12,11 @@ because one such query would poison the reconstructions of its whole coding grou
 Repository control, shared memory, tracing and logging are UNIMPLEMENTED (never forwarded).
 
 A *set* route (COIN: one query answered by k member models, no Triton model by the route's name) is
-its own model here: its metadata and config are the first member's with the route's name, and one
-output per member, named after the member's Triton model (e.g. ``mnist_coin_m0``), in data-slot order;
-each output's ``codedserve_reconstructed_rows`` parameter says which of its rows were decoded. Its
-statistics are the members'. A request may ask for a subset of the outputs by name.
+its own model here, as the model catalog describes it (:mod:`frontend.transport.catalog`): one output per
+member, named after the member's Triton model (e.g. ``mnist_coin_m0``), in data-slot order; each output's
+``codedserve_reconstructed_rows`` parameter says which of its rows were decoded. Its statistics are the
+members'. A request may ask for a subset of the outputs by name. The shell owns no channel and no cache:
+what Triton says of a model comes from the catalog, and the queries go to the dataplane, as Classify's do.
 """
 
 from __future__ import annotations
@@ -25,16 +26,15 @@ import importlib.metadata
 import logging
 import math
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from functools import cached_property
+from typing import Any
 
 import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
-from tritonclient.utils import triton_to_np_dtype
 
-from frontend.api.classify import (
+from frontend.api.common import (
+    HealthView,
     answer_concurrently,
     check_message_size,
     client_of,
@@ -43,14 +43,11 @@ from frontend.api.classify import (
     query_timeout_s,
     request_fault,
 )
-from frontend.app.assembly import FrontendApp
-from frontend.app.health import HealthMonitor
-from frontend.core.faults import Fault
-from frontend.dataplane.coordinator import ModelServer, QueryAnswer
-from service_common.channels import client_options
-from service_common.errors import DeadlineExceeded, InvalidArgument, NotFound, ServiceError, Unavailable
+from frontend.dataplane.coordinator import QueryAnswer
+from frontend.dataplane.plane import Dataplane
+from frontend.transport.catalog import ModelCatalog, ModelInfo
+from service_common.errors import InvalidArgument, NotFound, ServiceError
 from service_common.tensors import check_input_values
-from service_common.tls import aio_channel
 
 log = logging.getLogger(__name__)
 
@@ -60,67 +57,18 @@ SCHEME_PARAM = "codedserve_scheme"  # string: the route's scheme ("parm", "none"
 RECONSTRUCTED_ROWS_PARAM = "codedserve_reconstructed_rows"  # string, one flag per row: "0,1,0"
 _TYPED_CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_contents", "INT64": "int64_contents"}
 _UNSUPPORTED_PARAMS = ("shared_memory_region", "classification")
-_FORWARDED_ERRORS = {
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
-}
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What Triton says about a routed model (read once: a route's model does not change under it)."""
-
-    metadata: kpb.ModelMetadataResponse
-    config: kpb.ModelConfigResponse
-
-    # Read once each (the responses do not change): every query's checks and answer use them.
-    @cached_property
-    def version(self) -> str:
-        return max(self.metadata.versions, key=lambda v: int(v) if v.isdigit() else -1, default="")
-
-    @cached_property
-    def input_dims(self) -> list[int]:
-        return [int(d) for d in self.input.shape]
-
-    @cached_property
-    def input_dtype(self) -> np.dtype:
-        return np.dtype(triton_to_np_dtype(self.input.datatype)).newbyteorder("<")
-
-    @cached_property
-    def output_dtypes(self) -> list[np.dtype]:
-        return [np.dtype(triton_to_np_dtype(o.datatype)).newbyteorder("<") for o in self.metadata.outputs]
-
-    @property
-    def input(self) -> kpb.ModelMetadataResponse.TensorMetadata:
-        return self.metadata.inputs[0]
-
-    @property
-    def output(self) -> kpb.ModelMetadataResponse.TensorMetadata:
-        return self.metadata.outputs[0]
-
-    @cached_property
-    def output_names(self) -> list[str]:
-        return [o.name for o in self.metadata.outputs]
 
 
 class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
     """Create inside the running loop (it opens a control channel to Triton); :meth:`close` it."""
 
-    def __init__(self, app: FrontendApp, health: HealthMonitor | None = None) -> None:
-        self._app = app
+    def __init__(self, plane: Dataplane, catalog: ModelCatalog, health: HealthView | None = None) -> None:
+        self._plane = plane
+        self._catalog = catalog  # what Triton says each routed model is; its control calls go there
         self._health = health  # what ServerReady and ModelReady say (None: every signature read)
-        self._triton_url = app.config.triton_urls[0]
-        self._channel = aio_channel(
-            self._triton_url,
-            client_options(app.config.max_message_bytes, app.config.reconnect_backoff_ms),
-            app.config.triton_tls,
-        )
-        self._triton = kpb_grpc.GRPCInferenceServiceStub(self._channel)
-        self._infos: dict[str, ModelInfo] = {}
 
     async def close(self) -> None:
-        await self._channel.close()
+        """Nothing to close: the shell owns no channel (the catalog calls through the Triton pool's)."""
 
     # ---- health and metadata --------------------------------------------------------------
 
@@ -132,13 +80,13 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(
         self, request: kpb.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> kpb.ServerReadyResponse:
-        ready = self._app.ready if self._health is None else self._health.serving
+        ready = self._plane.ready if self._health is None else self._health.serving
         return kpb.ServerReadyResponse(ready=ready)
 
     async def ModelReady(
         self, request: kpb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> kpb.ModelReadyResponse:
-        server = self._app.servers.get(request.name)
+        server = self._plane.servers.get(request.name)
         ready = server is not None and server.signature is not None
         if self._health is not None:  # False while no ready Triton instance serves a data slot's model
             ready = ready and self._health.answerable(request.name)
@@ -163,32 +111,34 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: kpb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> kpb.ModelMetadataResponse:
-        self._app.model_server(request.name)  # NOT_FOUND for models this frontend does not route
-        if self._members(request.name):
+        self._plane.model_server(request.name)  # NOT_FOUND for models this frontend does not route
+        if self._catalog.members(request.name):
             return (await self._info(request.name, context)).metadata
-        return await self._forward(self._triton.ModelMetadata, request, context)
+        return await self._forward("ModelMetadata", request, request.name, context)
 
     async def ModelConfig(
         self, request: kpb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> kpb.ModelConfigResponse:
-        self._app.model_server(request.name)
-        if self._members(request.name):
+        self._plane.model_server(request.name)
+        if self._catalog.members(request.name):
             return (await self._info(request.name, context)).config
-        return await self._forward(self._triton.ModelConfig, request, context)
+        return await self._forward("ModelConfig", request, request.name, context)
 
     async def ModelStatistics(
         self, request: kpb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> kpb.ModelStatisticsResponse:
         """Triton's own statistics of the deployed models (parity calls count under the parity model)."""
-        if request.name and request.name not in self._app.servers:
+        if request.name and request.name not in self._plane.servers:
             raise InvalidArgument(f"requested model '{request.name}' is not available")  # as Triton says it
         names = [
-            m for n in ([request.name] if request.name else list(self._app.servers)) for m in self._triton_models(n)
+            m
+            for n in ([request.name] if request.name else list(self._plane.servers))
+            for m in self._catalog.triton_models(n)
         ]
         replies = await asyncio.gather(
             *(
                 self._forward(
-                    self._triton.ModelStatistics, kpb.ModelStatisticsRequest(name=n, version=request.version), context
+                    "ModelStatistics", kpb.ModelStatisticsRequest(name=n, version=request.version), n, context
                 )
                 for n in names
             )
@@ -222,8 +172,8 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             yield response
 
     async def _infer(self, request: kpb.ModelInferRequest, context: grpc.aio.ServicerContext) -> kpb.ModelInferResponse:
-        check_message_size(request, self._app.config.max_message_bytes, "ModelInfer request")
-        server = self._app.model_server(request.model_name)  # NOT_FOUND / UNAVAILABLE
+        check_message_size(request, self._plane.max_message_bytes, "ModelInfer request")
+        server = self._plane.model_server(request.model_name)  # NOT_FOUND / UNAVAILABLE
         info = await self._info(request.model_name, context)
         if request.model_version and request.model_version not in info.metadata.versions:
             raise NotFound(
@@ -231,49 +181,21 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             )
         batch = _read_input(request, info)
         _check_outputs(request, info)
-        timeout_s = query_timeout_s(context, self._app.config.default_deadline_s)
-        fault = request_fault(context, self._app.config.faults.allow_metadata)
-        # every row is a query: RESOURCE_EXHAUSTED at once beyond a bound
-        with self._app.admit(server, client_of(context), timeout_s, len(batch)):
-            answers = await _classify_rows(server, batch, timeout_s, fault)
+        timeout_s = query_timeout_s(context, self._plane.default_deadline_s)
+        fault = request_fault(context, self._plane)
+        # every row is a query, admitted together: RESOURCE_EXHAUSTED at once beyond a bound
+        answers = await self._plane.answer(server, batch, timeout_s, client_of(context), fault)
         return _infer_response(request, info, [finite_answer(a) for a in answers])
 
     # ---- Triton control calls --------------------------------------------------------------
 
-    def _members(self, model: str) -> list[str]:
-        """The member models of a set route (COIN); empty for a route of one Triton model."""
-        route = self._app.config.route(model)
-        if route is None or model in route.models.values():
-            return []
-        return [route.models[s.role] for s in route.code.data_slots]
-
-    def _triton_models(self, model: str) -> list[str]:
-        return self._members(model) or [model]
-
     async def _info(self, model: str, context: grpc.aio.ServicerContext) -> ModelInfo:
-        info = self._infos.get(model)
-        if info is None:
-            members = self._members(model)
-            infos = await asyncio.gather(*(self._triton_info(m, context) for m in members or [model]))
-            info = self._infos.setdefault(model, _set_info(model, members, infos) if members else infos[0])
-        return info
+        return await self._catalog.info(model, query_timeout_s(context, self._plane.default_deadline_s))
 
-    async def _triton_info(self, model: str, context: grpc.aio.ServicerContext) -> ModelInfo:
-        metadata, config = await asyncio.gather(
-            self._forward(self._triton.ModelMetadata, kpb.ModelMetadataRequest(name=model), context),
-            self._forward(self._triton.ModelConfig, kpb.ModelConfigRequest(name=model), context),
-        )
-        return ModelInfo(metadata, config)
-
-    async def _forward(self, method, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
-        """One call to Triton within the client's deadline; its errors become ours, same code."""
-        try:
-            return await method(request, timeout=query_timeout_s(context, self._app.config.default_deadline_s))
-        except grpc.aio.AioRpcError as exc:
-            error = _FORWARDED_ERRORS.get(exc.code())
-            if error is not None:
-                raise error(exc.details() or "") from exc
-            raise Unavailable(f"Triton at {self._triton_url}: {exc.code().name}: {exc.details()}") from exc
+    async def _forward(self, method: str, request: Any, model: str, context: grpc.aio.ServicerContext) -> Any:
+        """One control call to Triton within the client's deadline; its errors become ours, same code."""
+        timeout_s = query_timeout_s(context, self._plane.default_deadline_s)
+        return await self._catalog.forward(method, request, model, timeout_s)
 
 
 def _unimplemented(name: str):  # type: ignore[no-untyped-def]
@@ -299,21 +221,6 @@ for _name in (
     "LogSettings",
 ):
     setattr(KServeServicer, _name, _unimplemented(_name))
-
-
-async def _classify_rows(
-    server: ModelServer, batch: np.ndarray, timeout_s: float, fault: Fault | None
-) -> list[QueryAnswer]:
-    """Every row through the coding groups at once. If one row fails, the others stop waiting
-    (their Triton calls still finish in the coordinator's own tasks: never cancelled)."""
-    if len(batch) == 1:  # the common case: no task, no gather
-        return [await server.classify(batch[0], timeout_s, fault)]
-    tasks = [asyncio.ensure_future(server.classify(row, timeout_s, fault)) for row in batch]
-    try:
-        return list(await asyncio.gather(*tasks))
-    finally:
-        for task in tasks:
-            task.cancel()
 
 
 def _read_input(request: kpb.ModelInferRequest, info: ModelInfo) -> np.ndarray:
@@ -369,26 +276,6 @@ def _input_bytes(
             f"unable to find data for input tensor '{tensor.name}' for model '{request.model_name}' in request."
         )
     return np.asarray(values, dtype=dtype).tobytes()
-
-
-def _set_info(name: str, members: list[str], infos: list[ModelInfo]) -> ModelInfo:
-    """A set's metadata and config: the first member's, renamed, with one output per member."""
-    first = infos[0]
-    metadata = kpb.ModelMetadataResponse()
-    metadata.CopyFrom(first.metadata)
-    metadata.name, metadata.platform = name, "codedserve_set"
-    metadata.versions[:] = [first.version]
-    del metadata.outputs[:]
-    config = kpb.ModelConfigResponse()
-    config.CopyFrom(first.config)
-    config.config.name = name
-    del config.config.output[:]
-    for member, info in zip(members, infos, strict=True):
-        metadata.outputs.add().CopyFrom(info.output)
-        metadata.outputs[-1].name = member
-        config.config.output.add().CopyFrom(info.config.config.output[0])
-        config.config.output[-1].name = member
-    return ModelInfo(metadata, config)
 
 
 def _check_outputs(request: kpb.ModelInferRequest, info: ModelInfo) -> None:

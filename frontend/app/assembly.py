@@ -1,36 +1,45 @@
-"""The frontend's long-lived state: Triton pool, coding clients, one ModelServer per route, admission."""
+"""The frontend assembled: the dataplane (one ModelServer per route, admission) over the Triton pool, the coding
+clients, discovery and the model catalog; its start-up (routes checked against Triton, signatures read,
+warm-up) and close. Fault injection is wired in here, and only here."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import Any
 
+import grpc
 import numpy as np
 
-from coding.scheme import group_size
 from frontend.app.config import FrontendConfig
-from frontend.core.admission import Admission, Admitted
+from frontend.core.admission import Admission
 from frontend.core.calls import CallInfo, Coder, Pool, WorkerError
-from frontend.core.deadlines import RouteDeadlines
+from frontend.core.faults import parse_fault_metadata
 from frontend.core.placement import Placer
-from frontend.core.routes import Route, RouteError
-from frontend.dataplane.coordinator import ModelServer
-from frontend.dataplane.dispatch import Dispatcher
+from frontend.core.routes import RouteError
 from frontend.dataplane.injection import InjectingPool
+from frontend.dataplane.plane import Dataplane
+from frontend.transport.catalog import ModelCatalog
 from frontend.transport.coding_clients import CodingClients, LocalCoding
 from frontend.transport.discovery import Discovery, Source, resolver_for
 from frontend.transport.triton import TritonPool
-from service_common.errors import NotFound, Unavailable
 from service_common.logs import RateLimitedLog
 from service_common.loop_lag import LoopLag
 
 log = logging.getLogger(__name__)
 
 
-class FrontendApp:
-    def __init__(self, config: FrontendConfig) -> None:
+class FrontendApp(Dataplane):
+    """The assembled frontend: the dataplane over the Triton pool (wrapped by fault injection when configured),
+    the coding clients, discovery and the model catalog, with their start, close, start-up and warm-up.
+    ``triton_stub``: what each Triton channel is called through (default: the KServe v2 gRPC stub), for an
+    in-process stand-in of Triton's wire (bench.handler_cost)."""
+
+    def __init__(self, config: FrontendConfig, triton_stub: Callable[[grpc.aio.Channel], Any] | None = None) -> None:
         self.config = config
-        self.placer = Placer(serving(config))
+        placer = Placer(serving(config))
+        self.placer = placer
         self.triton = TritonPool(
             instance_urls(config),
             config.triton_timeout_s,
@@ -40,10 +49,11 @@ class FrontendApp:
             reconnect_backoff_ms=config.reconnect_backoff_ms,
             transport=config.triton_transport,
             wait_estimate_max_age_s=config.wait_estimate_max_age_s,
+            stub=triton_stub,
         )
-        self.pool = self._pool()
+        self.catalog = ModelCatalog(self.triton, placer, config.routes)
         self.discovery = self._discovery()
-        self.coders: Coder = (
+        coders: Coder = (
             LocalCoding()
             if config.coding == "local"
             else CodingClients(
@@ -55,16 +65,21 @@ class FrontendApp:
                 transport=config.coding_transport,
             )
         )
-        self.servers = {r.model: self._server(r) for r in config.routes}
-        self.admission = Admission(config.max_inflight, config.max_inflight_per_client)
+        super().__init__(
+            config.routes,
+            self._pool(),
+            placer,
+            coders,
+            config.deadlines,
+            Admission(config.max_inflight, config.max_inflight_per_client),
+            max_message_bytes=config.max_message_bytes,
+            default_deadline_s=config.default_deadline_s,
+            refuse_by_wait=config.refuse_by_wait,
+            forced_fault=parse_fault_metadata if config.faults.allow_metadata else None,
+        )
         self.loop_lag = LoopLag()  # a gauge only: see service_common.loop_lag
         self._warm_ups: set[asyncio.Task[None]] = set()
-        self.waiting_for = "the frontend has not reached Triton yet"  # why the routes are not ready (start-up)
-
-    def _server(self, route: Route) -> ModelServer:
-        dispatcher = Dispatcher(self.pool, self.placer, route.dispatch)
-        deadlines = RouteDeadlines(self.config.deadlines, dispatcher.latency, group_size(route.code))
-        return ModelServer(route, self.pool, self.placer, dispatcher, self.coders, deadlines)
+        self._closing = asyncio.Event()  # start-up stops waiting for Triton once set
 
     def _pool(self) -> Pool:
         """The Triton pool; wrapped by fault injection only when the configuration asks for it."""
@@ -89,6 +104,7 @@ class FrontendApp:
             await self.discovery.start()
 
     async def close(self) -> None:
+        self._closing.set()
         await asyncio.gather(*(s.drain(timeout_s=5.0) for s in self.servers.values()))
         if self.discovery is not None:
             await self.discovery.close()
@@ -103,33 +119,44 @@ class FrontendApp:
             names = ", ".join(s.target for s in discovery_sources(self.config).values())
             raise WorkerError(f"no ready Triton instance behind {names or 'the configured urls'} yet for {waiting}")
 
-    @property
-    def ready(self) -> bool:
-        return all(s.signature is not None for s in self.servers.values())
-
     async def load_until_ready(self, retry_s: float = 1.0, give_up_s: float | None = None) -> None:
-        """Check every routed model against Triton's repository, then read their signatures, retrying
+        """Check every routed model against Triton's repository, then read their signatures, trying again
         while Triton starts up (one log line per cause and 10 s). Raises :class:`RouteError` at once for
         a model that Triton will not serve (:meth:`check_repository`), or a route its models do not fit
-        (:meth:`ModelServer.load`): waiting would not mend either."""
-        loop = asyncio.get_running_loop()
-        deadline = None if give_up_s is None else loop.time() + give_up_s
+        (:meth:`ModelServer.load`): waiting would not mend either. Between tries it waits for the first
+        of: discovery's next look at DNS, the frontend closing, ``retry_s``, the end of ``give_up_s``."""
+        deadline = None if give_up_s is None else asyncio.get_running_loop().time() + give_up_s
         waiting = RateLimitedLog(log)
-        while True:
-            try:
-                self._check_instances()
-                await self.check_repository()
-                for server in self.servers.values():
-                    if server.signature is None:
-                        await server.load()
-                log.info("all models ready: %s", ", ".join(self.servers))
-                return
-            except WorkerError as exc:
-                self.waiting_for = str(exc)
-                if deadline is not None and loop.time() >= deadline:
-                    raise
-                waiting.log(logging.INFO, str(exc), "waiting for Triton: %s", exc)
-                await asyncio.sleep(retry_s)
+        while (problem := await self._try_load()) is not None:
+            self.waiting_for = str(problem)
+            left_s = None if deadline is None else deadline - asyncio.get_running_loop().time()
+            if (left_s is not None and left_s <= 0) or self._closing.is_set():
+                raise problem
+            waiting.log(logging.INFO, str(problem), "waiting for Triton: %s", problem)
+            await self._next_try(retry_s if left_s is None else min(retry_s, left_s))
+        log.info("all models ready: %s", ", ".join(self.servers))
+
+    async def _try_load(self) -> WorkerError | None:
+        """One try at :meth:`load_until_ready`: None once every route is ready, else what it waits for."""
+        try:
+            self._check_instances()
+            await self.check_repository()
+            for server in self.servers.values():
+                if server.signature is None:
+                    await server.load()
+        except WorkerError as exc:
+            return exc
+        return None
+
+    async def _next_try(self, timeout_s: float) -> None:
+        events: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._closing.wait())]
+        if self.discovery is not None:
+            events.append(asyncio.ensure_future(self.discovery.next_refresh()))
+        try:
+            await asyncio.wait(events, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for event in events:
+                event.cancel()
 
     async def check_repository(self) -> None:
         """Every model a route runs on, against the repository index of each instance it is placed on:
@@ -176,22 +203,6 @@ class FrontendApp:
             still = (len(pending), len(calls), timeout_s)
             log.warning("warm-up: %d of %d calls still out after %.0f s; serving anyway", *still)
         self._warm_ups = pending  # referenced until they finish
-
-    def model_server(self, model: str) -> ModelServer:
-        server = self.servers.get(model)
-        if server is None:
-            raise NotFound(f"model {model!r} is not served by this frontend; served: {sorted(self.servers)}")
-        if server.signature is None:
-            raise Unavailable(f"model {model!r} is not ready yet: {self.waiting_for}")
-        return server
-
-    def admit(self, server: ModelServer, client: str, time_left_s: float, queries: int = 1) -> Admitted:
-        """Count ``queries`` of ``client`` for ``server``'s route in flight while the ``with`` block runs, or
-        refuse them at once with RESOURCE_EXHAUSTED (:mod:`frontend.core.admission`): over a bound, or when the
-        Triton queue of the route's deployed model is longer than their deadline."""
-        model = min(server.route.data_models)
-        wait_s = self.pool.wait_s(model, self.placer.ready(model), queries) if self.config.refuse_by_wait else 0.0
-        return self.admission.admit(client, queries, time_left_s, wait_s)
 
 
 def _not_served(entry: tuple[str, str] | None) -> str | None:

@@ -13,7 +13,8 @@ from codedserve.v1 import codedserve_pb2 as pb
 from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 from tritonclient.grpc import service_pb2_grpc as kserve_grpc
 
-from frontend.api.classify import READ_SLACK, FrontendServicer
+from frontend.api.classify import FrontendServicer
+from frontend.api.common import READ_SLACK
 from frontend.api.kserve import SERVICE_NAME as KSERVE_SERVICE_NAME
 from frontend.api.kserve import KServeServicer
 from frontend.app.assembly import FrontendApp
@@ -82,7 +83,7 @@ async def create_server(config: FrontendConfig) -> FrontendServer:
         undo.push_async_callback(running.stop, 0)
         kserve, kservicer = None, None
         if config.kserve_address is not None:
-            kservicer = KServeServicer(app, monitor)
+            kservicer = KServeServicer(app, app.catalog, monitor)
             undo.push_async_callback(kservicer.close)
             kserve = await start_server(
                 [lambda server: kserve_grpc.add_GRPCInferenceServiceServicer_to_server(kservicer, server)],

@@ -130,6 +130,11 @@ class Discovery:
         async with asyncio.timeout(timeout_s), self._changed:
             await self._changed.wait_for(predicate)
 
+    async def next_refresh(self) -> None:
+        """Return after the next look at DNS (whether or not it changed anything)."""
+        async with self._changed:
+            await self._changed.wait()
+
     async def _run(self) -> None:
         while not self._stop.is_set():
             await self.refresh()

@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
-from tritonclient.utils import triton_to_np_dtype
 
 from frontend.core.calls import CallInfo, ModelSignature, WorkerError
 from frontend.core.completion import Done, awaited, deliver
 from frontend.dataplane import metrics
 from frontend.dataplane.batching import DEFAULT_ESTIMATE_MAX_AGE_S, Batcher, row_batcher
+from frontend.transport.catalog import ModelInfo
 from frontend.transport.streams import StreamCalls
 from service_common.channels import DEFAULT_RECONNECT_BACKOFF_MS, client_options
 from service_common.tls import ClientTLS, aio_channel
@@ -46,7 +47,8 @@ class TritonPool:
     ``python -m bench.client_cost`` measured that cheaper per call than tritonclient's wrappers. With
     ``transport="stream"`` each instance's calls are messages on one long-lived ModelStreamInfer stream
     (:mod:`frontend.transport.streams`; answers matched by the request ``id``, Triton's errors arrive in
-    ``error_message``), with ``"unary"`` one ModelInfer call each.
+    ``error_message``), with ``"unary"`` one ModelInfer call each. ``stub`` makes what each channel is called
+    through (default: the KServe v2 stub); an in-process stand-in of Triton's wire gives its own.
     """
 
     def __init__(
@@ -59,10 +61,12 @@ class TritonPool:
         reconnect_backoff_ms: int = DEFAULT_RECONNECT_BACKOFF_MS,
         transport: str = "unary",
         wait_estimate_max_age_s: float = DEFAULT_ESTIMATE_MAX_AGE_S,
+        stub: Callable[[grpc.aio.Channel], Any] | None = None,
     ) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
         self.transport = transport
+        self._stub = stub or kpb_grpc.GRPCInferenceServiceStub  # what a channel is called through
         self.urls = urls
         self._tls = tls  # every instance's channel: TLS when given, plaintext otherwise
         self.timeout_s = timeout_s
@@ -86,11 +90,15 @@ class TritonPool:
 
     def _open(self, url: str) -> None:
         channel = aio_channel(url, self._options, self._tls)
-        stub = kpb_grpc.GRPCInferenceServiceStub(channel)
+        stub = self._stub(channel)
         self._channels.append(channel)
         self._stubs.append(stub)
-        stream = StreamCalls(stub.ModelStreamInfer, f"Triton at {url}", _tag, _answer_id)
-        self._streams.append(stream if self.transport == "stream" else None)  # opened on its first call
+        stream = (
+            StreamCalls(stub.ModelStreamInfer, f"Triton at {url}", _tag, _answer_id)
+            if self.transport == "stream"
+            else None
+        )
+        self._streams.append(stream)  # opened on its first call
 
     def add(self, url: str) -> int:
         """Open one more instance (inside the running loop); returns its number."""
@@ -173,21 +181,23 @@ class TritonPool:
             ready = await stub.ModelReady(kpb.ModelReadyRequest(name=model), timeout=2.0)
             if not ready.ready:
                 raise WorkerError(f"model {model!r} is not ready on Triton at {url}")
-            meta = await stub.ModelMetadata(kpb.ModelMetadataRequest(name=model), timeout=2.0)
-            config = await stub.ModelConfig(kpb.ModelConfigRequest(name=model), timeout=2.0)
+            return (await self.describe(model, instance, 2.0)).signature
         except grpc.aio.AioRpcError as exc:
             raise WorkerError(f"Triton at {url}: {exc.code().name}: {exc.details()}") from exc
-        batched = config.config.max_batch_size > 0
-        return ModelSignature(
-            meta.inputs[0].name,
-            meta.outputs[0].name,
-            tuple(int(d) for d in meta.inputs[0].shape[1 if batched else 0 :]),
-            np.dtype(triton_to_np_dtype(meta.inputs[0].datatype)),
-            tuple(int(d) for d in meta.outputs[0].shape[1 if batched else 0 :]),
-            max(1, config.config.max_batch_size),
-            meta.inputs[0].datatype,
-            np.dtype(triton_to_np_dtype(meta.outputs[0].datatype)),
+
+    async def describe(self, model: str, instance: int, timeout_s: float) -> ModelInfo:
+        """What Triton at ``instance`` says ``model`` is: its ModelMetadata and ModelConfig answers, the one
+        place they are read (:mod:`frontend.transport.catalog` keeps them). Raises grpc.aio.AioRpcError."""
+        stub = self._stubs[instance]
+        metadata, config = await asyncio.gather(
+            stub.ModelMetadata(kpb.ModelMetadataRequest(name=model), timeout=timeout_s),
+            stub.ModelConfig(kpb.ModelConfigRequest(name=model), timeout=timeout_s),
         )
+        return ModelInfo(metadata, config)
+
+    def control(self, instance: int) -> kpb_grpc.GRPCInferenceServiceStub:
+        """The instance's stub, for Triton's control calls (the catalog forwards them)."""
+        return self._stubs[instance]
 
     def wait_s(self, model: str, instances: Sequence[int], rows: int = 1) -> float:
         """The shortest estimated wait for ``rows`` more of ``model`` on one of ``instances`` (the queue

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
-from frontend.api.classify import CLIENT_METADATA_KEY, READ_SLACK
+from frontend.api.common import CLIENT_METADATA_KEY, READ_SLACK
 from frontend.app.config import FrontendConfig
 from frontend.app.server import SERVICE_NAME, FrontendServer, create_server
 from frontend.core.routes import parse_route

@@ -15,7 +15,8 @@ from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
-from frontend.api.classify import READ_SLACK, FrontendServicer
+from frontend.api.classify import FrontendServicer
+from frontend.api.common import READ_SLACK
 from frontend.app.assembly import FrontendApp
 from frontend.app.config import FrontendConfig
 from frontend.app.server import SERVICE_NAME

@@ -20,7 +20,8 @@ from prometheus_client import REGISTRY
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
-from frontend.api.classify import READ_SLACK, FrontendServicer
+from frontend.api.classify import FrontendServicer
+from frontend.api.common import READ_SLACK
 from frontend.api.kserve import SERVICE_NAME as KSERVE_NAME
 from frontend.api.kserve import KServeServicer
 from frontend.app.assembly import FrontendApp
@@ -57,7 +58,7 @@ async def frontend():
     app = App(config)
     await app.start()
     await app.load_until_ready(give_up_s=1.0)
-    kserve = KServeServicer(app)
+    kserve = KServeServicer(app, app.catalog)
     running = await start_server(
         [
             lambda s: pb_grpc.add_FrontendServicer_to_server(FrontendServicer(app), s),
