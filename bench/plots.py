@@ -144,15 +144,15 @@ def accuracy_vs_k(results_json: Path, out: Path) -> Path:
     return _saved(fig, out / "parm-accuracy-vs-k.png")
 
 
-if __name__ == "__main__":
-    import sys
-
-    print(accuracy_vs_k(Path(sys.argv[1]), Path(sys.argv[2])))
-
-
 def _saved(fig: plt.Figure, path: Path) -> Path:
     """Write ``fig`` to ``path`` as every plot here is written, and free it."""
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(accuracy_vs_k(Path(sys.argv[1]), Path(sys.argv[2])))
