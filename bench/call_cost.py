@@ -36,6 +36,7 @@ from bench.load import infer_request
 from bench.proc import cpu_s, process_tree, thread_cpu_s
 from bench.stack import FrontendSpec, Stack, floor_proxy
 from export import spec
+from service_common.logs import setup_logging
 
 log = logging.getLogger("bench.call_cost")
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -106,7 +107,7 @@ def main() -> None:
     unknown = [t for t in args.targets.split(",") if t and t not in known]
     if unknown:
         p.error(f"unknown --targets {unknown}; with these flags the targets are {known}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     request = infer_request(model)
     print(f"{time.strftime('%Y-%m-%d %H:%M %Z')}, load average {os.getloadavg()[0]:.2f}")
     columns = ["process CPU / call (us)", "main thread (us)", "Triton CPU / call (us)", "rows / Triton call"]

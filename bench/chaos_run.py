@@ -36,6 +36,7 @@ from bench.faults import FAULT_KINDS, Fault, FaultEvent, PlannedFaults, plan
 from bench.load import due, open_loop
 from bench.stack import REPO_ROOT, FrontendSpec, Stack
 from export import spec
+from service_common.logs import setup_logging
 from service_common.tensors import from_numpy
 from triton_local import shm
 
@@ -662,7 +663,7 @@ def main(
     phases = args.phases.split(",")
     if not phases or set(phases) - set(PHASES):
         p.error(f"--phases: {args.phases!r}; known: {','.join(PHASES)}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     images, labels = load("mnist", "test")
     queries = images[:, None].astype(np.float32) / 255.0
     routes = {

@@ -24,6 +24,7 @@ from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from export import spec
 from frontend.core.calls import ModelSignature
 from frontend.transport.triton import infer_request, output_rows
+from service_common.logs import setup_logging
 from triton_local.server import TritonConfig, TritonServer
 
 log = logging.getLogger("bench.client_cost")
@@ -89,7 +90,7 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=500, help="sequential calls per client per round")
     p.add_argument("--rounds", type=int, default=6, help="rounds, the clients alternating")
     args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     from tests.integration import linear_models  # the exact linear model: cheap inference, so the client shows
 
     with tempfile.TemporaryDirectory(prefix="client_cost.") as tmp:

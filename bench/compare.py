@@ -69,6 +69,7 @@ from bench.schemes import (
 from bench.stack import REPO_ROOT, Stack, settled_triton_calls
 from export import spec
 from export.datasets import load
+from service_common.logs import setup_logging
 
 log = logging.getLogger("bench.compare")
 
@@ -373,7 +374,7 @@ def main(argv: list[str] | None = None) -> list[SchemeRun]:
         raise SystemExit(f"--netns / profile {args.profile!r}: {reason}")
     args.command = "python -m bench.compare " + " ".join(argv if argv is not None else sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     began = time.perf_counter()
     runs = run_all(args)
     report = write_report(args, runs)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 
 import numpy as np
@@ -21,6 +20,7 @@ from bench.schemes import SCHEMES, frontend_specs
 from bench.stack import REPO_ROOT, Stack, settled_triton_calls
 from export import spec
 from export.datasets import load
+from service_common.logs import setup_logging
 
 
 def processes(stack: Stack) -> dict[str, list[int]]:
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> str:
     unknown = set(args.schemes) - set(SCHEMES[1:])
     if unknown:
         raise SystemExit(f"unknown schemes {sorted(unknown)}; known: {SCHEMES[1:]}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     table = markdown(breakdown(args))
     print(f"CPU ms per query, {args.rate:.0f} q/s for {args.duration:.0f} s per scheme, no faults:\n\n{table}")
     return table

@@ -22,6 +22,7 @@ from bench.stack import REPO_ROOT, Stack
 from export import spec
 from export.datasets import load
 from frontend.core.routes import parse_route
+from service_common.logs import setup_logging
 
 log = logging.getLogger("bench.demo")
 
@@ -80,7 +81,7 @@ def _frontend_flags(args: argparse.Namespace, route: str) -> list[str]:
 
 def main() -> None:
     args = _parser().parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     began = time.perf_counter()
     images, labels = load(args.dataset, "test")
     images = images[: args.queries, None].astype("float32") / 255.0

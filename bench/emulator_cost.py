@@ -23,6 +23,7 @@ import tritonclient.grpc as grpcclient
 
 from bench.proc import cpu_s
 from export import spec
+from service_common.logs import setup_logging
 from triton_local import TritonConfig, TritonServer, shm
 from triton_local.server import REPO_ROOT
 
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--log-dir", type=Path, default=REPO_ROOT / ".logs")
     args = p.parse_args(argv)
     args.law = args.law or ["fixed:ms=0"]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     table = markdown(measure(args))
     print(f"CPU us per request of the Triton process group, {args.requests} sequential calls per round:\n\n{table}")
     return table

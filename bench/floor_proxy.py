@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 
 from service_common.channels import message_limits
+from service_common.logs import setup_logging
 from service_common.server import wait_for_signal
 
 log = logging.getLogger("bench.floor_proxy")
@@ -85,7 +86,7 @@ def main() -> None:
         help="answer every ModelInfer with Triton's answer to the first (the server half alone; default: forward all)",
     )
     args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     asyncio.run(serve(args.address, args.triton_url, canned=args.canned))
 
 

@@ -41,6 +41,7 @@ from bench.stack import REPO_ROOT, Stack
 from export import spec
 from export.datasets import load
 from frontend.api.common import CLIENT_METADATA_KEY
+from service_common.logs import setup_logging
 from service_common.loop_lag import LoopLag
 from service_common.tensors import from_numpy
 from triton_local.server import HOST, free_ports
@@ -261,7 +262,7 @@ def _table(summaries: list[OverloadSummary]) -> str:
 
 def main() -> None:
     args = _parser().parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     images = load("mnist", "test")[0][:1000, None].astype("float32") / 255.0
     model = args.route.partition("=")[0]
     started_utc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

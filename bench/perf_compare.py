@@ -31,6 +31,7 @@ import numpy as np
 
 from bench.stack import REPO_ROOT, FrontendSpec, Stack, floor_proxy
 from export import spec
+from service_common.logs import setup_logging
 
 log = logging.getLogger("bench.perf_compare")
 
@@ -284,7 +285,7 @@ def _measure(args: argparse.Namespace, model: str, urls: dict[str, str], data: P
 
 def main() -> None:
     args = _parser().parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     subprocess.run(["bash", str(PERF_TOOLS)], check=True)
     args.results.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="perf_compare.") as tmp:
