@@ -16,9 +16,11 @@ class FakeTriton:
 
     def __init__(self, delay_s: float = 0.02, bad: float | None = None):
         self.delay_s, self.bad, self.batches = delay_s, bad, []
+        self.sent = asyncio.Event()  # set once a batch has been sent
 
     async def send(self, rows: np.ndarray) -> np.ndarray:
         self.batches.append(len(rows))
+        self.sent.set()
         await asyncio.sleep(self.delay_s)
         if self.bad is not None and self.bad in rows:
             raise RuntimeError("batch failed")
@@ -42,7 +44,7 @@ async def test_rows_that_queue_behind_a_call_in_flight_leave_as_one_batch():
     triton = FakeTriton()
     batcher = row_batcher(triton.send, max_inflight=1, max_rows=64)
     first = asyncio.ensure_future(batcher.submit(_row(0)))
-    await asyncio.sleep(0.005)  # the first call is out
+    await asyncio.wait_for(triton.sent.wait(), timeout=1.0)  # the first call is out
     rest = [asyncio.ensure_future(batcher.submit(_row(v))) for v in (1, 2, 3)]
     outs = await asyncio.gather(first, *rest)
     assert triton.batches == [1, 3]

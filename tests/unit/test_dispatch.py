@@ -22,14 +22,22 @@ class FakePool:
     def __init__(self, delays, failing=()):
         self.delays, self.failing = delays, set(failing)
         self.calls, self.finished = [], []
+        self._finishing = asyncio.Condition()
 
     def send(self, call, batch, signature, done):  # the Pool protocol's way in: a task around infer
         run_then(self.infer(call, batch, signature), done)
+
+    async def until_finished(self, calls, timeout_s=5.0):
+        """Wait (bounded) until ``calls`` calls have finished."""
+        async with asyncio.timeout(timeout_s), self._finishing:
+            await self._finishing.wait_for(lambda: len(self.finished) >= calls)
 
     async def infer(self, call, batch, signature):
         self.calls.append(call.instance)
         await asyncio.sleep(self.delays[call.instance])
         self.finished.append(call.instance)
+        async with self._finishing:
+            self._finishing.notify_all()
         if call.instance in self.failing:
             raise WorkerError(f"instance {call.instance} failed")
         return np.array([[call.instance]], dtype=np.float32)
@@ -53,7 +61,7 @@ async def test_replication_returns_the_fastest_copy_and_lets_the_loser_finish():
     pool = FakePool([0.2, 0.01])
     out = await _call(_dispatcher(pool, Dispatch("replicate")))
     assert out[0, 0] == 1 and sorted(pool.calls) == [0, 1]
-    await asyncio.sleep(0.3)
+    await pool.until_finished(2)
     assert sorted(pool.finished) == [0, 1]  # never cancelled
 
 
