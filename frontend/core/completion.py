@@ -8,6 +8,19 @@ caller may send and then update its own state. Why callbacks: every task step or
 one more callback the event loop runs per query, and in a grpc.aio server each costs more than its
 Python (``bench.handler_cost`` counts them; docs/kserve.md). Callers that want to await use
 :func:`awaited`.
+
+The answer path. A call goes down ``ModelServer._infer`` -> ``Dispatcher.dispatch`` -> ``Pool.send`` ->
+``Batcher.send``; its answer comes back up, one named callback per layer, each saying what that layer does
+with it:
+
+1. the batcher, when Triton answers the batch, hands each row its output (:func:`deliver`);
+2. ``left_instance`` (:class:`TritonPool <frontend.transport.triton.TritonPool>`): the call has left its
+   instance, whose in-flight count falls (a drained instance closes once it reaches 0);
+3. ``timed`` (:class:`Dispatcher <frontend.dataplane.dispatch.Dispatcher>`): the call's latency feeds the
+   hedging delay and its outcome the call metrics; for a replicated or hedged call,
+   ``_Race._copy_answered`` lets the first success through;
+4. ``ModelServer._call_answered`` (:mod:`frontend.dataplane.coordinator`): the outcome becomes the coding
+   group's event (``arrived`` or ``failed``) and the group's actions run.
 """
 
 from __future__ import annotations

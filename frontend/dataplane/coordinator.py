@@ -219,7 +219,7 @@ class ModelServer:
                 metrics.LATE_DISCARDED.labels(self.route.model).inc()
 
     def _infer(self, group: CodingGroup, action: Infer) -> None:
-        """Send the call; its outcome comes back in :meth:`_inferred` (a completion callback: no task
+        """Send the call; its outcome comes back in :meth:`_call_answered` (a completion callback: no task
         or future per call, see frontend.core.completion)."""
         model = self.models[action.role]
         # Past the last deadline of the group's queries so far nobody waits for this output: never sent then.
@@ -229,14 +229,14 @@ class ModelServer:
         )
         self._calls_out += 1
         start = time.perf_counter()
-        self._dispatcher.send(
+        self._dispatcher.dispatch(
             call,
             action.input[None],
             self.signatures[model],
-            lambda out, error: self._inferred(group, action, model, start, out, error),
+            lambda out, error: self._call_answered(group, action, model, start, out, error),
         )
 
-    def _inferred(
+    def _call_answered(
         self,
         group: CodingGroup,
         action: Infer,

@@ -64,11 +64,11 @@ class Dispatcher:
         self._withheld = metrics.Bound(lambda model: metrics.HEDGES_WITHHELD.labels(model))
 
     async def call(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature) -> np.ndarray:
-        """The output of ``batch`` on ``call.model``: :meth:`send`, awaited."""
-        output: np.ndarray = await awaited(lambda done: self.send(call, batch, signature, done))
+        """The output of ``batch`` on ``call.model``: :meth:`dispatch`, awaited."""
+        output: np.ndarray = await awaited(lambda done: self.dispatch(call, batch, signature, done))
         return output
 
-    def send(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature, done: Done) -> None:
+    def dispatch(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature, done: Done) -> None:
         """``done`` gets the output: first from ``call.instance``, then from copies. No task: copies are
         sent and raced from completion callbacks and a timer."""
         if call.kind != "data" or self._policy.mode == "single":
@@ -98,7 +98,7 @@ class Dispatcher:
     def _one(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature, done: Done) -> None:
         start = time.perf_counter()
 
-        def recorded(result: np.ndarray | None, error: BaseException | None) -> None:
+        def timed(result: np.ndarray | None, error: BaseException | None) -> None:  # the answer path's 3rd step
             if error is not None:
                 self._outcomes[call.model, "error"].inc()
             else:
@@ -107,7 +107,7 @@ class Dispatcher:
                 self._outcomes[call.model, "ok"].inc()
             done(result, error)
 
-        self._pool.send(call, batch, signature, recorded)
+        self._pool.send(call, batch, signature, timed)
 
 
 class _Race:
@@ -136,7 +136,7 @@ class _Race:
 
     def _send(self, call: CallInfo) -> None:
         self._out += 1
-        self._dispatcher._one(call, self._batch, self._signature, self._finished)
+        self._dispatcher._one(call, self._batch, self._signature, self._copy_answered)
 
     def _send_copy(self) -> None:
         instance = self._dispatcher._placer.place(self._call.model, self._used)
@@ -148,7 +148,7 @@ class _Race:
         if self._done is not None and self._dispatcher._may_hedge(self._call.model):
             self._send_copy()
 
-    def _finished(self, result: np.ndarray | None, error: BaseException | None) -> None:
+    def _copy_answered(self, result: np.ndarray | None, error: BaseException | None) -> None:
         self._out -= 1
         done = self._done
         if done is None:

@@ -233,13 +233,13 @@ class TritonPool:
         instance = call.instance
         self._inflight[instance] += 1
 
-        def finished(result: np.ndarray | None, error: BaseException | None) -> None:
+        def left_instance(result: np.ndarray | None, error: BaseException | None) -> None:  # answer path, 2nd step
             self._inflight[instance] -= 1
             if not self._inflight[instance] and instance in self._idle:
                 self._idle[instance].set()
             done(result, error)
 
-        batcher.send(batch, finished, call.deadline)
+        batcher.send(batch, left_instance, call.deadline)
 
     async def _model_infer(
         self, instance: int, model: str, rows: np.ndarray, signature: ModelSignature, timeout_s: float | None = None
