@@ -11,7 +11,7 @@ unread and fails the whole call with RESOURCE_EXHAUSTED.)
 
 What both protocols do alike (deadline, client, fault metadata, per-message status, finite answers,
 concurrent streaming) is :mod:`frontend.api.common`; the query itself is the dataplane's
-(:meth:`Dataplane.answer <frontend.dataplane.plane.Dataplane.answer>`).
+(:meth:`Dataplane.answer <frontend.dataplane.coordinator.Dataplane.answer>`).
 """
 
 from __future__ import annotations
@@ -33,8 +33,7 @@ from frontend.api.common import (
     query_timeout_s,
     request_fault,
 )
-from frontend.dataplane.coordinator import ModelOutput, QueryAnswer
-from frontend.dataplane.plane import Dataplane
+from frontend.dataplane.coordinator import Dataplane, ModelOutput, QueryAnswer
 from service_common.errors import InvalidArgument
 from service_common.tensors import check_input_values, to_numpy
 

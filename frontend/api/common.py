@@ -18,8 +18,7 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError, Message
 
-from frontend.dataplane.coordinator import QueryAnswer
-from frontend.dataplane.plane import Dataplane
+from frontend.dataplane.coordinator import Dataplane, QueryAnswer
 from service_common import interceptor
 from service_common.errors import InvalidArgument, ResourceExhausted, Unavailable
 

@@ -43,8 +43,7 @@ from frontend.api.common import (
     query_timeout_s,
     request_fault,
 )
-from frontend.dataplane.coordinator import QueryAnswer
-from frontend.dataplane.plane import Dataplane
+from frontend.dataplane.coordinator import Dataplane, QueryAnswer
 from frontend.transport.catalog import ModelCatalog, ModelInfo
 from service_common.errors import InvalidArgument, NotFound, ServiceError
 from service_common.tensors import check_input_values

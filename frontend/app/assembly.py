@@ -18,8 +18,8 @@ from frontend.core.calls import CallInfo, Coder, Pool, WorkerError
 from frontend.core.faults import parse_fault_metadata
 from frontend.core.placement import Placer
 from frontend.core.routes import RouteError
+from frontend.dataplane.coordinator import Dataplane
 from frontend.dataplane.injection import InjectingPool
-from frontend.dataplane.plane import Dataplane
 from frontend.transport.catalog import ModelCatalog
 from frontend.transport.coding_clients import CodingClients, LocalCoding
 from frontend.transport.discovery import Discovery, Source, resolver_for

@@ -18,7 +18,7 @@ import numpy as np
 
 from frontend.core.calls import CallInfo, ModelSignature, Pool
 from frontend.core.completion import Done, awaited
-from frontend.core.latency import LatencyWindow
+from frontend.core.deadlines import LatencyWindow
 from frontend.core.placement import Placer
 from frontend.core.routes import Dispatch
 from frontend.dataplane import metrics

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from frontend.core.deadlines import DeadlinePolicy, RouteDeadlines
-from frontend.core.latency import LatencyWindow
+from frontend.core.deadlines import DeadlinePolicy, LatencyWindow, RouteDeadlines
 
 
 def _deadlines(policy: DeadlinePolicy, latencies_ms=(), group_size=2) -> RouteDeadlines:
