@@ -19,7 +19,7 @@ import torch
 MANIFEST_NAME = "manifest.json"
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     """e.g. "AMD EPYC, 2 cores" (from /proc/cpuinfo where there is one)."""
     cpuinfo = Path("/proc/cpuinfo")
     lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
@@ -43,7 +43,7 @@ class RunInfo:
         cls, profile: str, device: torch.device, argv: list[str] | None = None, module: str = "export.train_all"
     ) -> RunInfo:
         args = sys.argv[1:] if argv is None else argv
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
         return cls(
             command=shlex.join(["python", "-m", module, *args]),
             profile=profile,

@@ -52,6 +52,9 @@ ARCHS: dict[str, Arch | ResArch] = {
     "resnet": ResArch(),
     # the same at half the widths: 0.17 M parameters, 20.2 M multiply-accumulates
     "resnet_s": ResArch(widths=(16, 32, 64)),
+    # ResNet-18's widths and depth (64-512, two basic blocks a stage) in the CIFAR layout: on 3 x 32 x 32,
+    # 11.2 M parameters; bench.service_law times it as a real larger model's service time
+    "resnet18": ResArch(widths=(64, 128, 256, 512), blocks=2),
 }
 
 

@@ -9,7 +9,8 @@ cannot import the project's packages), so it imports the standard library alone.
 Laws are written ``MODEL=LAW[;MODEL=LAW...]``; ``*`` stands for every model not named. A law is one of
 
 - ``collage``: Collage-CNN's published straggler recipe, drawn piecewise-linearly between its quantiles;
-- ``samples:path=FILE``: measured times, one number in ms per line (``#`` comments), each equally likely;
+- ``samples:path=FILE[,scale=X]``: measured times, one number in ms per line (``#`` comments), each equally
+  likely, multiplied by X (default 1);
 - ``lognormal:median=MS,p99=MS``: a lognormal law with that median and 99th percentile;
 - ``fixed:ms=MS``: the same time every execution;
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import dataclasses
 import fcntl
 import math
 import os
@@ -84,12 +86,13 @@ class Samples:
 
     path: Path
     values_ms: tuple[float, ...]
+    scale: float = 1.0
 
     def draw_ms(self, rng: random.Random) -> float:
-        return rng.choice(self.values_ms)
+        return rng.choice(self.values_ms) * self.scale
 
     def __str__(self) -> str:
-        return f"samples:path={self.path}"
+        return f"samples:path={self.path}" + (f",scale={self.scale!r}" if self.scale != 1.0 else "")
 
 
 @dataclass(frozen=True)
@@ -191,14 +194,16 @@ def _params(text: str) -> dict[str, str]:
 
 
 _KEYS = {"collage": (), "fixed": ("ms",), "lognormal": ("median", "p99"), "samples": ("path",)}
+_OPTIONAL = {"samples": ("scale",)}
 
 
 def _shape(kind: str, params: dict[str, str]) -> Shape:
     if kind not in _KEYS:
         raise ServiceTimeError(f"unknown law {kind!r}; known: {', '.join(sorted(_KEYS))}")
-    wanted = _KEYS[kind]
-    if unknown := sorted(set(params) - set(wanted)):
-        raise ServiceTimeError(f"{kind} takes {', '.join(wanted) or 'no parameters'}, not {', '.join(unknown)}")
+    wanted, optional = _KEYS[kind], _OPTIONAL.get(kind, ())
+    if unknown := sorted(set(params) - {*wanted, *optional}):
+        takes = ", ".join((*wanted, *optional)) or "no parameters"
+        raise ServiceTimeError(f"{kind} takes {takes}, not {', '.join(unknown)}")
     if missing := [k for k in wanted if k not in params]:
         raise ServiceTimeError(f"{kind} needs {', '.join(missing)}")
     if kind == "collage":
@@ -206,7 +211,8 @@ def _shape(kind: str, params: dict[str, str]) -> Shape:
     if kind == "fixed":
         return Fixed(_number("ms", params["ms"]))
     if kind == "samples":
-        return _samples(Path(params["path"]))
+        scale = _number("scale", params.get("scale", "1"), positive=True)
+        return dataclasses.replace(_samples(Path(params["path"])), scale=scale)
     median, p99 = _number("median", params["median"], positive=True), _number("p99", params["p99"], positive=True)
     if p99 < median:
         raise ServiceTimeError(f"lognormal needs p99 >= median, got median={median:g}, p99={p99:g}")

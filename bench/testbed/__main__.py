@@ -24,6 +24,7 @@ from bench.testbed.report import RunInfo, SchemeResult, cpu_overall, results, ve
 from bench.testbed.run import Workload, run
 from export import spec
 from export.datasets import load
+from triton_local.service_time import ServiceTimeError, parse_law
 
 log = logging.getLogger("bench.testbed")
 
@@ -57,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
         help=f"the utilisation of ParM's 12 instances at this q/s ({profiles.PARM_PAPER_RATES[0]:g}-"
         f"{profiles.PARM_PAPER_RATES[1]:g} in its fig9a) under the ResNet-18 law",
     )
+    p.add_argument(
+        "--law",
+        help="every model's emulated law instead of the profile's, in emulated time (triton_local.service_time: "
+        "e.g. samples:path=bench/results/law-resnet18-cpu.txt,scale=8,batch=linear:per_row=1); the rate follows "
+        "its mean at the profile's utilisation",
+    )
+    p.add_argument("--law-source", help="where --law comes from, for the report (default: 'set by --law')")
     p.add_argument("--no-stalls", action="store_true", help="no SIGSTOP stalls (the law's own stragglers only)")
     p.add_argument("--seed", type=int, default=1, help="arrivals, stalls and emulated draws")
     p.add_argument("--tag", help="result file name stem (default: testbed-<profile>-<scale>)")
@@ -82,6 +90,12 @@ def configure(args: argparse.Namespace) -> Testbed:
         bed = dataclasses.replace(bed, rounds=args.rounds)
     if args.no_stalls:
         bed = dataclasses.replace(bed, stalls=None)
+    if args.law is not None:
+        try:
+            parse_law(args.law)
+        except ServiceTimeError as exc:
+            raise SystemExit(f"--law: {args.law!r}: {exc}") from None
+        bed = dataclasses.replace(bed, law=args.law, law_source=args.law_source or "set by --law")
     if args.rate is not None:
         bed = bed.with_utilisation(args.rate * bed.figures.mean_ms / 1e3 / bed.deployed, f"set by --rate {args.rate:g}")
     elif args.utilisation is not None:

@@ -12,7 +12,7 @@ import pytest
 from triton_local import TritonConfig, TritonInstall, service_time
 from triton_local.__main__ import main
 from triton_local.server import server_env
-from triton_local.service_time import COLLAGE_QUANTILES_MS, InstanceClock, parse, parse_law
+from triton_local.service_time import COLLAGE_QUANTILES_MS, InstanceClock, parse, parse_law, render
 
 DRAWS = 20_000
 
@@ -47,6 +47,9 @@ def test_emulated_samples_file_is_drawn_uniformly(tmp_path: Path):
     values, counts = np.unique(draws, return_counts=True)
     assert values.tolist() == [5.0, 10.5, 20.0, 40.0]
     assert counts / DRAWS == pytest.approx([0.25] * 4, abs=0.02)
+    scaled = _draws_ms(f"samples:path={path},scale=4")
+    assert np.unique(scaled).tolist() == [20.0, 42.0, 80.0, 160.0]
+    assert render(parse(f"m=samples:path={path},scale=4")) == f"m=samples:path={path},scale=4.0"
 
 
 def test_emulated_fixed_law_and_batch_growth():

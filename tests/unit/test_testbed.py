@@ -10,6 +10,7 @@ import pytest
 
 from bench.faults import InstanceStallProfile, stall_schedule, worker_stalls
 from bench.testbed import profiles
+from bench.testbed.__main__ import _parser, configure
 from bench.testbed.measure import CpuReading, CpuShare, share_over
 from bench.testbed.report import SchemeResult, versus
 
@@ -73,6 +74,18 @@ def test_paper_rate_is_the_papers_divided_by_the_time_scale():
     assert bed.rate == pytest.approx(profiles.PARM_PAPER_RATE / bed.time_scale, rel=0.01)
     assert bed.stalls == profiles.PAPER_STALLS.scaled(4.0)
     assert profiles.paper_utilisation(390.0) == pytest.approx(0.68, abs=0.01)  # the top of fig9a's range
+
+
+def test_a_measured_law_replaces_the_profiles_and_the_rate_follows_its_mean(tmp_path):
+    samples = tmp_path / "law.txt"
+    samples.write_text("# measured\n10\n30\n")  # mean 20 ms, 160 ms at scale 8
+    law = f"samples:path={samples},scale=8,batch=linear:per_row=1"
+    bed = configure(_parser().parse_args(["--profile", "parm", "--scale", "paper", "--law", law]))
+    assert (bed.law, bed.law_source) == (law, "set by --law")
+    assert bed.figures.mean_ms == pytest.approx(160.0, rel=0.01)
+    assert bed.rate == pytest.approx(_bed("parm").utilisation * 12 / 0.160, rel=0.01)
+    with pytest.raises(SystemExit, match="--law: 'samples:path=/no/such': samples file /no/such"):
+        configure(_parser().parse_args(["--profile", "parm", "--law", "samples:path=/no/such"]))
 
 
 def test_collage_and_approxifer_paper_layouts():
