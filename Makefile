@@ -68,7 +68,7 @@ PACKAGES := coding frontend encoder_service decoder_service service_common trito
 lint: $(SETUP) $(STUBS)  ## ruff lint, ruff format check, mypy over the packages
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy $(PACKAGES)
+	$(VENV)/bin/mypy $(PACKAGES) protos/codedserve/client.py
 
 # The Kubernetes version the manifests are validated against (schemas bundled in kubernetes-validate).
 K8S_VERSION ?= 1.31.0

@@ -1,6 +1,6 @@
 """Each image's Dockerfile, checked without a container runtime (none can run here): pinned bases, a
 non-root user, no secrets, only the pinned run-time requirements installed, stubs made by the build.
-That the install step itself works in a fresh venv is tests/integration/test_installed_services.py."""
+That the install step itself works in a fresh venv is tests/integration/test_wheel_install.py."""
 
 from __future__ import annotations
 
@@ -74,9 +74,10 @@ def test_a_service_image_installs_only_pinned_run_time_packages_then_the_project
     assert not any(op == "COPY" and "_pb2" in args for op, args in ops)
 
 
-def test_the_frontend_image_pins_every_dependency_the_project_declares():
-    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    names = {re.split(r"[<>=!\[ ]", d, maxsplit=1)[0].lower() for d in declared}
+def test_the_frontend_image_pins_every_dependency_the_project_declares_for_the_services():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + project["optional-dependencies"]["serve"]
+    names = {re.split(r"[<>=!\[ ;]", d, maxsplit=1)[0].lower() for d in declared}
     pinned = {name for f in requirements_installed("frontend") for name in pins(REPO / f)}
     assert names <= pinned, names - pinned
 
