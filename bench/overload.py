@@ -148,7 +148,7 @@ async def _load(
 
 
 class _HoldEveryQuery(pb_grpc.FrontendServicer):
-    async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyReply:
+    async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
         await asyncio.Event().wait()  # until the client's deadline: the one place stays taken
         raise AssertionError("unreachable")
 
