@@ -59,7 +59,8 @@ def share_over(windows: Sequence[tuple[CpuReading, CpuReading]]) -> CpuShare:
     niced = sum(a.niced_s - b.niced_s for b, a in windows)
     wall_cores = sum(a.at_s - b.at_s for b, a in windows) * (os.cpu_count() or 1)
     total = max(total, 1e-9)
-    return CpuShare(machine=busy / total, own=own / max(wall_cores, 1e-9), niced=niced / total)
+    # min(1, ...): /proc/stat's iowait can go backwards (proc(5)), which puts busy a hair above total
+    return CpuShare(machine=min(1.0, busy / total), own=own / max(wall_cores, 1e-9), niced=niced / total)
 
 
 def machine_cpu_s() -> tuple[float, float, float]:

@@ -142,6 +142,8 @@ def test_cpu_share_over_windows_weights_each_by_its_length(monkeypatch):
     assert share.machine == pytest.approx(3.0 / 8.0) and not share.flagged
     assert share.own == pytest.approx(1.0 / 8.0)
     assert share_over(windows[:1]).flagged  # 90% > 70%
+    # iowait that went backwards puts busy above total: the share stops at all cores
+    assert share_over([(CpuReading(0, 0, 0, 0), CpuReading(2.0000001, 2, 0, 1))]).machine == 1.0
 
 
 def _row(name: str, extra_load: float) -> SchemeResult:
