@@ -361,6 +361,10 @@ class ShuffleProfile:
     per_workers: int = 3
     sink_port: int = 5701
 
+    def loops(self, workers: int) -> int:
+        """Concurrent shuffles over ``workers`` instances: one per ``per_workers``, at least one."""
+        return max(1, workers // self.per_workers)
+
 
 class Shuffles(FaultInjector):
     """Bulk transfers between worker namespaces over their shaped links (real TCP, real queues)."""
@@ -368,10 +372,19 @@ class Shuffles(FaultInjector):
     name = "shuffles"
     needs_network = True
 
-    def __init__(self, workers: Sequence[TritonServer], seed: int = 0, network: WorkerNetwork | None = None) -> None:
+    def __init__(
+        self,
+        workers: Sequence[TritonServer],
+        seed: int = 0,
+        network: WorkerNetwork | None = None,
+        profile: ShuffleProfile | None = None,
+        loops: int | None = None,
+    ) -> None:
+        """Transfers between any two of ``workers``; ``loops`` concurrent (default: the profile's ratio to
+        ``len(workers)``; a testbed sets it from its deployed instances, whatever its redundancy adds)."""
         super().__init__(workers, seed, network)
-        self.profile = ShuffleProfile()
-        self.loops = max(1, len(self.workers) // self.profile.per_workers)
+        self.profile = profile or ShuffleProfile()
+        self.loops = self.profile.loops(len(self.workers)) if loops is None else loops
         self._sinks: list[subprocess.Popen[bytes]] = []
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []

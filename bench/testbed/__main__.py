@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.netns import unavailable
 from bench.stack import REPO_ROOT
 from bench.testbed import profiles
 from bench.testbed.profiles import Testbed
@@ -65,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
         "its mean at the profile's utilisation",
     )
     p.add_argument("--law-source", help="where --law comes from, for the report (default: 'set by --law')")
+    p.add_argument(
+        "--faults",
+        default="stalls",
+        choices=profiles.FAULTS,
+        help="SIGSTOP stalls; ParM's background shuffles (every instance in a network namespace behind a link at "
+        "1 Gbit/s over the time scale; needs root); or both",
+    )
     p.add_argument("--no-stalls", action="store_true", help="no SIGSTOP stalls (the law's own stragglers only)")
     p.add_argument("--seed", type=int, default=1, help="arrivals, stalls and emulated draws")
     p.add_argument("--tag", help="result file name stem (default: testbed-<profile>-<scale>)")
@@ -77,7 +85,9 @@ def configure(args: argparse.Namespace) -> Testbed:
     model = _model(args)
     parity = args.parity_model or spec.parity_model_name(args.dataset, args.encoder, args.k)
     more = {k: spec.parity_model_name(args.dataset, profiles.MORE_K_ENCODER, k) for k in profiles.MORE_K if k != args.k}
-    bed = profiles.testbed(args.profile, args.scale, model, parity, args.encoder, args.k, more, args.deployed)
+    bed = profiles.testbed(
+        args.profile, args.scale, model, parity, args.encoder, args.k, more, args.deployed, args.faults
+    )
     if args.schemes:
         wanted = args.schemes.split(",")
         if unknown := sorted(set(wanted) - {s.name for s in bed.schemes}):
@@ -129,6 +139,8 @@ def _utc() -> str:
 def main(argv: list[str] | None = None) -> tuple[Testbed, list[SchemeResult]]:
     args = _parser().parse_args(argv)
     bed = configure(args)
+    if bed.shuffles is not None and (why := unavailable()):
+        raise SystemExit(f"--faults {args.faults}: shuffles need network namespaces, which cannot be made here: {why}")
     tag = args.tag or f"testbed-{args.profile}-{args.scale}"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("%s: %.1f q/s, law %s, %d instances", tag, bed.rate, bed.law, bed.instance_count)

@@ -17,7 +17,11 @@ law for every model, and an arrival rate set by a target utilisation of the depl
 
 Time: a paper-scale profile emulates the paper's service time multiplied by ``time_scale`` and divides the
 paper's rate by it, so each instance's utilisation is the paper's while the machine sends ``time_scale``
-times fewer queries per second; the frontend's timers and the stall schedule are scaled alike.
+times fewer queries per second; the frontend's timers, the stall schedule and the shuffles' links are scaled
+alike.
+
+Faults (:data:`FAULTS`): SIGSTOP stalls on every instance (the default), ParM's background shuffles over
+shaped links (every instance in a network namespace), or both.
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.faults import InstanceStallProfile
+from bench.faults import InstanceStallProfile, ShuffleProfile
+from bench.netns import LinkShape
 from frontend.core.routes import parse_route
 from triton_local.service_time import parse_law
 
 PROFILES = ("parm", "collage", "approxifer")
 SCALES = ("tiny", "paper")
+FAULTS = ("stalls", "shuffles", "both")
 
 # ParM's latency experiments (its artifact's clipper-parm/run/config, fig9a/fig10/fig11): 12 deployed
 # ResNet-18 instances on K80s, k = 2, 150-390 q/s Poisson (fig9a), 270 q/s in fig10 and fig11.
@@ -57,9 +63,15 @@ COLLAGE_SOURCE = (
 )
 PER_ROW = "batch=linear:per_row=1"
 # SIGSTOP stalls per instance, in paper time: 2.5-12.5 times the ResNet-18 median, 3-9 s apart. A stand-in
-# for ParM's background shuffles (which slow an instance's network for seconds rather than stop it).
+# for ParM's background shuffles (which slow an instance's network for seconds rather than stop it), which
+# run with --faults shuffles where network namespaces can be made.
 PAPER_STALLS = InstanceStallProfile(stall_ms=(50.0, 250.0), every_s=(3.0, 9.0))
 TINY_STALLS = InstanceStallProfile(stall_ms=(20.0, 100.0), every_s=(0.5, 1.5))
+# ParM's shuffles (fig9-11): 128-256 MB between random pairs of its instances, 4 at once over 12, on
+# 1 Gbit/s links (1-2 s a transfer). The tiny scale's are small enough that whole ones fit its 2 s segments.
+PAPER_SHUFFLES = ShuffleProfile()
+TINY_SHUFFLES = ShuffleProfile(megabytes=(16, 32))
+PAPER_LINK_MBIT = 1000.0
 COLLAGE_RESEND_MS = 300.0  # just above the top of Collage's main mode (275 ms), as bench.compare's
 # Hedging's delay swept (the default, p95 of recent calls, is ``hedge``'s), and capped by a token-bucket
 # budget at a delay low enough (p50) that the budget, not the delay, sets how many calls are hedged.
@@ -110,7 +122,13 @@ class LawFigures:
 
 @dataclass(frozen=True)
 class Testbed:
-    """A profile at a scale, ready to start."""
+    """A profile at a scale, ready to start.
+
+    With ``shuffles``, every instance runs in a network namespace behind ``link`` (bench.netns), and
+    :attr:`shuffle_loops` transfers at a time cross those links. ``link`` is :func:`paper_link`: the paper's
+    1 Gbit/s divided by ``time_scale`` (250mbit at 4), so a 128-256 MB transfer takes ``time_scale`` times
+    the paper's 1-2 s, as every other time here does, and overlaps as many queries as it did in the paper;
+    the queue's size in bytes is kept, so the delay it can add scales alike."""
 
     profile: str
     scale: str
@@ -126,6 +144,9 @@ class Testbed:
     rounds: int
     resend_ms: float  # Collage's resend deadline, for the schemes that use it
     warmup_s: float = 1.0  # of unmeasured load per scheme before its first round
+    shuffles: ShuffleProfile | None = None  # ParM's background transfers; None: none (no namespaces either)
+    # Every instance's inbound link, when shuffles run: ParM's 1 Gbit/s divided by time_scale (see the docstring).
+    link: LinkShape = LinkShape()
 
     @property
     def figures(self) -> LawFigures:
@@ -135,6 +156,17 @@ class Testbed:
     def rate(self) -> float:
         """Poisson arrivals per second that load the deployed instances to ``utilisation``."""
         return self.utilisation * self.deployed / (self.figures.mean_ms / 1e3)
+
+    @property
+    def shuffle_loops(self) -> int:
+        """Concurrent shuffles: ParM's ratio (4 over 12) to the deployed instances, whatever the redundancy
+        adds, so every scheme meets the same intensity (0 without shuffles)."""
+        return 0 if self.shuffles is None else self.shuffles.loops(self.deployed)
+
+    @property
+    def faults(self) -> tuple[str, ...]:
+        """Which faults run: ``stalls``, ``shuffles``, both or neither."""
+        return tuple(name for name, on in (("stalls", self.stalls), ("shuffles", self.shuffles)) if on is not None)
 
     @property
     def instance_count(self) -> int:
@@ -186,6 +218,11 @@ def scaled_law(law: str, factor: float) -> str:
         raise ValueError(f"only fixed and lognormal laws scale, got {law!r}")
     scaled = ",".join(f"{k}={float(v) * factor:g}" for k, v in (p.split("=") for p in params.split(",")))
     return f"{kind}:{scaled}{sep}{growth}"
+
+
+def paper_link(time_scale: float) -> LinkShape:
+    """ParM's 1 Gbit/s links on a clock ``time_scale`` times slower: a transfer takes its paper time, scaled."""
+    return LinkShape(rate=f"{PAPER_LINK_MBIT / time_scale:g}mbit")
 
 
 def paper_utilisation(paper_rate: float) -> float:
@@ -252,10 +289,13 @@ def testbed(
     k: int = 2,
     more_parities: dict[int, str] | None = None,
     deployed: int | None = None,
+    faults: str = "stalls",
 ) -> Testbed:
     """``profile`` at ``scale`` serving ``model`` (ParM: with ``parity``, built with ``encoder`` and ``k``;
     at paper scale also at each k of ``more_parities``, k -> parity model), on ``deployed`` instances (the
-    scale's unless given: the rate follows, at the same utilisation)."""
+    scale's unless given: the rate follows, at the same utilisation), under ``faults`` (:data:`FAULTS`)."""
+    if faults not in FAULTS:
+        raise ValueError(f"unknown faults {faults!r}; known: {', '.join(FAULTS)}")
     paper = scale == "paper"
     m = deployed or (PARM_PAPER_INSTANCES if paper else 4)
     schemes = tuple(
@@ -264,15 +304,16 @@ def testbed(
         if paper or profile != "parm" or s.name in TINY_PARM
     )
     if not paper:
-        return Testbed(
+        tiny = Testbed(
             profile=profile, scale=scale, deployed=m, schemes=schemes, law=f"fixed:ms=10,{PER_ROW}",
             law_source="fixed 10 ms: a structural check, not a paper's law", time_scale=1.0, utilisation=0.15,
             utilisation_source="chosen light, for CI", stalls=TINY_STALLS, duration_s=2.0, rounds=1, resend_ms=30.0,
             warmup_s=0.5,
         )  # fmt: skip
+        return _faulted(tiny, faults, TINY_SHUFFLES)
     collage = profile == "collage"  # Collage's law as published: its own time, its own stragglers, no stalls
     time_scale = 1.0 if collage else 4.0
-    return Testbed(
+    bed = Testbed(
         profile=profile, scale=scale, deployed=m, schemes=schemes,
         law=f"collage,{PER_ROW}" if collage else scaled_law(f"{RESNET18_PAPER},{PER_ROW}", time_scale),
         law_source=COLLAGE_SOURCE if collage else RESNET18_SOURCE, time_scale=time_scale,
@@ -282,6 +323,18 @@ def testbed(
         stalls=None if collage else PAPER_STALLS.scaled(time_scale), duration_s=75.0, rounds=4,
         resend_ms=COLLAGE_RESEND_MS, warmup_s=3.0,
     )  # fmt: skip
+    return _faulted(bed, faults, PAPER_SHUFFLES)
+
+
+def _faulted(bed: Testbed, faults: str, shuffles: ShuffleProfile) -> Testbed:
+    """``bed`` (with its scale's stalls) under ``faults``: the stalls kept unless shuffles alone, the scale's
+    ``shuffles`` added unless stalls alone, on links at the scale's time."""
+    return dataclasses.replace(
+        bed,
+        stalls=None if faults == "shuffles" else bed.stalls,
+        shuffles=None if faults == "stalls" else shuffles,
+        link=paper_link(bed.time_scale),
+    )
 
 
 def _schemes(

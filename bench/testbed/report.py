@@ -69,6 +69,7 @@ class SchemeResult:
     cpu: CpuShare
     stall_events: int
     drain_s: float = 0.0  # summed over its windows: until its instances stopped after the load (a backlog)
+    shuffle_events: int = 0  # whole shuffle transfers during its load windows
 
     @property
     def mean_utilisation(self) -> float:
@@ -108,6 +109,7 @@ def results(tallies: list[Tally]) -> list[SchemeResult]:
                 cpu=t.cpu_share,
                 stall_events=t.stall_events,
                 drain_s=t.drain_s,
+                shuffle_events=t.shuffle_events,
             )
         )
     return out
@@ -195,6 +197,7 @@ def _row_of(scheme: dict) -> SchemeResult:
         extra_load=_extra_load(scheme["route"], scheme["calls_per_query"]),
         utilisation={int(i): u for i, u in scheme["utilisation"].items()},
         cpu=cpu, stall_events=scheme["stall_events"], drain_s=scheme.get("drain_s", 0.0),
+        shuffle_events=scheme.get("shuffle_events", 0),
     )  # fmt: skip
 
 
@@ -209,7 +212,7 @@ def markdown(testbed: Testbed, rows: list[SchemeResult], info: RunInfo, compared
         f"Command: `{info.command}`, {info.started_utc} to {info.finished_utc} UTC, commit {info.commit}; "
         f"load average {info.load_average[0]:.2f} at the start, {info.load_average[1]:.2f} at the end.",
         "",
-        *_setup(testbed),
+        *_setup(testbed, rows),
         "",
         _flag_line(info.cpu, rows),
         "",
@@ -243,26 +246,46 @@ def markdown(testbed: Testbed, rows: list[SchemeResult], info: RunInfo, compared
     return "\n".join(lines) + "\n"
 
 
-def _setup(testbed: Testbed) -> list[str]:
+def _setup(testbed: Testbed, rows: Sequence[SchemeResult]) -> list[str]:
     law = testbed.figures
-    stalls = testbed.stalls
     return [
         f"- Law of every model: `{testbed.law}` (mean {law.mean_ms:.1f} ms, median {law.median_ms:.1f}, "
         f"p99 {law.p99_ms:.1f}); {testbed.law_source}.",
-        f"- Time scale: emulated ms per paper ms = {testbed.time_scale:g} (rates divided, the frontends' timers and "
-        "the stalls multiplied by it).",
+        f"- Time scale: emulated ms per paper ms = {testbed.time_scale:g} (rates and links divided, the frontends' "
+        "timers and the stalls multiplied by it).",
         f"- Rate: {testbed.rate:.1f} q/s Poisson, {testbed.duration_s:g} s per scheme in {testbed.rounds} "
         f"interleaved round(s): utilisation {testbed.utilisation:.2f} of the {testbed.deployed} deployed instances "
         f"under `none` ({testbed.utilisation_source}).",
-        "- Faults: "
-        + (
+        "- Faults: " + (" ".join(_fault_lines(testbed, rows)) or "none beyond the law's own stragglers."),
+    ]
+
+
+def _fault_lines(testbed: Testbed, rows: Sequence[SchemeResult]) -> list[str]:
+    """A sentence per fault that ran, with its settings."""
+    lines = []
+    if (stalls := testbed.stalls) is not None:
+        lines.append(
             f"SIGSTOP stalls on every instance, each on its own schedule: {stalls.stall_ms[0]:g}-{stalls.stall_ms[1]:g}"
             f" ms, {stalls.every_s[0]:g}-{stalls.every_s[1]:g} s apart ({stalls.stalled_share:.1%} of the time "
             "stalled); the same schedule in every scheme's segment of a round."
-            if stalls is not None
-            else "none beyond the law's own stragglers."
-        ),
-    ]
+        )
+    if (shuffles := testbed.shuffles) is not None:
+        link = testbed.link
+        counts = ", ".join(f"{r.name} {r.shuffle_events}" for r in rows)
+        lines.append(
+            f"ParM's background shuffles: {testbed.shuffle_loops} at a time (one per {shuffles.per_workers} of the "
+            f"{testbed.deployed} deployed instances), each {shuffles.megabytes[0]}-{shuffles.megabytes[1]} MB between "
+            f"two random instances of all {testbed.instance_count}, every instance in a network namespace behind an "
+            f"inbound link of {link.rate} (tbf, queue {link.limit}; the paper's 1 Gbit/s over the time scale); the "
+            f"same draws in every scheme's segment of a round. Whole transfers per scheme: {counts}."
+        )
+    return lines
+
+
+def _shuffles(testbed: Testbed) -> dict | None:
+    if testbed.shuffles is None:
+        return None
+    return {**asdict(testbed.shuffles), "concurrent": testbed.shuffle_loops, "link": asdict(testbed.link)}
 
 
 def _flag_line(overall: CpuShare, rows: list[SchemeResult]) -> str:
@@ -301,7 +324,9 @@ def write(
             "rate_qps": testbed.rate,
             "utilisation": testbed.utilisation,
             "utilisation_source": testbed.utilisation_source,
+            "faults": list(testbed.faults),
             "stalls": asdict(testbed.stalls) if testbed.stalls else None,
+            "shuffles": _shuffles(testbed),
             "duration_s": testbed.duration_s,
             "rounds": testbed.rounds,
             "instance_models": testbed.instance_models(),

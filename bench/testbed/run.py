@@ -1,6 +1,7 @@
 """One interleaved run of a testbed: start every instance and frontend, then round by round give each scheme
 its segment of the same queries, at the same Poisson arrival times, under the same per-instance stall
-schedule (common random numbers: round r seeds both with seed + r), and tally what each scheme cost."""
+schedule and the same draws of shuffles (common random numbers: round r seeds them all with seed + r), and
+tally what each scheme cost. With shuffles, every instance runs in a network namespace of its own."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ import grpc
 import numpy as np
 from codedserve.v1 import codedserve_pb2_grpc as pb_grpc
 
-from bench.faults import FaultInjector, InstanceStalls
+from bench.faults import InstanceStalls, Shuffles
 from bench.load import Record, frontend_sender, run_load
+from bench.netns import WorkerNetwork
 from bench.stack import FrontendSpec, Stack
 from bench.testbed.measure import CpuReading, CpuShare, InstanceReading, cpu_reading, settled_readings, share_over
 from bench.testbed.profiles import Scheme, Testbed
@@ -37,6 +39,7 @@ class Tally:
     load_s: float = 0.0  # wall time of its load windows
     cpu: list[tuple[CpuReading, CpuReading]] = field(default_factory=list)  # each window's (before, after)
     stall_events: int = 0
+    shuffle_events: int = 0  # whole transfers during its load windows
     drain_s: float = 0.0  # after its load windows, until its instances' rows stopped moving (a backlog)
 
     @property
@@ -63,21 +66,24 @@ def run(testbed: Testbed, workload: Workload, model_repository: Path, log_dir: P
         s.name: FrontendSpec(testbed.frontend_flags(s), tritons=s.data, parity_tritons=s.coded) for s in testbed.schemes
     }
     instance_models = testbed.instance_models()
-    stack = Stack(
-        sorted({m for models in instance_models for m in models}),
-        specs,
-        model_repository=model_repository,
-        log_dir=log_dir,
-        triton_models=instance_models,
-        service_time=f"*={testbed.law}",
-        service_time_seed=workload.seed,
-    )
-    try:
+    with contextlib.ExitStack() as resources:  # the stack stops before its network is taken down
+        network = None
+        if testbed.shuffles is not None:
+            network = resources.enter_context(WorkerNetwork(testbed.instance_count, testbed.link))
+        stack = Stack(
+            sorted({m for models in instance_models for m in models}),
+            specs,
+            model_repository=model_repository,
+            log_dir=log_dir,
+            triton_models=instance_models,
+            service_time=f"*={testbed.law}",
+            service_time_seed=workload.seed,
+            network=network,
+        )
+        resources.callback(stack.stop)
         stack.start(timeout_s=600.0)
         log.info("%d instances and %d frontends serving", len(stack.tritons), len(specs))
         return _rounds(testbed, workload, stack, model)
-    finally:
-        stack.stop()
 
 
 def _rounds(testbed: Testbed, workload: Workload, stack: Stack, model: str) -> list[Tally]:
@@ -100,7 +106,7 @@ def _segment(
     pids = [s.proc.pid for s in stack.services.values() if s.proc is not None]
     rows_before = settled_readings(stack.tritons)
     cpu_before = cpu_reading(stack.tritons, pids)
-    with _faults(testbed, stack, seed) as faults:
+    with _faults(testbed, stack, seed) as (stalls, shuffles):
         desc = name if testbed.rounds == 1 else f"{name} {r + 1}/{testbed.rounds}"
         got = _load(stack, name, model, workload.queries[segment], testbed, seed, desc)
     cpu_after = cpu_reading(stack.tritons, pids)
@@ -111,7 +117,8 @@ def _segment(
     tally.rows += sum(a.rows - b.rows for b, a in zip(rows_before, rows_after, strict=True))
     for i, (b, a) in enumerate(zip(rows_before, rows_after, strict=True)):
         tally.busy_s[i] = tally.busy_s.get(i, 0.0) + _busy(b, a)
-    tally.stall_events += faults.events
+    tally.stall_events += stalls.events if stalls is not None else 0
+    tally.shuffle_events += shuffles.events if shuffles is not None else 0  # counted once its loops have ended
     tally.records += [dataclasses.replace(rec, index=int(segment[rec.index])) for rec in got]
 
 
@@ -120,15 +127,19 @@ def _busy(before: InstanceReading, after: InstanceReading) -> float:
 
 
 @contextlib.contextmanager
-def _faults(testbed: Testbed, stack: Stack, seed: int) -> Iterator[FaultInjector]:
-    """Stalls on every instance of the testbed, used by the scheme or not: instance i's schedule is the same
-    in every scheme's segment of a round."""
-    if testbed.stalls is None:
-        with FaultInjector(stack.tritons, seed) as none:
-            yield none
-        return
-    with InstanceStalls(stack.tritons, seed, profile=testbed.stalls) as stalls:
-        yield stalls
+def _faults(testbed: Testbed, stack: Stack, seed: int) -> Iterator[tuple[InstanceStalls | None, Shuffles | None]]:
+    """The testbed's faults on every instance, used by the scheme or not, each seeded with ``seed``: stalls
+    (instance i's schedule is the same in every scheme's segment of a round) and shuffles (the same draws of
+    pairs and sizes, :attr:`Testbed.shuffle_loops` at a time, between any two instances)."""
+    with contextlib.ExitStack() as running:
+        stalls = shuffles = None
+        if testbed.stalls is not None:
+            stalls = InstanceStalls(stack.tritons, seed, profile=testbed.stalls)
+            running.enter_context(stalls)
+        if testbed.shuffles is not None:
+            shuffles = Shuffles(stack.tritons, seed, stack.network, testbed.shuffles, testbed.shuffle_loops)
+            running.enter_context(shuffles)
+        yield stalls, shuffles
 
 
 def _load(

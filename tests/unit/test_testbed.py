@@ -1,5 +1,6 @@
-"""The testbed's profiles lay the papers' clusters out as stated (bench.testbed.profiles), and its stall
-schedule gives every instance the same stalls whichever scheme runs (bench.faults.worker_stalls)."""
+"""The testbed's profiles lay the papers' clusters out as stated (bench.testbed.profiles), its faults are
+configured as asked (stalls, ParM's shuffles, both), and its stall schedule gives every instance the same
+stalls whichever scheme runs (bench.faults.worker_stalls)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import itertools
 import numpy as np
 import pytest
 
-from bench.faults import InstanceStallProfile, stall_schedule, worker_stalls
+from bench.faults import InstanceStallProfile, ShuffleProfile, stall_schedule, worker_stalls
 from bench.testbed import profiles
-from bench.testbed.__main__ import _parser, configure
+from bench.testbed.__main__ import _parser, configure, main
 from bench.testbed.measure import CpuReading, CpuShare, share_over
 from bench.testbed.report import SchemeResult, versus
 
@@ -86,6 +87,39 @@ def test_a_measured_law_replaces_the_profiles_and_the_rate_follows_its_mean(tmp_
     assert bed.rate == pytest.approx(_bed("parm").utilisation * 12 / 0.160, rel=0.01)
     with pytest.raises(SystemExit, match="--law: 'samples:path=/no/such': samples file /no/such"):
         configure(_parser().parse_args(["--profile", "parm", "--law", "samples:path=/no/such"]))
+
+
+def _configured(*flags: str) -> profiles.Testbed:
+    return configure(_parser().parse_args(["--profile", "parm", *flags]))
+
+
+def test_faults_are_stalls_by_default_and_shuffles_or_both_on_request():
+    stalls = _configured("--scale", "paper")
+    shuffles = _configured("--scale", "paper", "--faults", "shuffles")
+    both = _configured("--scale", "paper", "--faults", "both")
+    assert (stalls.faults, shuffles.faults, both.faults) == (("stalls",), ("shuffles",), ("stalls", "shuffles"))
+    assert stalls.stalls == both.stalls == profiles.PAPER_STALLS.scaled(4.0) and shuffles.stalls is None
+    assert stalls.shuffles is None and shuffles.shuffles == both.shuffles == ShuffleProfile(megabytes=(128, 256))
+    assert _configured("--scale", "paper", "--faults", "both", "--no-stalls").faults == ("shuffles",)
+    assert _configured("--scale", "paper", "--no-stalls").faults == ()
+
+
+def test_shuffles_keep_parms_concurrency_per_deployed_instance_on_links_at_the_time_scale():
+    bed = _configured("--scale", "paper", "--faults", "shuffles")
+    assert bed.link.rate == "250mbit"  # ParM's 1 Gbit/s at time scale 4: a transfer takes 4x its 1-2 s
+    assert (bed.instance_count, bed.shuffle_loops) == (24, 4)  # ParM's 4 over its 12, whatever the redundancy adds
+    assert _configured("--scale", "paper", "--faults", "shuffles", "--deployed", "24").shuffle_loops == 8
+    tiny = _configured("--scale", "tiny", "--faults", "shuffles")
+    assert (tiny.link.rate, tiny.shuffle_loops, tiny.shuffles) == ("1000mbit", 1, profiles.TINY_SHUFFLES)
+    collage = configure(_parser().parse_args(["--profile", "collage", "--scale", "paper", "--faults", "both"]))
+    assert (collage.link.rate, collage.faults) == ("1000mbit", ("shuffles",))  # its own time; no stalls, its law's
+    assert ShuffleProfile().loops(2) == 1
+
+
+def test_shuffles_exit_at_once_naming_why_namespaces_cannot_be_made(monkeypatch):
+    monkeypatch.setattr("bench.testbed.__main__.unavailable", lambda: "network namespaces need root (CAP_NET_ADMIN)")
+    with pytest.raises(SystemExit, match=r"--faults both: .* cannot be made here: network namespaces need root"):
+        main(["--profile", "parm", "--faults", "both"])
 
 
 def test_collage_and_approxifer_paper_layouts():
