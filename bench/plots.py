@@ -97,6 +97,27 @@ def cost_frontier(
     return _saved(fig, out / f"{tag}-frontier.png")
 
 
+def load_sweep(out: Path, tag: str, series: dict[str, list[tuple[float, stats.Estimate, stats.Estimate]]]) -> Path:
+    """p99 (left) and p99.9 (right), each with its interval, against the deployed instances' utilisation:
+    one line per scheme through its (utilisation, p99, p99.9) points."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    for ax, (i, label) in zip(axes, ((1, "p99"), (2, "p99.9")), strict=True):
+        for name, points in series.items():
+            points = sorted(points, key=lambda p: p[0])
+            xs, ests = [p[0] for p in points], [_at(p, i) for p in points]
+            err = np.nan_to_num([[e.value - e.low for e in ests], [e.high - e.value for e in ests]])
+            ax.errorbar(xs, [e.value for e in ests], yerr=err, fmt="o", ms=5, capsize=3, color=_colour(name),
+                        ls="--" if name.startswith("hedge_") else "-", label=name)  # fmt: skip
+        ax.set_yscale("log")
+        ax.set_xlabel("utilisation of the deployed instances under none")
+        ax.set_title(f"{label} (intervals: 95% bootstrap)", fontsize=9)
+        ax.grid(True, which="both", alpha=0.2)
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0].set_ylabel("latency (ms, log)")
+    fig.suptitle(f"Tail against load: {tag}")
+    return _saved(fig, out / f"{tag}.png")
+
+
 def _at(point: tuple[float, stats.Estimate, stats.Estimate], i: int) -> stats.Estimate:
     return point[1] if i == 1 else point[2]
 
