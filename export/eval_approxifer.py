@@ -264,7 +264,8 @@ def to_markdown(results: dict, cfg: Config, command: str) -> str:
         f"Command: `{command}`",
         "",
         f"{cfg.trials} trials per row, seed {cfg.seed}; each trial draws K random test images. Published: the "
-        "authors' values (methods.md 3.5, ResNet-18 base models); ours: "
+        "ApproxIFER authors' values (Soleymani et al., AAAI 2022, as plotted by `Bar_plots.py` in their code; "
+        "ResNet-18 base models); ours: "
         + (
             "the deployed `*_cnn` models." if not cfg.models else "the deployed models below (same trials per dataset)."
         ),
