@@ -295,6 +295,7 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
             metrics_port=common.metrics_port,
             metrics_address=common.metrics_address,
             log_level=common.log_level,
+            log_format=common.log_format,
             kserve_address=args.kserve_address or None,
             faults=faults,
             parity_triton_urls=tuple(args.parity_triton_url),
@@ -351,7 +352,7 @@ async def _main(config: FrontendConfig) -> None:
 
 def main() -> None:
     config = config_from_args(parser().parse_args())
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     try:
         serve_metrics(config.metrics_port, config.metrics_address)
         event_loop.run(_main(config), config.event_loop)

@@ -21,6 +21,7 @@ from typing import Any
 from coding.errors import CodingError
 from coding.schemes import load_scheme_modules
 from service_common.event_loop import DEFAULT_LOOP, LOOPS
+from service_common.logs import LOG_FORMATS
 from service_common.tls import (
     SERVER_FLAGS,
     ClientTLS,
@@ -187,6 +188,7 @@ class ServiceConfig:
     tls: ServerTLS | None = None  # the server's own TLS (None: plaintext)
     health_address: str | None = None  # also serve grpc.health.v1 alone here, in plaintext (None: off)
     event_loop: str = DEFAULT_LOOP  # the asyncio loop it runs on (service_common.event_loop)
+    log_format: str = "text"  # "text" or "json": one JSON object per line (service_common.logs)
 
 
 def add_common_flags(flags: Flags, default_port: int, legacy: bool = False) -> None:
@@ -214,6 +216,13 @@ def add_common_flags(flags: Flags, default_port: int, legacy: bool = False) -> N
     )
     flags.add(
         "--log-level", default="INFO", help="logging level", deprecated=[legacy_name("--log-level")] if legacy else []
+    )
+    flags.add(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text: one line 'TIME LEVEL LOGGER: MESSAGE'; json: one JSON object per line (time, level, logger, "
+        "message, and group_id where a line concerns one coding group)",
     )
     flags.add(
         "--scheme-module",
@@ -254,6 +263,7 @@ def common_config(args: argparse.Namespace) -> ServiceConfig:
         tls,
         args.health_address or None,
         args.event_loop,
+        args.log_format,
     )
 
 

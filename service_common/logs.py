@@ -1,16 +1,53 @@
-"""Logging set up once per process, from __main__; rate-limited warnings for outages."""
+"""Logging set up once per process, from __main__; rate-limited warnings for outages.
+
+Two formats (``--log-format``): ``text``, one line ``TIME LEVEL LOGGER: MESSAGE``, and ``json``, one JSON
+object per line with ``time`` (ISO 8601, UTC), ``level``, ``logger`` and ``message``, plus ``exception`` (the
+traceback) when the record carries one and each of :data:`CONTEXT_FIELDS` that a log call passed as
+``extra=`` (e.g. the coding group a failure concerns).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+
+LOG_FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Fields a log call may pass with ``extra=``, carried by the JSON lines (the text line has them in its message).
+CONTEXT_FIELDS = ("query_id", "group_id", "model")
 
 
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def setup_logging(level: str = "INFO", log_format: str = "text") -> None:
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"log format must be one of {LOG_FORMATS}, got {log_format!r}")
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line (a message's newlines are escaped, never split)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in CONTEXT_FIELDS:
+            if hasattr(record, name):
+                line[name] = getattr(record, name)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            line["exception"] = record.exc_text
+        return json.dumps(line, default=str)
 
 
 @dataclass

@@ -32,6 +32,8 @@ class ProcessConfig(Protocol):
     @property
     def log_level(self) -> str: ...
     @property
+    def log_format(self) -> str: ...
+    @property
     def metrics_port(self) -> int | None: ...
     @property
     def metrics_address(self) -> str: ...
@@ -47,7 +49,7 @@ def run_service(
 ) -> None:
     """Set up logging, serve ``/metrics``, run ``serve()`` on the configured event loop until it returns.
     An error of a type in ``exits`` ends the process with SystemExit ``"<process>: <error>"``."""
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     try:
         serve_metrics(config.metrics_port, config.metrics_address)
         event_loop.run(serve(), config.event_loop)

@@ -37,6 +37,7 @@ class FrontendConfig:
     max_message_bytes: int = 16 * 1024 * 1024
     metrics_port: int | None = None
     log_level: str = "INFO"
+    log_format: str = "text"  # "text" or "json" (service_common.logs)
     kserve_address: str | None = None  # also serve Triton's KServe v2 gRPC protocol here; None = off
     faults: FaultPlan = field(default_factory=FaultPlan)
     parity_triton_urls: tuple[str, ...] = ()  # instances serving parity models; empty = triton_urls

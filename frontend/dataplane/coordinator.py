@@ -253,9 +253,10 @@ class ModelServer:
             self._no_calls_out.set()
         if error is not None:
             if not isinstance(error, WorkerError):  # a bug, not a worker's failure: the group still hears of it
-                log.error("%s call to %s raised", action.kind, model, exc_info=error)
+                log.error("%s call to %s raised", action.kind, model, exc_info=error, extra=self._about(group))
                 error = WorkerError(f"{type(error).__name__}: {error}")
-            log.debug("%s call to %s failed: %s", action.kind, model, error)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s call to %s failed: %s", action.kind, model, error, extra=self._about(group))
             now = asyncio.get_running_loop().time() if error.transport else None
             actions = group.failed(action.handle, str(error), retry_at=now)
             retries = sum(isinstance(a, Infer) for a in actions)
@@ -268,12 +269,22 @@ class ModelServer:
             self.deadlines.coded_latency.record(time.perf_counter() - start)
         self._execute(group, group.arrived(action.handle, out[0]))
 
+    def _about(self, group: CodingGroup) -> dict[str, Any]:
+        """A log line's fields when it concerns one coding group (JSON log lines carry them: service_common.logs)."""
+        return {"group_id": group.group_id, "model": self.route.model}
+
     async def _encode(self, group: CodingGroup, action: Encode) -> None:
         start = time.perf_counter()
         try:
             coded = await self._coders.encode(self.route, action.inputs, self._time_left(action.deadline))
         except CodingServiceError as exc:
-            log.debug("encoding group %d of %s failed: %s", group.group_id, self.route.model, exc)
+            log.debug(
+                "encoding group %d of %s failed: %s",
+                group.group_id,
+                self.route.model,
+                exc,
+                extra=self._about(group),
+            )
             self._execute(group, group.encode_failed(str(exc)))
             return
         self.deadlines.encode_latency.record(time.perf_counter() - start)
@@ -286,7 +297,13 @@ class ModelServer:
                 self.route, action.data_outputs, action.coded_outputs, self._time_left(action.deadline)
             )
         except CodingServiceError as exc:
-            log.debug("decode for group %d of %s failed: %s", group.group_id, self.route.model, exc)
+            log.debug(
+                "decode for group %d of %s failed: %s",
+                group.group_id,
+                self.route.model,
+                exc,
+                extra=self._about(group),
+            )
             self._execute(group, group.decode_failed(action.handle, str(exc)))
             return
         metrics.DECODE_SECONDS.labels(self.route.model).observe(time.perf_counter() - start)
