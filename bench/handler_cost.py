@@ -13,7 +13,8 @@ through grpc.aio's loop in a real server.
 ``--idle-ms`` sleeps that long (the thread blocked, as a served process waits in epoll) before each round
 of queries: a process that wakes after an idle spell finds its caches taken by whatever ran meanwhile,
 and at 150 q/s every process of the stack wakes so, every few milliseconds. On the 2-core development
-VM this multiplied the CPU of small Python and numpy steps several times (docs/benchmarks.md).
+VM this multiplied the CPU of small Python and numpy steps several times
+(bench/results/history-benchmarks-2026-12.md, "Cold caches").
 """
 
 from __future__ import annotations
