@@ -5,8 +5,9 @@ serving Triton's KServe v2 protocol on its own port), then runs the same perf_an
 only ``-u``, against Triton's gRPC port and against each frontend's KServe port, one concurrency level
 at a time with the targets alternating (so a change in background load hits all of them alike).
 Prints each output and a table of throughput and median-latency ratios against Triton, and writes the
-result into docs/kserve.md between markers, with the commands and the machine. The raw outputs go to
-bench/results/perf_compare/. perf_analyzer comes from bench/perf_tools.sh (installed on first use).
+result into docs/kserve.md between markers, with the commands, the machine and a link to the raw outputs,
+which go to bench/results/perf_compare/ (one ``<target>_c<concurrency>.txt`` and ``.csv`` each).
+perf_analyzer comes from bench/perf_tools.sh (installed on first use).
 """
 
 from __future__ import annotations
@@ -212,14 +213,12 @@ def _table(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
-def _report(runs: list[Run], machine: str, models: list[str], route: str, argv: list[str], seconds: float) -> str:
+def _report(
+    runs: list[Run], machine: str, models: list[str], route: str, argv: list[str], seconds: float, outputs: str
+) -> str:
+    """The doc's section; ``outputs`` is the raw outputs' folder relative to the doc."""
     example = {t: next(r for r in runs if r.target == t) for t in TARGETS}
     commands = "\n".join(f"# {t}\n{shlex.join(_portable(r.command))}" for t, r in example.items())
-    outputs = "\n\n".join(
-        f"<details><summary>perf_analyzer output: {r.target}, concurrency {r.concurrency}</summary>\n\n"
-        f"```\n{r.output.strip()}\n```\n</details>"
-        for r in sorted(runs, key=lambda r: (r.concurrency, TARGETS.index(r.target)))
-    )
     return "\n".join(
         [
             BEGIN,
@@ -245,7 +244,8 @@ def _report(runs: list[Run], machine: str, models: list[str], route: str, argv: 
             "",
             _table(runs),
             "",
-            outputs,
+            f"perf_analyzer's full output for each target and concurrency: [{outputs}/]({outputs}/) "
+            "(`<target>_c<concurrency>.txt`, and the `.csv` it wrote).",
             END,
         ]
     )
@@ -317,7 +317,8 @@ def main() -> None:
                 }
                 runs = _measure(args, models[0], urls, data)
     machine += f"; load average after {os.getloadavg()[0]:.2f}"
-    block = _report(runs, machine, models, route, sys.argv[1:], time.perf_counter() - began)
+    outputs = os.path.relpath(args.results.resolve(), args.doc.resolve().parent)
+    block = _report(runs, machine, models, route, sys.argv[1:], time.perf_counter() - began, outputs)
     print(_table(runs))
     _write_doc(args.doc, block)
     log.info("wrote %s and %s", args.doc, args.results)
