@@ -111,7 +111,7 @@ async def _servicer(route: str, coding: str) -> KServeServicer:
 class CountingLoop(asyncio.SelectorEventLoop):
     """Counts its turns and the callbacks (handles: task steps, future callbacks, call_soon) it runs.
     Every handle is a trip through the loop: in a real server each one costs more than its Python, since
-    grpc.aio's machinery runs between them (docs/kserve.md)."""
+    grpc.aio's machinery runs between them (bench/results/history-kserve.md)."""
 
     turns = 0
     handles = 0
