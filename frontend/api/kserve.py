@@ -9,6 +9,12 @@ perf_analyzer see exactly what Triton would say. Mistakes get the status codes T
 them (measured): unknown model or version NOT_FOUND; wrong input name, count, datatype, shape, batch size
 or byte count INVALID_ARGUMENT. One deliberate difference: NaN/infinite inputs are INVALID_ARGUMENT,
 because one such query would poison the reconstructions of its whole coding group.
+
+Model versions: a route's every Triton call names one version of each of its models, the highest Triton
+had ready when the route loaded (a parity model is trained against one version of the deployed model, so
+the route never drifts onto another one under it). A request's ``model_version`` is answered when it names
+that version, NOT_FOUND naming the model and the version otherwise (also for a version Triton has but the
+route does not serve); every response names the version that answered.
 Repository control, shared memory, tracing and logging are UNIMPLEMENTED (never forwarded).
 
 A *set* route (COIN: one query answered by k member models, no Triton model by the route's name) is
@@ -43,7 +49,7 @@ from frontend.api.common import (
     query_timeout_s,
     request_fault,
 )
-from frontend.dataplane.coordinator import Dataplane, QueryAnswer
+from frontend.dataplane.coordinator import Dataplane, ModelServer, QueryAnswer
 from frontend.transport.catalog import ModelCatalog, ModelInfo
 from service_common.errors import InvalidArgument, NotFound, ServiceError
 from service_common.tensors import check_input_values
@@ -91,7 +97,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             ready = ready and self._health.answerable(request.name)
         if ready and request.version:
             try:
-                ready = request.version in (await self._info(request.name, context)).metadata.versions
+                ready = request.version == _served_version(server, await self._info(request.name, context))
             except ServiceError:
                 ready = False
         return kpb.ModelReadyResponse(ready=ready)
@@ -174,17 +180,16 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         check_message_size(request, self._plane.max_message_bytes, "ModelInfer request")
         server = self._plane.model_server(request.model_name)  # NOT_FOUND / UNAVAILABLE
         info = await self._info(request.model_name, context)
-        if request.model_version and request.model_version not in info.metadata.versions:
-            raise NotFound(
-                f"Request for unknown model: '{request.model_name}' version {request.model_version} is not found"
-            )
+        version = _served_version(server, info)
+        if request.model_version and request.model_version != version:
+            raise NotFound(_unserved_version(request.model_name, request.model_version, version, info))
         batch = _read_input(request, info)
         _check_outputs(request, info)
         timeout_s = query_timeout_s(context, self._plane.default_deadline_s)
         fault = request_fault(context, self._plane)
         # every row is a query, admitted together: RESOURCE_EXHAUSTED at once beyond a bound
         answers = await self._plane.answer(server, batch, timeout_s, client_of(context), fault)
-        return _infer_response(request, info, [finite_answer(a) for a in answers])
+        return _infer_response(request, info, version, [finite_answer(a) for a in answers])
 
     # ---- Triton control calls --------------------------------------------------------------
 
@@ -290,13 +295,26 @@ def _check_params(parameters: object, what: str) -> None:
             raise InvalidArgument(f"{what}: '{key}' is not supported by the codedserve frontend")
 
 
+def _served_version(server: ModelServer, info: ModelInfo) -> str:
+    """The version of the model that answers the route's queries: the one its every Triton call names
+    (:class:`ModelSignature`, read when the route loaded)."""
+    return server.signature.version if server.signature is not None and server.signature.version else info.version
+
+
+def _unserved_version(model: str, asked: str, served: str, info: ModelInfo) -> str:
+    if asked not in info.metadata.versions:  # Triton's own words for a version it does not have
+        return f"Request for unknown model: '{model}' version {asked} is not found"
+    return f"Request for model '{model}' version {asked}: this frontend serves version {served} of it"
+
+
 def _infer_response(
-    request: kpb.ModelInferRequest, info: ModelInfo, answers: list[QueryAnswer]
+    request: kpb.ModelInferRequest, info: ModelInfo, version: str, answers: list[QueryAnswer]
 ) -> kpb.ModelInferResponse:
     """One ``[B, classes]`` tensor per output asked for (all, if none is named): the i-th output is
-    every answer's i-th model output (one for a route of one model, one per member for a set)."""
+    every answer's i-th model output (one for a route of one model, one per member for a set). ``version``:
+    the model version that answered (every Triton call of the route names it)."""
     wanted = {o.name for o in request.outputs}
-    response = kpb.ModelInferResponse(model_name=request.model_name, model_version=info.version, id=request.id)
+    response = kpb.ModelInferResponse(model_name=request.model_name, model_version=version, id=request.id)
     for i, meta in enumerate(info.metadata.outputs):
         if wanted and meta.name not in wanted:
             continue

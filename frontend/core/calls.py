@@ -37,6 +37,9 @@ class ModelSignature:
     max_batch: int = 1  # rows one ModelInfer may carry (the model's max_batch_size)
     input_datatype: str = "FP32"  # Triton's spelling of ``dtype``
     output_dtype: np.dtype = np.dtype("float32")
+    # The model version every call names (Triton's highest ready version when the route loaded): the route's
+    # calls stay on it, and a KServe answer names it. "": Triton's choice (its version policy).
+    version: str = ""
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,7 @@ class ModelInfo:
             max(1, self.config.config.max_batch_size),
             tensor_in.datatype,
             np.dtype(triton_to_np_dtype(tensor_out.datatype)),
+            self.version,
         )
 
 

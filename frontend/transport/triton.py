@@ -280,9 +280,11 @@ def _answer_id(reply: kpb.ModelStreamInferResponse) -> int | None:
 
 
 def infer_request(model: str, rows: np.ndarray, signature: ModelSignature) -> kpb.ModelInferRequest:
-    """A ModelInfer of ``rows`` as raw little-endian bytes, asking for the signature's one output."""
+    """A ModelInfer of ``rows`` as raw little-endian bytes, asking for the signature's one output of the
+    signature's model version."""
     return kpb.ModelInferRequest(
         model_name=model,
+        model_version=signature.version,
         inputs=[
             kpb.ModelInferRequest.InferInputTensor(
                 name=signature.input_name, datatype=signature.input_datatype, shape=rows.shape

@@ -103,6 +103,22 @@ def test_batch_one_equals_the_linear_reference(client):
     assert response.outputs[0].datatype == "FP32" and list(response.outputs[0].shape) == [1, 10]
 
 
+def test_a_named_version_reaches_triton_and_the_response_names_it(client):
+    """Version 1 is the only one the repository has: asked for by name it answers, and says so; the frontend's
+    calls to Triton name it too (infer_request), so Triton answers with that version, not its policy's."""
+    assert client.is_model_ready(MODEL, model_version="1")
+    result = client.infer(MODEL, [_input(_rows(2))], model_version="1", request_id="v1")
+    np.testing.assert_allclose(result.as_numpy("logits"), linear_models.reference(_rows(2)), rtol=1e-4, atol=1e-4)
+    assert (result.get_response().model_version, result.get_response().id) == ("1", "v1")
+
+
+def test_a_version_triton_does_not_have_is_not_found_naming_model_and_version(client):
+    with pytest.raises(InferenceServerException) as err:
+        client.infer(MODEL, [_input(_rows(0))], model_version="7")
+    assert err.value.status() == "StatusCode.NOT_FOUND"
+    assert f"'{MODEL}' version 7 is not found" in err.value.message()
+
+
 def test_batch_of_three_rows_each_answered(client):
     x = _rows(1, batch=3)
     result = client.infer(MODEL, [_input(x)])
