@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import grpc
@@ -78,8 +78,11 @@ class FrontendApp(Dataplane):
             forced_fault=parse_fault_metadata if config.faults.allow_metadata else None,
         )
         self.loop_lag = LoopLag()  # a gauge only: see service_common.loop_lag
-        self._warm_ups: set[asyncio.Task[None]] = set()
+        self._warm_ups: set[asyncio.Task[None]] = set()  # warm-up calls (or late warm-ups) not finished yet
         self._closing = asyncio.Event()  # start-up stops waiting for Triton once set
+        self._pending: dict[str, str] = {}  # route not loaded -> why (check_repository, ModelServer.load)
+        self._held: set[str] = set()  # the routes whose models Triton has but does not serve (not waited for)
+        self._late = RateLimitedLog(log)  # load_pending's failures, one line per cause and period
 
     def _pool(self) -> Pool:
         """The Triton pool; wrapped by fault injection only when the configuration asks for it."""
@@ -119,12 +122,20 @@ class FrontendApp(Dataplane):
             names = ", ".join(s.target for s in discovery_sources(self.config).values())
             raise WorkerError(f"no ready Triton instance behind {names or 'the configured urls'} yet for {waiting}")
 
+    @property
+    def pending(self) -> dict[str, str]:
+        """Each route not loaded yet -> why (what Triton says of its models)."""
+        return {m: self._pending.get(m, self.waiting_for) for m, s in self.servers.items() if s.signature is None}
+
     async def load_until_ready(self, retry_s: float = 1.0, give_up_s: float | None = None) -> None:
         """Check every routed model against Triton's repository, then read their signatures, trying again
-        while Triton starts up (one log line per cause and 10 s). Raises :class:`RouteError` at once for
-        a model that Triton will not serve (:meth:`check_repository`), or a route its models do not fit
-        (:meth:`ModelServer.load`): waiting would not mend either. Between tries it waits for the first
-        of: discovery's next look at DNS, the frontend closing, ``retry_s``, the end of ``give_up_s``."""
+        while Triton starts up (one log line per cause and 10 s), until every route is loaded except those
+        held by Triton (a model it has but does not serve: not loaded, failed to load), and at least one
+        route is: the held ones are left to :meth:`load_pending`, and are down meanwhile. Raises
+        :class:`RouteError` at once for a model absent from Triton's repository (:meth:`check_repository`),
+        or a route its models do not fit (:meth:`ModelServer.load`): waiting would not mend either.
+        Between tries it waits for the first of: discovery's next look at DNS, the frontend closing,
+        ``retry_s``, the end of ``give_up_s``."""
         deadline = None if give_up_s is None else asyncio.get_running_loop().time() + give_up_s
         waiting = RateLimitedLog(log)
         while (problem := await self._try_load()) is not None:
@@ -134,19 +145,63 @@ class FrontendApp(Dataplane):
                 raise problem
             waiting.log(logging.INFO, str(problem), "waiting for Triton: %s", problem)
             await self._next_try(retry_s if left_s is None else min(retry_s, left_s))
-        log.info("all models ready: %s", ", ".join(self.servers))
+        for model, why in self.pending.items():
+            log.warning("route %s is down until Triton serves its models: %s", model, why)
+        log.info("models ready: %s", ", ".join(m for m, s in self.servers.items() if s.signature is not None))
 
     async def _try_load(self) -> WorkerError | None:
-        """One try at :meth:`load_until_ready`: None once every route is ready, else what it waits for."""
+        """One try at :meth:`load_until_ready`: None once it may serve (the routes not loaded are all held by
+        Triton, and some route is loaded), else what it waits for."""
         try:
             self._check_instances()
-            await self.check_repository()
-            for server in self.servers.values():
-                if server.signature is None:
-                    await server.load()
+            await self._load_routes()
         except WorkerError as exc:
             return exc
-        return None
+        unloaded = {m for m, s in self.servers.items() if s.signature is None}
+        loading = unloaded - self._held
+        if not loading and len(unloaded) < len(self.servers):
+            return None
+        return WorkerError("; ".join(self._pending[m] for m in sorted(loading or unloaded)))
+
+    async def _load_routes(self) -> list[str]:
+        """Check and load every route not loaded yet, each on its own: a route whose model Triton has but
+        does not serve waits (its reason kept in :attr:`pending`), the others load. Returns the routes
+        loaded now. Raises RouteError (a configuration error) and WorkerError (an instance not answering)."""
+        held = await self.check_repository()
+        self._held = set(held)
+        loaded = []
+        for model, server in self.servers.items():
+            if server.signature is not None:
+                continue
+            if model in held:
+                self._pending[model] = held[model]
+                continue
+            try:
+                await server.load()
+            except WorkerError as exc:
+                self._pending[model] = str(exc)
+                continue
+            self._pending.pop(model, None)
+            loaded.append(model)
+        return loaded
+
+    async def load_pending(self) -> None:
+        """One more try at the routes start-up left waiting (the health monitor calls it each round); a route
+        that loads is warmed up. Never raises: a route that still cannot load stays down, and one that
+        became a configuration error (a model now absent, or not fitting) is logged and stays down."""
+        if not self.pending:
+            return
+        try:
+            loaded = await self._load_routes()
+        except (RouteError, WorkerError) as exc:
+            self._late.log(logging.WARNING, str(exc), "routes still down: %s", exc)
+            return
+        if loaded:
+            log.info("route(s) %s ready", ", ".join(loaded))
+            if self.config.warm_up:  # beside the probes, which must not wait for it
+                task = asyncio.create_task(self.warm_up(routes=loaded))
+                self._warm_ups.add(task)
+                task.add_done_callback(self._warm_ups.discard)
 
     async def _next_try(self, timeout_s: float) -> None:
         events: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._closing.wait())]
@@ -158,34 +213,46 @@ class FrontendApp(Dataplane):
             for event in events:
                 event.cancel()
 
-    async def check_repository(self) -> None:
-        """Every model a route runs on, against the repository index of each instance it is placed on:
-        :class:`RouteError` naming the route, the model and the instance for one absent there, or there
-        and not loaded (explicit model control without it) or failed to load (Triton's reason quoted).
-        Models still loading pass (their signatures are waited for); an instance that does not answer
-        raises WorkerError (waited for)."""
+    async def check_repository(self) -> dict[str, str]:
+        """Every model a route not loaded yet runs on, against the repository index of each instance it is
+        placed on. Raises :class:`RouteError` naming the route, the model and the instance for one absent
+        from the repository (a configuration error). Returns route -> why for each route one of whose
+        models is there but not served: not loaded (explicit model control without it) or failed to
+        load (Triton's reason quoted); that route waits, the others do not. Models still loading pass
+        (their signatures are waited for); an instance that does not answer raises WorkerError (waited for)."""
         indexes: dict[int, dict[str, tuple[str, str]]] = {}
+        held: dict[str, str] = {}
         for route in self.config.routes:
+            if self.servers[route.model].signature is not None:
+                continue
             for role, model in route.models.items():
                 for instance in self.placer.serving(model):
                     if instance not in indexes:
                         indexes[instance] = await self.pool.repository(instance)
-                    problem = _not_served(indexes[instance].get(model))
-                    if problem:
-                        has = ", ".join(sorted(indexes[instance])) or "nothing"
-                        raise RouteError(
-                            f"route {route.model}={route.scheme}: its {role} model {model!r} is not served by Triton "
-                            f"at {self.triton.urls[instance]}: it {problem} (the repository has: {has}); load it "
-                            "there, or change the route"
-                        )
+                    entry = indexes[instance].get(model)
+                    problem = _not_served(entry)
+                    if not problem:
+                        continue
+                    where = (
+                        f"route {route.model}={route.scheme}: its {role} model {model!r} is not served by Triton "
+                        f"at {self.triton.urls[instance]}: it {problem}"
+                    )
+                    if entry is not None:
+                        held.setdefault(route.model, where)
+                        continue
+                    has = ", ".join(sorted(indexes[instance])) or "nothing"
+                    raise RouteError(f"{where} (the repository has: {has}); add it there, or change the route")
+        return held
 
-    async def warm_up(self, timeout_s: float = 10.0) -> None:
+    async def warm_up(self, timeout_s: float = 10.0, routes: Collection[str] | None = None) -> None:
         """One all-zero query to every model on every instance it is placed on, before the frontend says
         SERVING: a freshly loaded model's first inference takes about 50 ms on a CPU Triton, which would
         make every route's first real group a straggler. A failure or a call still out after
         ``timeout_s`` is logged, never fatal (health and the calls judge the instances), and a call
-        still out is left to finish, never cancelled (cancelling in-flight calls crashes Triton 2.51)."""
-        signatures = {m: sig for s in self.servers.values() for m, sig in s.signatures.items()}
+        still out is left to finish, never cancelled (cancelling in-flight calls crashes Triton 2.51).
+        ``routes``: only these routes' models (default: every route loaded)."""
+        servers = [s for m, s in self.servers.items() if routes is None or m in routes]
+        signatures = {m: sig for s in servers for m, sig in s.signatures.items()}
         targets = [(m, i) for m in signatures for i in self.placer.serving(m)]
 
         async def one(model: str, instance: int) -> None:
@@ -202,7 +269,9 @@ class FrontendApp(Dataplane):
         if pending:
             still = (len(pending), len(calls), timeout_s)
             log.warning("warm-up: %d of %d calls still out after %.0f s; serving anyway", *still)
-        self._warm_ups = pending  # referenced until they finish
+        for task in pending:  # referenced until they finish
+            self._warm_ups.add(task)
+            task.add_done_callback(self._warm_ups.discard)
 
 
 def _not_served(entry: tuple[str, str] | None) -> str | None:

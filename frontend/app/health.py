@@ -17,9 +17,12 @@ each route's state:
 - *down*: its queries cannot be answered: a data slot's model has no ready instance and the code
   cannot stand in for it. They fail UNAVAILABLE.
 
-The frontend is SERVING (grpc.health.v1 ``""``, the KServe ServerReady) while no route is down.
-Per route, ``codedserve.v1.Frontend/<model>`` is SERVING unless the route is down, and for a coded
-route ``codedserve.coded/<model>`` is SERVING only while it is coded (NOT_SERVING: degraded).
+The frontend is SERVING (grpc.health.v1 ``""``, the KServe ServerReady) while some route can be
+answered: one route without a ready Triton takes only itself out, never the pod (and with it every other
+route) out of its Service. Per route, ``codedserve.v1.Frontend/<model>`` is SERVING unless the route is
+down, and for a coded route ``codedserve.coded/<model>`` is SERVING only while it is coded (NOT_SERVING:
+degraded). A down route's queries are refused UNAVAILABLE at once, naming the route and why
+(:meth:`frontend.dataplane.coordinator.Dataplane.set_down`).
 """
 
 from __future__ import annotations
@@ -88,7 +91,12 @@ class Health:
 
     @property
     def serving(self) -> bool:
-        return all(r.answerable for r in self.routes)
+        """Some route can be answered (the pod belongs in its Service)."""
+        return any(r.answerable for r in self.routes)
+
+    def down(self) -> dict[str, str]:
+        """Each route that cannot be answered -> why."""
+        return {r.model: "; ".join(r.why) for r in self.routes if not r.answerable}
 
     def route(self, model: str) -> RouteHealth | None:
         return next((r for r in self.routes if r.model == model), None)
@@ -107,11 +115,12 @@ def judge(
     urls: Sequence[str],
     probes: Probes,
     addresses: Mapping[str, str] | None = None,
+    waiting: Mapping[str, str] | None = None,
 ) -> Health:
     """Each route's state from the probes. ``loaded``: the routes whose signatures were read; ``serving``:
     model -> the instances it is placed on; ``urls``: every instance's address, by number; ``addresses``:
-    the coding services'."""
-    judged = tuple(_route(r, r.model in loaded, serving, urls, probes) for r in routes)
+    the coding services'; ``waiting``: why a route not loaded is not (what Triton says of its models)."""
+    judged = tuple(_route(r, r.model in loaded, serving, urls, probes, (waiting or {}).get(r.model)) for r in routes)
     models_on: dict[int, list[str]] = {}
     for model, instances in serving.items():
         for i in instances:
@@ -122,7 +131,12 @@ def judge(
 
 
 def _route(
-    route: Route, loaded: bool, serving: Mapping[str, tuple[int, ...]], urls: Sequence[str], probes: Probes
+    route: Route,
+    loaded: bool,
+    serving: Mapping[str, tuple[int, ...]],
+    urls: Sequence[str],
+    probes: Probes,
+    waiting: str | None = None,
 ) -> RouteHealth:
     def none_ready(model: str) -> str | None:
         if any((i, model) in probes.ready for i in serving.get(model, ())):
@@ -132,7 +146,7 @@ def _route(
 
     coded = route.coded
     if not loaded:
-        return RouteHealth(route.model, coded, DOWN, ("its models' signatures are not read yet",))
+        return RouteHealth(route.model, coded, DOWN, (waiting or "its models' signatures are not read yet",))
     missing = {m: why for m in sorted(route.data_models) if (why := none_ready(m))}
     down = list(missing.values())
     if not coded:
@@ -242,7 +256,8 @@ class HealthMonitor:
 
 
 def monitor_for(app: FrontendApp, publish: Callable[[Health], Awaitable[None]]) -> HealthMonitor:
-    """The app's monitor: probes over its Triton pool's and coding clients' own channels."""
+    """The app's monitor: probes over its Triton pool's and coding clients' own channels, after one more try
+    at loading the routes start-up left waiting (:meth:`FrontendApp.load_pending`)."""
     config = app.config
     models = sorted({m for r in config.routes for m in r.models.values()})
 
@@ -250,6 +265,7 @@ def monitor_for(app: FrontendApp, publish: Callable[[Health], Awaitable[None]]) 
         return {m: app.placer.serving(m) for m in models}
 
     async def probe(timeout_s: float) -> Probes:
+        await app.load_pending()  # a route Triton did not serve at start-up joins once it does
         pairs = [(i, m) for m, instances in placed().items() for i in instances]
         signatures = {m: sig for s in app.servers.values() for m, sig in s.signatures.items()}
         checks = (app.triton.model_ready(i, m, timeout_s, signatures.get(m)) for i, m in pairs)
@@ -261,6 +277,6 @@ def monitor_for(app: FrontendApp, publish: Callable[[Health], Awaitable[None]]) 
     def judge_now(probes: Probes) -> Health:
         loaded = [m for m, s in app.servers.items() if s.signature is not None]
         coders = {"encoder": config.encoder_address, "decoder": config.decoder_address}
-        return judge(config.routes, loaded, placed(), app.triton.urls, probes, coders)
+        return judge(config.routes, loaded, placed(), app.triton.urls, probes, coders, app.pending)
 
     return HealthMonitor(probe, judge_now, publish, config.health_interval_s, config.health_timeout_s)

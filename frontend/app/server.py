@@ -61,11 +61,12 @@ class FrontendServer:
 
 
 async def create_server(config: FrontendConfig) -> FrontendServer:
-    """Start serving at once; health flips to SERVING when every routed model is ready on Triton.
+    """Start serving at once; health flips to SERVING once the routes are loaded (those whose models Triton
+    has but does not serve stay down, under their own health names, until it does: FrontendApp.load_pending).
     Raises BindError (naming the address) when a port is taken, after closing what it opened."""
     app = FrontendApp(config)
     ports: list[Running] = []  # whose health the monitor sets
-    monitor = monitor_for(app, lambda health: _publish(health, ports))
+    monitor = monitor_for(app, lambda health: _publish(app, health, ports))
     async with contextlib.AsyncExitStack() as undo:  # runs only when a bind fails: close what was opened
         await app.start()
         undo.push_async_callback(app.close)
@@ -107,8 +108,10 @@ async def create_server(config: FrontendConfig) -> FrontendServer:
     return FrontendServer(running, app, asyncio.create_task(become_ready()), kserve, kservicer, monitor)
 
 
-async def _publish(health: Health, ports: list[Running]) -> None:
-    """Every port's grpc.health.v1: "" and its service names, and one name per route (frontend.app.health)."""
+async def _publish(app: FrontendApp, health: Health, ports: list[Running]) -> None:
+    """Every port's grpc.health.v1: "" and its service names, and one name per route (frontend.app.health);
+    the dataplane refuses a down route's queries at once."""
+    app.set_down(health.down())
     for running in ports:
         await running.set_serving(health.serving)
         for name, up in health.statuses().items():

@@ -371,6 +371,7 @@ class Dataplane:
         self._forced_fault = forced_fault  # None: requests may not force faults (--allow-fault-metadata off)
         self.servers = {r.model: self._server(r, deadlines) for r in routes}
         self.waiting_for = "the frontend has not reached Triton yet"  # why the routes are not ready (start-up)
+        self._down: dict[str, str] = {}  # route -> why its queries cannot be answered now (set_down)
 
     def _server(self, route: Route, policy: DeadlinePolicy) -> ModelServer:
         dispatcher = Dispatcher(self.pool, self.placer, route.dispatch)
@@ -399,9 +400,17 @@ class Dataplane:
         server = self.servers.get(model)
         if server is None:
             raise NotFound(f"model {model!r} is not served by this frontend; served: {sorted(self.servers)}")
+        if model in self._down:
+            route = server.route
+            raise Unavailable(f"route {model}={route.scheme} (model {model!r}) is down: {self._down[model]}")
         if server.signature is None:
             raise Unavailable(f"model {model!r} is not ready yet: {self.waiting_for}")
         return server
+
+    def set_down(self, down: dict[str, str]) -> None:
+        """The routes that cannot be answered now (route -> why, from health): their queries are refused
+        UNAVAILABLE at once, naming the route and why, instead of waiting on a Triton that is not there."""
+        self._down = dict(down)
 
     def admit(self, server: ModelServer, client: str, time_left_s: float, queries: int = 1) -> Admitted:
         """Count ``queries`` of ``client`` for ``server``'s route in flight while the ``with`` block runs, or

@@ -37,7 +37,9 @@ def test_one_ready_instance_per_data_model_is_enough_and_none_is_down_naming_the
     health = _judge({(1, "m"), (1, "c"), (2, "p")})
     assert health.serving and _states(health) == {"m": SERVING, "c": SERVING}
     health = _judge({(0, "c"), (2, "p")})
-    assert not health.serving and _states(health) == {"m": DOWN, "c": SERVING}
+    assert health.serving and _states(health) == {"m": DOWN, "c": SERVING}  # c still answers: the pod is ready
+    assert health.down() == {"m": "no ready Triton instance for m (t0:8001, t1:8001)"}
+    assert not _judge({(2, "p")}).serving  # no route answers
     assert health.route("m").why == ("no ready Triton instance for m (t0:8001, t1:8001)",)
     assert ("triton", "t0:8001", False) in health.dependencies  # m is placed on it too, and is not ready
 
@@ -62,8 +64,11 @@ def test_the_health_names_say_per_route_whether_it_answers_and_whether_it_is_cod
     }
 
 
-def test_a_route_whose_signatures_are_not_read_is_down():
+def test_a_route_whose_signatures_are_not_read_is_down_saying_why():
     assert _states(_judge({(0, "m"), (0, "c"), (2, "p")}, loaded=("c",)))["m"] == DOWN
+    why = "route m=none: its deployed model 'm' is not served by Triton at t0:8001: it is UNAVAILABLE: bad"
+    health = judge((NONE, PARM), ("c",), SERVED, URLS, Probes(frozenset({(0, "c"), (2, "p")}), UP), None, {"m": why})
+    assert health.serving and health.down() == {"m": why}
 
 
 def test_the_monitor_publishes_and_logs_each_transition_once(caplog):
@@ -80,7 +85,7 @@ def test_the_monitor_publishes_and_logs_each_transition_once(caplog):
     with caplog.at_level(logging.INFO, logger="frontend.app.health"):
         for _ in range(3):
             asyncio.run(monitor.check())
-    assert published == [True, False] and not monitor.serving and monitor.answerable("c")
+    assert published == [True, True] and monitor.serving and monitor.answerable("c") and not monitor.answerable("m")
     assert [r.getMessage() for r in caplog.records] == [
         "triton at t1:8001 is down",  # at the first probe: it never had the models
         "triton at t0:8001 is down",
