@@ -13,6 +13,12 @@ DEFAULT_RECONNECT_BACKOFF_MS = 500
 # gRPC gives a connect attempt at least this long (its "min_reconnect_backoff", 20 s by default). RPCs
 # wait while a channel is connecting, so an address that swallows SYNs (a pod IP gone) held them 20 s.
 MIN_CONNECT_TIMEOUT_MS = 2000
+# Every client channel balances its calls over every address its target resolves to, one call to the next
+# address in turn: behind a headless Service (dns:///encoder:8101) that is every ready pod, and pods added
+# later once the name is resolved again (a closed connection makes gRPC resolve it again). gRPC's default,
+# pick_first, would keep every call on the first address. A long-lived stream is one call: it stays on
+# the pod it opened on until it breaks (docs/kubernetes.md, "How traffic reaches the pods").
+LOAD_BALANCING = ("grpc.lb_policy_name", "round_robin")
 
 
 def message_limits(max_message_bytes: int, read_slack: int = 1) -> list[tuple[str, int]]:
@@ -26,9 +32,9 @@ def message_limits(max_message_bytes: int, read_slack: int = 1) -> list[tuple[st
 
 def client_options(
     max_message_bytes: int, reconnect_backoff_ms: int = DEFAULT_RECONNECT_BACKOFF_MS
-) -> list[tuple[str, int]]:
-    """Every client channel's options: the message limits and a reconnect backoff capped at
-    ``reconnect_backoff_ms`` (see above)."""
+) -> list[tuple[str, int | str]]:
+    """Every client channel's options: the message limits, a reconnect backoff capped at
+    ``reconnect_backoff_ms``, and round_robin over the target's addresses (see above)."""
     if reconnect_backoff_ms < INITIAL_RECONNECT_BACKOFF_MS:
         raise ValueError(f"reconnect_backoff_ms must be >= {INITIAL_RECONNECT_BACKOFF_MS}, got {reconnect_backoff_ms}")
     return [
@@ -36,4 +42,5 @@ def client_options(
         ("grpc.initial_reconnect_backoff_ms", INITIAL_RECONNECT_BACKOFF_MS),
         ("grpc.max_reconnect_backoff_ms", reconnect_backoff_ms),
         ("grpc.min_reconnect_backoff_ms", MIN_CONNECT_TIMEOUT_MS),
+        LOAD_BALANCING,
     ]

@@ -4,6 +4,7 @@ can run here: see docs/kubernetes.md)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -17,17 +18,25 @@ import yaml
 import decoder_service.__main__ as decoder_main
 import encoder_service.__main__ as encoder_main
 import frontend.__main__ as frontend_main
+from frontend.app.server import SERVICE_NAME as FRONTEND_SERVICE
 from service_common.cli import common_config
 from service_common.server import LIVENESS_SERVICE
 from tests.tls_certs import make_pki
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
-OVERLAYS = ("gpu", "cpu", "gpu-tls")
+OVERLAYS = ("gpu", "cpu", "gpu-tls", "gpu-gateway")
 K8S_VERSION = "1.31.0"  # as the Makefile's k8s-check
 OURS = {"frontend": 8100, "encoder": 8101, "decoder": 8102}
 HEALTH_PORT = 8110  # the plaintext health-only port: the frontend's in the base, every service's with TLS
 TLS_MOUNT = "/etc/codedserve/tls/"
+# Kinds of the Prometheus Operator's and the Gateway API's CRDs (k8s/components): kubernetes-validate has no
+# schema for them, so `make k8s-check` passes them with a warning and these tests check what they refer to.
+CUSTOM = {
+    "PodMonitor": "monitoring.coreos.com/v1",
+    "Gateway": "gateway.networking.k8s.io/v1",
+    "GRPCRoute": "gateway.networking.k8s.io/v1",
+}
 PARSERS = {"frontend": frontend_main.parser, "encoder": encoder_main.parser, "decoder": decoder_main.parser}
 
 
@@ -65,6 +74,9 @@ def test_every_rendered_object_validates_against_the_strict_schemas(overlay):
         "HorizontalPodAutoscaler", "NetworkPolicy",
     }  # fmt: skip
     for doc in docs:
+        if doc["kind"] in CUSTOM:  # no schema offline: their references are checked by the tests below
+            assert doc["apiVersion"] == CUSTOM[doc["kind"]], doc["kind"]
+            continue
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
@@ -278,3 +290,106 @@ def test_the_tls_overlays_network_policies_open_only_the_health_port_besides_the
     assert probes["metadata"]["namespace"] == base["default-deny"]["metadata"]["namespace"]
     assert probes["spec"]["podSelector"]["matchExpressions"][0]["values"] == ["frontend", "encoder", "decoder"]
     assert probes["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": "health"}]}]
+
+
+def _autoscaled(overlay: str) -> dict[str, dict[str, Any]]:
+    """Deployment name -> its HorizontalPodAutoscaler's spec."""
+    return {
+        h["spec"]["scaleTargetRef"]["name"]: h["spec"]
+        for h in _objects(overlay, "HorizontalPodAutoscaler").values()
+        if h["spec"]["scaleTargetRef"]["kind"] == "Deployment"
+    }
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_autoscaler_owns_the_count_and_every_budget_fits_its_minimum(overlay):
+    """No ``replicas`` where an HPA scales the Deployment (an apply would reset the scale). Each disruption
+    budget lets a drain proceed at the HPA's minimum, and keeps a pod up where the minimum is above one."""
+    scalers = _autoscaled(overlay)
+    deployments = _objects(overlay, "Deployment")
+    assert set(scalers) == set(deployments)
+    for name, deployment in deployments.items():
+        assert "replicas" not in deployment["spec"], name
+    for budget in _objects(overlay, "PodDisruptionBudget").values():
+        name = budget["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
+        low = scalers[name]["minReplicas"]
+        assert low <= scalers[name]["maxReplicas"], name
+        if "minAvailable" in budget["spec"]:
+            assert 1 <= budget["spec"]["minAvailable"] < low, (name, low)
+        else:
+            unavailable = budget["spec"]["maxUnavailable"]
+            assert unavailable >= 1 and (low == 1 or unavailable < low), (name, low)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_deployment_waits_before_stopping_and_its_grace_covers_the_drain(overlay):
+    """A preStop delay while endpoints drop the pod, then SIGTERM: the frontend's drain (its queries, at most
+    the default client deadline, plus gRPC's stop grace) fits in what is left of the grace period."""
+    for name, deployment in _objects(overlay, "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        (main,) = [c for c in pod["containers"] if c["name"] == name]
+        delay = main["lifecycle"]["preStop"]["sleep"]["seconds"]
+        assert delay >= 3, name
+        drain = (
+            float(_settings(overlay, name)["CODEDSERVE_FRONTEND_DEFAULT_DEADLINE_S"]) + 2 if name == "frontend" else 5
+        )
+        assert pod["terminationGracePeriodSeconds"] >= delay + drain, name
+
+
+@pytest.mark.parametrize("overlay", ["gpu", "gpu-tls", "gpu-gateway"])
+def test_every_metrics_port_is_scraped_by_a_pod_monitor_not_annotations(overlay):
+    monitors = _objects(overlay, "PodMonitor").values()
+    assert monitors
+    for name, deployment in _objects(overlay, "Deployment").items():
+        template = deployment["spec"]["template"]
+        assert not any(k.startswith("prometheus.io/") for k in template["metadata"].get("annotations", {})), name
+        labels = template["metadata"]["labels"]
+        ports = {p["name"] for c in template["spec"]["containers"] for p in c["ports"]}
+        assert "metrics" in ports, name
+        scraped = [m for m in monitors if _selects(m["spec"]["selector"], labels)]
+        assert [e["port"] for m in scraped for e in m["spec"]["podMetricsEndpoints"]] == ["metrics"], name
+    (dashboard,) = [
+        c for c in _objects(overlay, "ConfigMap").values() if c["metadata"]["name"] == "codedserve-dashboard"
+    ]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["codedserve-dashboard.json"])["panels"]
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    return all(labels.get(e["key"]) in e["values"] for e in selector.get("matchExpressions", []))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_frontend_pod_and_coding_pod_is_reachable_behind_a_headless_name(overlay):
+    """Clients that balance themselves dial the frontend's headless Service; the frontend dials the coding
+    services through theirs (dns:///, round_robin over every pod: service_common.channels)."""
+    services = _objects(overlay, "Service")
+    pods = services["frontend-pods"]["spec"]
+    assert pods["clusterIP"] == "None" and pods["selector"] == {"app.kubernetes.io/name": "frontend"}
+    assert {p["name"] for p in pods["ports"]} == {"grpc", "kserve"}
+    settings = _settings(overlay, "frontend")
+    for name in ("encoder", "decoder"):
+        assert services[name]["spec"]["clusterIP"] == "None"
+        assert settings[f"CODEDSERVE_FRONTEND_{name.upper()}_URL"] == f"dns:///{name}:{OURS[name]}"
+
+
+def test_the_gateway_overlay_routes_both_protocols_to_the_frontend_service():
+    """Gateway API objects have no schema in kubernetes-validate (a CRD): their references are checked here."""
+    (gateway,) = _objects("gpu-gateway", "Gateway").values()
+    (route,) = _objects("gpu-gateway", "GRPCRoute").values()
+    listeners = {listener["name"] for listener in gateway["spec"]["listeners"]}
+    assert all(
+        p["name"] == gateway["metadata"]["name"] and p["sectionName"] in listeners for p in route["spec"]["parentRefs"]
+    )
+    frontend = _objects("gpu-gateway", "Service")["frontend"]
+    ports = {p["port"]: p["name"] for p in frontend["spec"]["ports"]}
+    served = {
+        m["method"]["service"]: ref for r in route["spec"]["rules"] for m in r["matches"] for ref in r["backendRefs"]
+    }
+    assert {s: (ref["name"], ports[ref["port"]]) for s, ref in served.items()} == {
+        FRONTEND_SERVICE: ("frontend", "grpc"),
+        "inference.GRPCInferenceService": ("frontend", "kserve"),
+    }
+    assert "Gateway" not in {d["kind"] for d in _render("overlays/gpu")}
