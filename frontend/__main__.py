@@ -1,4 +1,7 @@
-"""python -m frontend: the client-facing coded-serving frontend (groups, deadlines, Triton dispatch)."""
+"""python -m frontend: the client-facing coded-serving frontend (groups, deadlines, Triton dispatch).
+
+Settings come from flags, over CODEDSERVE_FRONTEND_* variables, over a TOML file named by --config
+(CODEDSERVE_FRONTEND_CONFIG), over the built-in defaults. There is no default route."""
 
 from __future__ import annotations
 
@@ -6,14 +9,15 @@ import argparse
 import asyncio
 import functools
 import logging
-from collections.abc import Mapping
-from typing import Any
+import os
+from collections.abc import Mapping, Sequence
 
 from frontend.app.config import FrontendConfig
+from frontend.app.config_file import ROUTE_KEY, deadline_policy, file_routes
 from frontend.app.server import create_server
 from frontend.core.deadlines import DeadlinePolicy
 from frontend.core.faults import FaultPlan, parse_fault_metadata
-from frontend.core.routes import RouteError, parse_route
+from frontend.core.routes import Route, RouteError, parse_route
 from frontend.dataplane.batching import DEFAULT_ESTIMATE_MAX_AGE_S
 from service_common import event_loop
 from service_common.channels import DEFAULT_RECONNECT_BACKOFF_MS
@@ -24,33 +28,61 @@ from service_common.cli import (
     add_common_flags,
     client_tls_from_args,
     common_config,
-    legacy_name,
+    env_name,
     new_parser,
 )
+from service_common.config_file import ConfigFile, ConfigFileError, load_config_file
 from service_common.logs import setup_logging
 from service_common.metrics import serve_metrics
 from service_common.server import BindError, wait_for_signal
 from service_common.tls import describe
 
 log = logging.getLogger("frontend")
+CONFIG_ENV = env_name("frontend", "--config")
+NO_ROUTE = (
+    f"no route: give --route MODEL=SCHEME[:key=value,...], {env_name('frontend', '--route', True)}, or "
+    f"[[route]] tables in a --config file ({CONFIG_ENV})"
+)
 
 
-def parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
-    """Every flag, each also a ``CODEDSERVE_FRONTEND_*`` variable (``--help`` names them)."""
-    return _flags(environ).parser
+def parser(environ: Mapping[str, str] | None = None, config: str | None = None) -> argparse.ArgumentParser:
+    """Every flag, each also a ``CODEDSERVE_FRONTEND_*`` variable (``--help`` names them) and a key of the
+    configuration file ``config`` (None: the one ``CODEDSERVE_FRONTEND_CONFIG`` names, if any). Raises
+    ConfigFileError naming the file, the key and the problem."""
+    environ = os.environ if environ is None else environ
+    path = config or environ.get(CONFIG_ENV, "")
+    return _flags(environ, load_config_file(path) if path else None).parser
 
 
-def _flags(environ: Mapping[str, str] | None = None) -> Flags:
-    flags = Flags(new_parser("python -m frontend", __doc__), "frontend", environ)
+def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> argparse.Namespace:
+    """The command line ``argv`` (None: sys.argv's) over ``environ`` over the ``--config`` file it names;
+    a bad file exits naming the file, the key and the problem."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config")
+    config = pre.parse_known_args(argv)[0].config
+    try:
+        return parser(environ, config).parse_args(argv)
+    except ConfigFileError as exc:
+        raise SystemExit(f"frontend: bad configuration: {exc}") from None
+
+
+def _flags(environ: Mapping[str, str], file: ConfigFile | None) -> Flags:
+    flags = Flags(new_parser("python -m frontend", __doc__), "frontend", environ, file)
     add = flags.add
-    add_common_flags(flags, default_port=8100, legacy=True)
+    add(
+        "--config",
+        metavar="FILE",
+        in_file=False,
+        help="a TOML file of settings: any flag by its name without '--', and [[route]] tables (each with its "
+        "own deadlines if it sets them); variables and flags override it (docs/configuration.md)",
+    )
+    add_common_flags(flags, default_port=8100)
     add("--kserve-address", help="also serve Triton's KServe v2 gRPC protocol (tritonclient, perf_analyzer) here")
     _triton_flags(flags)
     add(
         "--coding",
         choices=("services", "local"),
         default="services",
-        deprecated=[legacy_name("--coding")],
         help="where groups are encoded and decoded: the encoder/decoder services, or the same coding library "
         "inside the frontend (no hop; for cheap encoders)",
     )
@@ -66,23 +98,21 @@ def _flags(environ: Mapping[str, str] | None = None) -> Flags:
         "--encoder",
         default="127.0.0.1:8101",
         help="the encoder service's host:port",
-        deprecated=["CODEDSERVE_ENCODER_ADDRESS"],
     )
     add(
         "--decoder-url",
         "--decoder",
         default="127.0.0.1:8102",
         help="the decoder service's host:port",
-        deprecated=["CODEDSERVE_DECODER_ADDRESS"],
     )
     add(
         "--route",
         repeat=True,
         sep=";",
-        default=["mnist_cnn=parm:k=2,encoder=concat"],
-        deprecated=[legacy_name("--route", True)],
+        in_file=False,  # the file's [[route]] tables: frontend.app.config_file
         help="MODEL=SCHEME[:key=value,...], e.g. mnist_cnn=parm:k=2,encoder=concat or mnist_cnn=none; "
-        "repeatable (in the variable: ';'-separated)",
+        "repeatable (in the variable: ';'-separated). Replaces the --config file's routes; no default: a route "
+        "must come from one of the three",
     )
     _deadline_flags(flags)
     add("--default-deadline-s", type=float, default=5.0, help="deadline for clients that set none")
@@ -127,6 +157,8 @@ def _flags(environ: Mapping[str, str] | None = None) -> Flags:
     add_client_tls_flags(flags)
     _health_flags(flags)
     _fault_flags(flags)
+    flags.check_file(elsewhere=[ROUTE_KEY])
+    flags.parser.set_defaults(config_file=file, flag_settings=flags.settings)
     return flags
 
 
@@ -162,7 +194,6 @@ def _triton_flags(flags: Flags) -> None:
     add(
         "--triton-url",
         repeat=True,
-        deprecated=[legacy_name("--triton-url", True)],
         help="Triton gRPC host:port; repeat for several instances (127.0.0.1:8001 when no --triton-dns)",
     )
     add("--parity-triton-url", repeat=True, help="Triton instance(s) for the parity models (default: --triton-url's)")
@@ -178,7 +209,6 @@ def _triton_flags(flags: Flags) -> None:
         "--batch-inflight",
         type=int,
         default=1,
-        deprecated=[legacy_name("--batch-inflight")],
         help="ModelInfer calls in flight per Triton instance and model; calls that queue meanwhile leave together "
         "as one batch",
     )
@@ -192,9 +222,8 @@ def _triton_flags(flags: Flags) -> None:
 
 
 def _deadline_flags(flags: Flags) -> None:
-    def add(flag: str, help: str, **kwargs: Any) -> None:  # every deadline flag had a CODEDSERVE_<FLAG> variable
-        flags.add(flag, help=help, deprecated=[legacy_name(flag)], **kwargs)
-
+    """The frontend's deadlines (frontend.core.deadlines); a route of the --config file may set its own."""
+    add = flags.add
     add(
         "--straggler-timeout-ms",
         type=float,
@@ -267,21 +296,14 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
             _worker_faults(args.inject_worker_faults),
         )
         triton_tls, coding_tls = client_tls_from_args(args)
+        deadlines = deadline_policy(vars(args))
         return FrontendConfig(
             address=common.address,
             triton_urls=tuple(urls),
             encoder_address=args.encoder_url,
             decoder_address=args.decoder_url,
-            routes=tuple(parse_route(r) for r in args.route),
-            deadlines=DeadlinePolicy(
-                straggler_ms=args.straggler_timeout_ms,
-                straggler_quantile=args.straggler_quantile,
-                straggler_floor_ms=args.straggler_floor_ms,
-                fill_ms=args.fill_timeout_ms,
-                adaptive_fill=args.adaptive_fill,
-                fill_floor_ms=args.fill_floor_ms,
-                resend_ms=args.resend_after_ms,
-            ),
+            routes=_routes(args, deadlines),
+            deadlines=deadlines,
             batch_inflight=args.batch_inflight,
             triton_transport=args.triton_transport,
             default_deadline_s=args.default_deadline_s,
@@ -320,6 +342,16 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
         raise SystemExit(f"frontend: bad configuration: {exc}") from exc
 
 
+def _routes(args: argparse.Namespace, deadlines: DeadlinePolicy) -> tuple[Route, ...]:
+    """--route / CODEDSERVE_FRONTEND_ROUTES if given, else the --config file's; none at all is an error."""
+    if args.route:
+        return tuple(parse_route(r) for r in args.route)
+    routes = tuple(r.resolve(deadlines) for r in file_routes(getattr(args, "config_file", None), args.flag_settings))
+    if not routes:
+        raise ValueError(NO_ROUTE)
+    return routes
+
+
 def _worker_faults(text: str) -> tuple[tuple[int, str], ...]:
     """``3=delay=3000,5=corrupt`` -> ((3, "delay=3000"), (5, "corrupt")), each fault checked."""
     pinned = []
@@ -351,7 +383,7 @@ async def _main(config: FrontendConfig) -> None:
 
 
 def main() -> None:
-    config = config_from_args(parser().parse_args())
+    config = config_from_args(parse())
     setup_logging(config.log_level, config.log_format)
     try:
         serve_metrics(config.metrics_port, config.metrics_address)

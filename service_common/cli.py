@@ -4,15 +4,15 @@ Naming: a flag ``--some-thing`` of service S reads ``CODEDSERVE_<S>_SOME_THING``
 ENCODER, DECODER), with an ``S`` appended for a repeatable flag (``--route`` -> ``..._ROUTES``, a
 comma- or ``;``-separated list). The one exception is a setting the three services must agree on,
 which has one name without a service: ``--scheme-module`` -> ``CODEDSERVE_SCHEME_MODULES``. A flag on
-the command line wins over its variable; an empty variable counts as unset. ``--help`` shows each
-flag's variable and its built-in default. Old names keep working for a while, with a warning.
+the command line wins over its variable, a variable over a configuration file's key of the same name
+(:mod:`service_common.config_file`; the frontend's ``--config``); an empty variable counts as unset.
+``--help`` shows each flag's variable and its built-in default.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +20,7 @@ from typing import Any
 
 from coding.errors import CodingError
 from coding.schemes import load_scheme_modules
+from service_common.config_file import ConfigFile, ConfigFileError, file_value, unknown_key
 from service_common.event_loop import DEFAULT_LOOP, LOOPS
 from service_common.logs import LOG_FORMATS
 from service_common.tls import (
@@ -32,8 +33,6 @@ from service_common.tls import (
     server_tls,
 )
 
-log = logging.getLogger(__name__)
-
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 PREFIX = "CODEDSERVE"
 SHARED_SCHEME_MODULES = f"{PREFIX}_SCHEME_MODULES"
@@ -43,11 +42,6 @@ _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 def env_name(service: str, flag: str, repeatable: bool = False) -> str:
     """``("frontend", "--triton-url", True)`` -> ``CODEDSERVE_FRONTEND_TRITON_URLS``."""
     return f"{PREFIX}_{service.upper()}_{_upper(flag, repeatable)}"
-
-
-def legacy_name(flag: str, repeatable: bool = False) -> str:
-    """The frontend's old, service-less name of a flag's variable: ``--route`` -> ``CODEDSERVE_ROUTES``."""
-    return f"{PREFIX}_{_upper(flag, repeatable)}"
 
 
 def _upper(flag: str, repeatable: bool) -> str:
@@ -84,25 +78,45 @@ class _Repeat(argparse.Action):
 
 @dataclass(frozen=True)
 class Setting:
-    """One declared flag: its variable, its built-in default, the deprecated names it still reads."""
+    """One declared flag: its variable, its built-in default, and its kind of value (what a configuration
+    file's value for it is checked against: :func:`service_common.config_file.file_value`)."""
 
     dest: str
     env: str
     default: Any
-    deprecated: tuple[str, ...] = ()
+    type: Callable[[str], Any] = str
+    switch: bool = False
+    repeat: bool = False
+    choices: Sequence[Any] | None = None
+    flag: str = ""  # its name, e.g. --triton-url; a configuration file's key is this without the dashes
+    in_file: bool = True  # whether a configuration file may set it
+
+    def from_file(self, value: Any) -> Any:
+        """The flag's value from a configuration file's TOML value (ValueError naming what was expected)."""
+        return file_value(value, self.type, switch=self.switch, repeat=self.repeat, choices=self.choices)
 
 
 class Flags:
-    """Declares flags on ``parser`` whose defaults come from ``CODEDSERVE_<SERVICE>_*`` variables.
+    """Declares flags on ``parser`` whose defaults come from ``CODEDSERVE_<SERVICE>_*`` variables, else from
+    ``file`` (a configuration file: each key a flag's name without its dashes), else the built-in default.
 
     ``settings`` (dest -> :class:`Setting`) is what tests and docs read to know every flag's variable.
-    A variable that does not parse fails at once with its name and value (SystemExit).
+    A variable that does not parse fails at once with its name and value (SystemExit); a file's value of the
+    wrong type raises :class:`ConfigFileError` naming the file and the key (so does a key no flag has:
+    :meth:`check_file`, once every flag is declared).
     """
 
-    def __init__(self, parser: argparse.ArgumentParser, service: str, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        parser: argparse.ArgumentParser,
+        service: str,
+        environ: Mapping[str, str] | None = None,
+        file: ConfigFile | None = None,
+    ) -> None:
         self.parser = parser
         self.service = service
         self.environ = os.environ if environ is None else environ
+        self.file = file
         self.settings: dict[str, Setting] = {}
 
     def add(
@@ -116,15 +130,19 @@ class Flags:
         repeat: bool = False,
         sep: str = ",",
         env: str | None = None,
-        deprecated: Sequence[str] = (),
         group: Any = None,
         metavar: str | None = None,
+        in_file: bool = True,
     ) -> None:
         """One flag. ``switch``: a boolean (``--x``/``--no-x``); ``repeat``: repeatable, a list, in the
-        variable ``sep``-separated (``;`` is always accepted: values with commas, such as routes, need it)."""
+        variable ``sep``-separated (``;`` is always accepted: values with commas, such as routes, need it).
+        ``in_file``: a configuration file's key of the flag's name sets it (below its variable)."""
         var = env or env_name(self.service, names[0], repeat)
         dest = names[0].lstrip("-").replace("-", "_")
-        value = self._from_env(var, tuple(deprecated), type, switch, sep if repeat else "", choices)
+        setting = Setting(dest, var, default, type, switch, repeat, choices, names[0], in_file)
+        value = self._from_env(var, type, switch, sep if repeat else "", choices)
+        if value is None and in_file:
+            value = self._from_file(setting)
         shown = "unset" if default in (None, "", [], ()) else default
         text = f"{help} [env {var}; default: {shown}"
         text += f"; set now: {value!r}]" if value is not None else "]"
@@ -138,22 +156,36 @@ class Flags:
                 kwargs["action"] = _Repeat
         fallback = [] if repeat and default is None else default
         target.add_argument(*names, default=fallback if value is None else value, **kwargs)
-        self.settings[dest] = Setting(dest, var, default, tuple(deprecated))
+        self.settings[dest] = setting
+
+    def _from_file(self, setting: Setting) -> Any:
+        key = setting.flag.lstrip("-")
+        if self.file is None or key not in self.file.values:
+            return None
+        try:
+            return setting.from_file(self.file.values[key])
+        except ValueError as exc:
+            raise ConfigFileError(self.file.path, key, str(exc)) from None
+
+    def check_file(self, elsewhere: Sequence[str] = ()) -> None:
+        """Every key of the file is a flag's name (or one of ``elsewhere``, keys the caller reads itself);
+        raises :class:`ConfigFileError` naming the first that is not."""
+        if self.file is None:
+            return
+        known = {s.flag.lstrip("-") for s in self.settings.values() if s.in_file} | set(elsewhere)
+        for key in self.file.values:
+            if key not in known:
+                raise unknown_key(self.file.path, key, known)
 
     def _from_env(
         self,
         var: str,
-        deprecated: tuple[str, ...],
         convert: Callable[[str], Any],
         switch: bool,
         sep: str,
         choices: Sequence[Any] | None,
     ) -> Any:
         name, raw = var, self.environ.get(var, "")
-        for old in deprecated:
-            if not raw and self.environ.get(old, ""):
-                name, raw = old, self.environ[old]
-                log.warning("%s is deprecated and will be removed: set %s instead", old, var)
         if not raw:
             return None
         try:
@@ -191,10 +223,9 @@ class ServiceConfig:
     log_format: str = "text"  # "text" or "json": one JSON object per line (service_common.logs)
 
 
-def add_common_flags(flags: Flags, default_port: int, legacy: bool = False) -> None:
+def add_common_flags(flags: Flags, default_port: int) -> None:
     """The flags every service has: listen address, health port, metrics, message limit, log level, scheme
-    modules, TLS.
-    ``legacy``: also read the old service-less name of the log level (the frontend's was CODEDSERVE_LOG_LEVEL)."""
+    modules, TLS."""
     flags.add(
         "--address",
         default=f"127.0.0.1:{default_port}",
@@ -214,9 +245,7 @@ def add_common_flags(flags: Flags, default_port: int, legacy: bool = False) -> N
         default=DEFAULT_MAX_MESSAGE_BYTES,
         help="largest gRPC message accepted or sent; bigger ones get RESOURCE_EXHAUSTED",
     )
-    flags.add(
-        "--log-level", default="INFO", help="logging level", deprecated=[legacy_name("--log-level")] if legacy else []
-    )
+    flags.add("--log-level", default="INFO", help="logging level")
     flags.add(
         "--log-format",
         choices=LOG_FORMATS,

@@ -95,7 +95,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         ready = server is not None and server.signature is not None
         if self._health is not None:  # False while no ready Triton instance serves a data slot's model
             ready = ready and self._health.answerable(request.name)
-        if ready and request.version:
+        if ready and request.version and server is not None:
             try:
                 ready = request.version == _served_version(server, await self._info(request.name, context))
             except ServiceError:

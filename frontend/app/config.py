@@ -67,9 +67,9 @@ class FrontendConfig:
     def __post_init__(self) -> None:
         self._check_discovery()
         if not self.triton_urls:
-            raise ValueError("at least one Triton URL is needed (--triton-url / CODEDSERVE_TRITON_URLS)")
+            raise ValueError("at least one Triton URL is needed (--triton-url / CODEDSERVE_FRONTEND_TRITON_URLS)")
         if not self.routes:
-            raise ValueError("at least one route is needed (--route / CODEDSERVE_ROUTES)")
+            raise ValueError("at least one route is needed (--route / CODEDSERVE_FRONTEND_ROUTES / --config)")
         names = [r.model for r in self.routes]
         if len(set(names)) != len(names):
             raise ValueError(f"a model is routed twice: {names}")

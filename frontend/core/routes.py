@@ -8,6 +8,7 @@ from functools import cached_property
 from coding.errors import CodingError
 from coding.scheme import Scheme, Uncoded, group_size
 from coding.schemes import get_scheme
+from frontend.core.deadlines import DeadlinePolicy
 
 UNCODED = "none"
 BASELINES = (UNCODED, "replicate", "hedge")  # uncoded ways to serve a model, judged against the codes
@@ -61,6 +62,7 @@ class Route:
     code: Scheme = field(default_factory=Uncoded)
     code_k: int = 1  # the k the scheme was built with (COIN: its members), as the coding services rebuild it
     decode: str = "deadline"  # when a systematic code decodes an absent output: see DECODE_POLICIES
+    deadlines: DeadlinePolicy | None = None  # the route's own straggler/fill settings; None: the frontend's
 
     @property
     def coded(self) -> bool:
@@ -105,16 +107,26 @@ def parse_route(text: str) -> Route:
     scheme, _, opts = rest.partition(":")
     params = dict(_kv(item, text) for item in opts.split(",") if item)
     try:
+        return build_route(model, scheme, params)
+    except ValueError as exc:
+        raise ValueError(f"route {text!r}: {exc}") from exc
+
+
+def build_route(model: str, scheme: str, params: dict[str, str]) -> Route:
+    """The route of ``model`` by ``scheme`` with ``params``, the options of :func:`parse_route` (``k`` among
+    them), checked now, not at the first query; raises ValueError naming what is wrong."""
+    params = dict(params)
+    try:
         if scheme in BASELINES:
             members = tuple(m for m in params.pop("members", "").split("+") if m)
             baseline = Uncoded(scheme, members)
             return Route(model, scheme, dispatch=_baseline_dispatch(scheme, params), code=baseline)
         k = int(params.pop("k", "2"))
         decode = params.pop("decode", "deadline")
-        code = get_scheme(scheme, k, params)  # validates scheme, k and params now, not at the first query
+        code = get_scheme(scheme, k, params)
         _check_decode(decode, code)
-    except (CodingError, ValueError) as exc:
-        raise ValueError(f"route {text!r}: {exc}") from exc
+    except CodingError as exc:
+        raise ValueError(str(exc)) from exc
     # k is the queries per group, whatever the scheme was told (collage: s² from its s).
     return Route(model, scheme, group_size(code), tuple(sorted(params.items())), code=code, code_k=k, decode=decode)
 

@@ -375,7 +375,7 @@ class Dataplane:
 
     def _server(self, route: Route, policy: DeadlinePolicy) -> ModelServer:
         dispatcher = Dispatcher(self.pool, self.placer, route.dispatch)
-        deadlines = RouteDeadlines(policy, dispatcher.latency, group_size(route.code))
+        deadlines = RouteDeadlines(route.deadlines or policy, dispatcher.latency, group_size(route.code))
         return ModelServer(route, self.pool, self.placer, dispatcher, self.coders, deadlines)
 
     @property

@@ -13,7 +13,12 @@ import frontend.__main__ as frontend_main
 from service_common import event_loop
 from service_common.cli import common_config
 
-PARSERS = {"frontend": frontend_main.parser, "encoder": encoder_main.parser, "decoder": decoder_main.parser}
+ROUTED = {"CODEDSERVE_FRONTEND_ROUTES": "mnist_cnn=none"}  # the frontend has no default route
+PARSERS = {
+    "frontend": lambda env: frontend_main.parser({**ROUTED, **env}),
+    "encoder": encoder_main.parser,
+    "decoder": decoder_main.parser,
+}
 
 
 async def _loop_type() -> type:

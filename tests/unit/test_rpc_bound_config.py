@@ -13,7 +13,7 @@ VARIABLE = "CODEDSERVE_FRONTEND_MAX_CONCURRENT_RPCS"
 
 
 def _bound(argv: list[str], environ: dict[str, str] | None = None) -> int | None:
-    return config_from_args(parser(environ or {}).parse_args(argv)).rpc_bound
+    return config_from_args(parser(environ or {}).parse_args(["--route", "m=none", *argv])).rpc_bound
 
 
 @pytest.mark.parametrize(

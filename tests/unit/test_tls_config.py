@@ -26,7 +26,9 @@ def _encoder(argv: list[str], environ: dict[str, str] | None = None):
 
 
 def _frontend(argv: list[str]):
-    return frontend_main.config_from_args(frontend_main.parser({}).parse_args(["--coding", "local", *argv]))
+    return frontend_main.config_from_args(
+        frontend_main.parser({}).parse_args(["--coding", "local", "--route", "m=none", *argv])
+    )
 
 
 def test_tls_is_off_by_default_everywhere():
