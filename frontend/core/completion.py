@@ -6,7 +6,7 @@ layer (pool, dispatcher, coordinator) wraps the callback it was given instead of
 A callback is never called from inside the ``send`` that was given it (always on a later turn), so a
 caller may send and then update its own state. Why callbacks: every task step or future callback is
 one more callback the event loop runs per query, and in a grpc.aio server each costs more than its
-Python (``bench.handler_cost`` counts them; docs/kserve.md). Callers that want to await use
+Python (``bench.handler_cost`` counts them; bench/results/history-kserve.md). Callers that want to await use
 :func:`awaited`.
 
 The answer path. A call goes down ``ModelServer._infer`` -> ``Dispatcher.dispatch`` -> ``Pool.send`` ->

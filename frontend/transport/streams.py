@@ -2,7 +2,7 @@
 
 A unary gRPC call from Python costs more than a message on an open stream, on both sides (in an ad-hoc
 grpc.aio ping-pong on the 2-core development machine, 2026-12-02: 450-550 us against 170-210 us of client
-CPU, 560-710 against 160-210 on the server; in the stack, docs/kserve.md). The frontend keeps one
+CPU, 560-710 against 160-210 on the server; in the stack, bench/results/history-kserve.md). The frontend keeps one
 stream open per coding service (EncodeStream, DecodeStream) and, with ``--triton-transport stream``, one
 per Triton instance (ModelStreamInfer). The stream opens on first use and again after it breaks; a break
 fails only the calls that were on it, as a failed call would (``grpc.aio.AioRpcError``, so callers handle
