@@ -1,5 +1,5 @@
-"""How long queries keep failing after a dependency comes back (issue 14: "reconnects come back within
-a second of the dependency").
+"""How long queries keep failing after a dependency comes back (the promise that "reconnects come back
+within a second of the dependency").
 
 For each dependency (Triton, the encoder, the decoder), in turn: stop it while queries keep coming
 (every 10 ms: a channel with no calls does not back off, it reconnects at the next call), start it again

@@ -10,7 +10,7 @@ the locator, without it, and with the attackers known (oracle).
 
     python -m export.eval_approxifer --out docs/approxifer_results
 
-``--models fashion_resnet fashion_cnn_mixup ...`` evaluates other deployed models (issue 15's variants; the dataset
+``--models fashion_resnet fashion_cnn_mixup ...`` evaluates other deployed models (gpu15's variants; the dataset
 is the name's prefix) on the same trials as their dataset's ``*_cnn`` (the draws depend on the dataset alone).
 """
 

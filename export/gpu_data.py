@@ -1,11 +1,11 @@
-"""The datasets' IDX files, carried to the lent GPU machine in parts small enough for its working-tree limit.
+"""The datasets' IDX files, carried in parts to a GPU machine that receives the working tree with a size limit.
 
-The device tool sends the working tree (tracked files, ~43 MiB here) plus the carried paths, 64 MiB in all: the
+A remote run sends the working tree (tracked files, ~43 MiB here) plus the carried paths, 64 MiB in all: the
 four datasets' files (110 MB; 36 MB as xz) do not fit beside the tree in one call. ``pack`` (here) splits every
 file into pieces, compresses each with xz and bins them into parts ``data/gpu15/part1``, ``part2``, ... that each
-fit; each device call carries one part and ``stage`` (there) unpacks what it finds into ``data/`` and rebuilds every
-file whose pieces have all arrived, checked against ``export.datasets.SHA256``. Parts already staged stay on a warm
-device machine (ignored files are kept between calls), so consecutive calls add up.
+fit; each remote command carries one part and ``stage`` (there) unpacks what it finds into ``data/`` and rebuilds every
+file whose pieces have all arrived, checked against ``export.datasets.SHA256``. Parts already staged stay on the same
+machine (ignored files are kept between commands), so consecutive calls add up.
 
     python -m export.gpu_data pack            # here; prints the calls to make
     python -m export.gpu_data stage           # there, in every call
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from export import datasets
 
-TREE_LIMIT = 64 * 2**20  # the device tool's working tree + carried paths
+TREE_LIMIT = 64 * 2**20  # a remote run's working tree + carried paths
 MARGIN = 2 * 2**20  # room left for files the tree gains before the call
 PIECE_RAW = 12 * 2**20  # raw bytes per piece: about 6 MB of xz for Fashion-MNIST, so parts pack tightly
 INDEX = "index.json"
@@ -36,7 +36,7 @@ def _sha(data: bytes) -> str:
 
 
 def tree_bytes(repo: Path) -> int:
-    """Bytes the device tool sends besides the carried paths: tracked files and untracked files git does not ignore."""
+    """Bytes a remote run sends besides the carried paths: tracked files and untracked files git does not ignore."""
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=repo,

@@ -1,5 +1,5 @@
 """The small CNN used both as the deployed model and as the ParM parity model (ParM keeps the architecture), and
-a small ResNet (issue 15: a stronger deployed model, and parity models with more capacity than the CNN's).
+a small ResNet (a stronger deployed model, and parity models with more capacity than the CNN's).
 
 Input: float32 pixels in [0, 1] (a parity model gets the encoder's output instead), shape ``(B, C, H, W)``
 (the built-in models' ``(B, 1, 28, 28)``); the model normalizes inside with constants fitted on its training

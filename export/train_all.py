@@ -3,10 +3,10 @@
 
 Profiles: ``tiny`` (a smoke test, seconds), ``cpu`` (what is committed without a GPU: both datasets in about
 25 minutes on a 2-core CPU), ``full`` (the GPU recipe: long schedules bounded by ``--time-budget-s``, which is
-shared out evenly over the models in turn; also runs on CPU with a small budget), ``gpu15`` (issue 15's GPU
-recipe, run by export/gpu_issue15.sh: a ResNet deployed model, mixup variants, ResNet parity models for the
-committed CNNs and for the ResNet; every model under its own name, none replaces a committed deployed model),
-``tiny15`` (gpu15's variants at the tiny profile's size, a smoke test), ``cpu15`` (issue 15 on a 2-core CPU, as run:
+shared out evenly over the models in turn; also runs on CPU with a small budget), ``gpu15`` (the stronger models' GPU
+recipe, run by export/gpu_train_evaluate.sh: a ResNet deployed model, mixup variants, ResNet parity models
+for the committed CNNs and for the ResNet; every model under its own name, none replaces a committed deployed model),
+``tiny15`` (gpu15's variants at the tiny profile's size, a smoke test), ``cpu15`` (the same on a 2-core CPU, as run:
 the Fashion-MNIST CNN with mixup beside its standard twin, and CNN parity models for the committed fashion_cnn),
 ``cpu15b`` (its follow-up, as run: the CNN with label smoothing 0.1, and the CNN trained for 10 epochs),
 ``cpu15c`` (ParM at the ApproxIFER K = 8, 10, 12 on a 2-core CPU, as run: wide CNN parity models for the committed
@@ -82,7 +82,7 @@ class Variant:
 
 
 def _fashion_deployed(name: str, deployed: TrainConfig | None = None) -> Variant:
-    """A deployed Fashion-MNIST model alone (no parity models): issue 15's ApproxIFER variants."""
+    """A deployed Fashion-MNIST model alone (no parity models): the ApproxIFER comparison's variants."""
     return Variant(name, deployed, codes=(), datasets=("fashion",))
 
 
@@ -103,7 +103,7 @@ class Profile:
 
 
 def _gpu15(deployed: TrainConfig, parity: TrainConfig, **profile) -> Profile:
-    """Issue 15's variants around a deployed and a parity recipe (the GPU's or, for the smoke test, the tiny's).
+    """The variants around a deployed and a parity recipe (the GPU's or, for the smoke test, the tiny's).
 
     Fashion-MNIST: the mixup models beside the standard ones (ApproxIFER rows), a ResNet deployed model with ResNet
     parity models warm-started from it (k = 3, 4 and the ApproxIFER K = 8, 10, 12), and ResNet parity models for
@@ -135,7 +135,7 @@ def _gpu15(deployed: TrainConfig, parity: TrainConfig, **profile) -> Profile:
 
 
 def _cpu15(deployed: TrainConfig, parity: TrainConfig, **profile) -> Profile:
-    """Issue 15 on a 2-core CPU: ``fashion_cnn_mixup`` (mixup, alpha 1) beside ``fashion_cnn_std``, its standard
+    """On a 2-core CPU: ``fashion_cnn_mixup`` (mixup, alpha 1) beside ``fashion_cnn_std``, its standard
     twin on the same CPU recipe and budget (ApproxIFER rows), and CNN parity models warm-started from the committed
     ``fashion_cnn`` with the helping term at weight 2.0 (k = 3, 4; under spec's names, so a winner can replace a
     served model). As run: two invocations side by side, one torch thread each (``--variants cnn_mixup,cnn_std``
@@ -156,7 +156,7 @@ def _cpu15(deployed: TrainConfig, parity: TrainConfig, **profile) -> Profile:
 
 
 def _cpu15b(deployed: TrainConfig, **profile) -> Profile:
-    """Issue 15 on a 2-core CPU, the follow-up to ``cpu15`` (as run): does a less over-confident deployed CNN
+    """On a 2-core CPU, the follow-up to ``cpu15`` (as run): does a less over-confident deployed CNN
     decode better under ApproxIFER? Deployed Fashion-MNIST models only, the committed CNN's architecture and
     recipe: ``fashion_cnn_ls`` (label smoothing 0.1) and ``fashion_cnn_short`` (a fixed 10 epochs, the cosine
     over those). As run: two invocations side by side, one torch thread each (``--variants cnn_ls`` and
@@ -214,7 +214,7 @@ def _recipes_cpu(parity: TrainConfig, **profile) -> Profile:
 
 
 def _cpu15d(deployed: TrainConfig, **profile) -> Profile:
-    """Issue 15 on a 2-core CPU, after ``cpu15b`` (as run): is ``fashion_cnn_short``'s 10 epochs the best length, and
+    """On a 2-core CPU, after ``cpu15b`` (as run): is ``fashion_cnn_short``'s 10 epochs the best length, and
     how much of its ApproxIFER row is its seed? Deployed Fashion-MNIST CNNs only, the committed architecture and
     recipe with a fixed number of epochs (the cosine over them): ``fashion_cnn_e8`` (8), ``fashion_cnn_e12`` (12)
     and ``fashion_cnn_short_s1`` (10, seed 1: another initialisation, batch order and validation split), then
@@ -257,8 +257,8 @@ PROFILES = {
         time_budget_s=360.0,
     ),
     # 15 models in 400 s of training on an H200, 27 s each (the `full` run: 33 s per model, 7 s of other work for
-    # 12); with start-up, exports and the ApproxIFER evaluation beside it (CPU), export/gpu_issue15.sh ends inside
-    # one 560 s device command.
+    # 12); with start-up, exports and the ApproxIFER evaluation beside it (CPU), export/gpu_train_evaluate.sh ends
+    # inside one 560 s command.
     "gpu15": _gpu15(
         TrainConfig(epochs=60, batch_size=256),
         TrainConfig(epochs=400, batch_size=256),

@@ -1,7 +1,7 @@
-"""Issue 15's training options, the gpu15, cpu15, cpu15b, cpu15c and cpu15d profiles' names, the dataset parts
+"""The export recipes' training options, the gpu15, cpu15, cpu15b, cpu15c and cpu15d profiles' names, the dataset parts
 for the GPU machine, and the tables.
 
-Synthetic data (seconds, no dataset); the whole recipe end to end is ``export/gpu_issue15.sh`` with the tiny15
+Synthetic data (seconds, no dataset); the whole recipe end to end is ``export/gpu_train_evaluate.sh`` with the tiny15
 profile (its header says how).
 """
 

@@ -1,27 +1,30 @@
 #!/usr/bin/env bash
-# Issue 15 on a lent GPU machine: train the gpu15 profile (export/train_all.py), export it into a fresh model
-# repository, evaluate ParM (export.accuracy_table) and ApproxIFER (export.eval_approxifer, K = 8/10/12 and the
-# S = 2, 3 rows, new deployed models next to the committed fashion_cnn / mnist_cnn on the same trials), and leave
-# the logs, the results and the models under $OUT so that they come back in the same call.
+# Trains the gpu15 profile on a GPU and evaluates it: `python -m export.train_all --profile gpu15` into a fresh
+# model repository, then ParM (export.accuracy_table) and ApproxIFER (export.eval_approxifer, K = 8/10/12 and the
+# S = 2, 3 rows, the new deployed models next to the committed fashion_cnn / mnist_cnn on the same trials), and
+# leaves the logs, the results and the models under $OUT.
 #
-# The datasets do not fit in one call beside the working tree (export/gpu_data.py), so two calls, back to back:
-#   0. here, once:   bash export/gpu_issue15.sh pack      (writes data/gpu15/part1, part2; ~3 min of xz on 1 core)
-#   1. run tool:     command "bash export/gpu_issue15.sh stage", carry ["data/gpu15/part1"], timeout_s 120
-#   2. at once (the machine goes back 30 s after a call): command "bash export/gpu_issue15.sh run",
-#                    carry ["data/gpu15/part2"], timeout_s 560
-#      (if `pack` printed more parts: a `stage` call for each but the last, the last one with `run`)
-# A call 2 on a fresh machine (call 1's files gone) stops within seconds, naming the missing files: redo 1 and 2.
-# What comes back: log.txt, summary.md (every table), results.json (train_all: configs, curves, metrics),
+# On a GPU machine with a checkout of this repository and the datasets in data/ (export/datasets.py):
+#     OUT=/tmp/gpu15-out bash export/gpu_train_evaluate.sh run
+# On a machine that receives the working tree with a size limit (64 MiB with the paths sent beside it; see
+# export/gpu_data.py), send the datasets in parts, one per command, all on the same machine and back to back:
+#   0. here, once:                 bash export/gpu_train_evaluate.sh pack   (writes data/gpu15/part1, part2; ~3 min of xz on 1 core)
+#   1. there, with data/gpu15/part1: bash export/gpu_train_evaluate.sh stage  (about 2 minutes)
+#   2. there, with data/gpu15/part2: bash export/gpu_train_evaluate.sh run    (give it 560 s)
+#      (if `pack` printed more parts: `stage` with each but the last, `run` with the last one)
+# A `run` on a machine where the earlier parts are not staged stops within seconds, naming the missing files:
+# stage them again, then run.
+# What it leaves under $OUT: log.txt, summary.md (every table), results.json (train_all: configs, curves, metrics),
 # approxifer.json, models.tar.part-aa.. (cat them | tar x: the new models and their manifest.json).
 #
-# Settings (environment): PYTHON (default: .venv/bin/python here, python3 there), GPU15_PROFILE (gpu15;
+# Settings (environment): PYTHON (default: .venv/bin/python if there is one, else python3), GPU15_PROFILE (gpu15;
 # tiny15 = the smoke test: 1,000 images per split, one epoch), GPU15_TRAIN_S (training seconds, default the
-# profile's: 400), GPU15_DEADLINE_S (540: the whole run, inside the call's 560), GPU15_TRIALS (800 ApproxIFER
+# profile's: 400), GPU15_DEADLINE_S (540: the whole run, inside 560 s), GPU15_TRIALS (800 ApproxIFER
 # trials per row), GPU15_EVAL_THREADS (onnxruntime threads per evaluation; 2 for the committed pair, 3 for each of
 # the 3 new models), GPU15_DEVICE (auto), GPU15_WORK (/tmp/gpu15), OUT (where the results go).
 # The CPU smoke test (about 5 minutes on one core):
 #   OUT=/tmp/gpu15-out GPU15_PROFILE=tiny15 GPU15_TRIALS=20 GPU15_EVAL_THREADS=1 GPU15_DEADLINE_S=1500 \
-#     OMP_NUM_THREADS=1 nice -n 19 bash export/gpu_issue15.sh run
+#     OMP_NUM_THREADS=1 nice -n 19 bash export/gpu_train_evaluate.sh run
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,9 +60,9 @@ esac
 mkdir -p "$OUT" "$WORK"
 exec > >(tee -a "$OUT/log.txt") 2>&1
 
-say "issue 15 run: profile $PROFILE, deadline ${DEADLINE_S}s, python $PYTHON, out $OUT, work $WORK"
+say "gpu_train_evaluate run: profile $PROFILE, deadline ${DEADLINE_S}s, python $PYTHON, out $OUT, work $WORK"
 command -v nvidia-smi >/dev/null && nvidia-smi -L
-# The bare device machine has python3 with torch, onnx, onnxruntime, numpy and tqdm, and no venv; check first.
+# A bare GPU machine may have python3 with torch, onnx, onnxruntime, numpy and tqdm, and no venv; check first.
 if ! "$PYTHON" - <<'EOF'; then
 import lzma, numpy, onnx, onnxruntime, torch, tqdm
 print("python", __import__("sys").version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available(),
@@ -72,11 +75,11 @@ fi
 
 "$PYTHON" -m export.gpu_data stage || { say "FAILED: staging the datasets"; exit 3; }
 complete=$("$PYTHON" -m export.gpu_data complete)
-order=()  # Fashion-MNIST first: most of the issue's rows, and its deployed models feed the evaluations early
+order=()  # Fashion-MNIST first: most of the rows, and its deployed models feed the evaluations early
 for d in fashion mnist; do case ",$complete," in *,$d,*) order+=("$d") ;; esac; done
 DATASETS=$(IFS=,; echo "${order[*]}")
 if [ -z "$DATASETS" ]; then
-    say "FAILED: no dataset is complete (a stage call with the other part(s) first, on the same warm machine)"
+    say "FAILED: no dataset is complete (stage the other part(s) first, on the same machine)"
     exit 3
 fi
 say "datasets: $DATASETS"
@@ -122,7 +125,7 @@ for f in "$WORK"/approxifer-*.log; do echo "== $f"; tail -n 12 "$f"; done
 
 jsons=("$WORK"/approxifer-*.json)
 {
-    echo "# Issue 15 GPU run ($PROFILE), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "# GPU training and evaluation ($PROFILE), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo
     echo "## ParM (export.accuracy_table --with-models results.json)"
     echo
@@ -140,7 +143,7 @@ jsons=("$WORK"/approxifer-*.json)
 [ -f "$WORK/results.json" ] && cp "$WORK/results.json" "$OUT/results.json"
 [ -f "$WORK/approxifer.json" ] && cp "$WORK/approxifer.json" "$OUT/approxifer.json"
 
-# The new models (not the committed ones copied in), in 15 MB pieces: the tool brings back files of 16 MB at most.
+# The new models (not the committed ones copied in), in 15 MB pieces, for a machine that returns files of 16 MB at most.
 excludes=()
 for m in "${old[@]}"; do excludes+=(--exclude "./$m"); done
 tar -C "$REPO" -cf - "${excludes[@]}" . | split -b 15M - "$OUT/models.tar.part-"
