@@ -25,7 +25,11 @@ from tests.tls_certs import make_pki
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
-OVERLAYS = ("gpu", "cpu", "gpu-tls", "gpu-gateway")
+OVERLAYS = ("gpu", "cpu", "gpu-tls", "gpu-gateway", "gpu-coding-services", "gpu-coding-services-tls")
+# Where the encoder and decoder run: in the frontend (the base's --coding local), or as services of their own
+# (k8s/components/coding-services); with TLS (k8s/components/tls), TLS on every hop that exists.
+CODING = {overlay: "services" if "coding-services" in overlay else "local" for overlay in OVERLAYS}
+TLS = {overlay: overlay.endswith("tls") for overlay in OVERLAYS}
 K8S_VERSION = "1.31.0"  # as the Makefile's k8s-check
 OURS = {"frontend": 8100, "encoder": 8101, "decoder": 8102}
 HEALTH_PORT = 8110  # the plaintext health-only port: the frontend's in the base, every service's with TLS
@@ -107,11 +111,21 @@ def test_every_pod_is_hardened_and_every_container_has_requests_and_limits(overl
             assert ("@sha256:" in image or ":" in image.rsplit("/", 1)[-1]) and not image.endswith(":latest"), image
 
 
+def _plain(name: str) -> str:
+    """The overlay without TLS that deploys a service of ours: the gpu one, or for the coding services the
+    gpu overlay with k8s/components/coding-services."""
+    return "gpu" if name == "frontend" else "gpu-coding-services"
+
+
+def _tls(name: str) -> str:
+    return f"{_plain(name)}-tls"
+
+
 @pytest.mark.parametrize("name", sorted(OURS))
 def test_our_services_have_native_grpc_probes_and_named_ports(name):
     """The frontend is probed on its health-only port: gRPC's bound on open RPCs counts the data port's
     health calls, and an overloaded frontend must not fail liveness for it."""
-    container = _container("gpu", name)
+    container = _container(_plain(name), name)
     assert {"name": "grpc", "containerPort": OURS[name]} in container["ports"]
     port = HEALTH_PORT if name == "frontend" else OURS[name]
     if name == "frontend":
@@ -119,8 +133,29 @@ def test_our_services_have_native_grpc_probes_and_named_ports(name):
         assert _settings("gpu", name)["CODEDSERVE_FRONTEND_HEALTH_ADDRESS"] == f"0.0.0.0:{HEALTH_PORT}"
     assert container["readinessProbe"]["grpc"] == {"port": port}  # "": NOT_SERVING until ready
     assert container["livenessProbe"]["grpc"] == {"port": port, "service": LIVENESS_SERVICE}
-    service = _objects("gpu", "Service")[name]
+    service = _objects(_plain(name), "Service")[name]
     assert all(p.get("name") for p in service["spec"]["ports"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_frontend_codes_in_process_unless_the_coding_services_are_deployed(overlay, secret):
+    """The base deploys no encoder or decoder and its frontend codes in-process; the coding-services
+    component adds both and sets the frontend to call them (docs/kubernetes.md, "Where coding runs")."""
+    settings = _with_secret_at(_settings(overlay, "frontend"), secret)
+    config = frontend_main.config_from_args(frontend_main.parser(settings).parse_args([]))
+    assert config.coding == CODING[overlay]
+    deployed = set(_objects(overlay, "Deployment")) | set(_objects(overlay, "Service"))
+    coding = {"encoder", "decoder"}
+    assert (coding <= deployed) if CODING[overlay] == "services" else not (coding & deployed), overlay
+    assert (config.coding_tls is not None) == (CODING[overlay] == "services" and TLS[overlay])
+
+
+def test_the_base_deploys_no_coding_service_and_names_none():
+    docs = _render("base")
+    assert not [d["metadata"]["name"] for d in docs if d["metadata"]["name"].startswith(("encoder", "decoder"))]
+    (settings,) = [d["data"] for d in docs if d["kind"] == "ConfigMap"]
+    assert settings["CODEDSERVE_FRONTEND_CODING"] == "local"
+    assert not [key for key in settings if "ENCODER" in key or "DECODER" in key]
 
 
 def test_triton_probes_health_endpoints_with_a_startup_probe_sized_for_model_load():
@@ -160,8 +195,10 @@ def _settings(overlay: str, name: str) -> dict[str, str]:
     return _objects(overlay, "ConfigMap")[source]["data"]
 
 
-@pytest.mark.parametrize("overlay", ["gpu", "gpu-tls"])
-@pytest.mark.parametrize("name", sorted(OURS))
+@pytest.mark.parametrize(
+    ("name", "overlay"),
+    [(n, o) for n in sorted(OURS) for o in OVERLAYS if n == "frontend" or CODING[o] == "services"],
+)
 def test_each_config_map_sets_only_variables_its_service_reads(name, overlay):
     settings = _settings(overlay, name)
     known = PARSERS[name]({}).format_help().replace("\n", " ")
@@ -182,18 +219,42 @@ def test_network_policies_deny_by_default_and_let_only_the_frontend_reach_triton
     ]
     open_to_all = [n for n, p in policies.items() for r in p["spec"].get("ingress", []) if "from" not in r]
     assert open_to_all == ["frontend-ingress"]
+    named = yaml.safe_dump(policies)
+    assert "encoder" not in named and "decoder" not in named  # no coding pods to reach or to admit
 
 
-def test_every_workload_has_a_disruption_budget_and_an_autoscaler():
-    deployments = _objects("gpu", "Deployment")
+def test_the_coding_services_component_lets_only_the_frontend_reach_them():
+    policies, base = _objects("gpu-coding-services", "NetworkPolicy"), _objects("gpu", "NetworkPolicy")
+    added = {n: p["spec"] for n, p in policies.items() if n not in base}
+    assert {n: p for n, p in policies.items() if n in base} == base  # the base's policies unchanged
+    assert set(added) == {"frontend-egress-coding", "coding-ingress"}
+    egress = added["frontend-egress-coding"]
+    assert egress["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "frontend"}
+    reached = [f["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for r in egress["egress"] for f in r["to"]]
+    assert reached == ["encoder", "decoder"]
+    assert [p["port"] for r in egress["egress"] for p in r["ports"]] == ["grpc"]
+    ingress = added["coding-ingress"]
+    assert ingress["podSelector"]["matchExpressions"][0]["values"] == ["encoder", "decoder"]
+    assert [f["podSelector"]["matchLabels"] for r in ingress["ingress"] for f in r["from"]] == [
+        {"app.kubernetes.io/name": "frontend"}
+    ]
+    namespace = base["default-deny"]["metadata"]["namespace"]
+    for name in ("encoder", "decoder"):  # the component's objects are in the base's namespace
+        assert _objects("gpu-coding-services", "Deployment")[name]["metadata"]["namespace"] == namespace
+
+
+@pytest.mark.parametrize("overlay", ["gpu", "gpu-coding-services"])
+def test_every_workload_has_a_disruption_budget_and_an_autoscaler(overlay):
+    deployments = _objects(overlay, "Deployment")
     budgets = {
         p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
-        for p in _objects("gpu", "PodDisruptionBudget").values()
+        for p in _objects(overlay, "PodDisruptionBudget").values()
     }
     scalers = {
-        h["spec"]["scaleTargetRef"]["name"]: h["spec"] for h in _objects("gpu", "HorizontalPodAutoscaler").values()
+        h["spec"]["scaleTargetRef"]["name"]: h["spec"] for h in _objects(overlay, "HorizontalPodAutoscaler").values()
     }
-    assert set(deployments) == budgets == set(scalers) == {*OURS, "triton"}
+    workloads = {*OURS, "triton"} if CODING[overlay] == "services" else {"frontend", "triton"}
+    assert set(deployments) == budgets == set(scalers) == workloads
     assert scalers["frontend"]["metrics"][0]["resource"]["name"] == "cpu"
     metric = scalers["triton"]["metrics"][0]["pods"]["metric"]["name"]
     adapter = yaml.safe_load((K8S / "prometheus-adapter" / "values.yaml").read_text())
@@ -206,28 +267,29 @@ def test_every_workload_has_a_disruption_budget_and_an_autoscaler():
 @pytest.mark.parametrize("name", sorted(OURS))
 def test_the_tls_overlay_probes_our_pods_on_the_plaintext_health_port_with_the_base_names(name):
     """kubelet's grpc probe speaks no TLS: with TLS on, the probes ask the health-only port, the same names."""
-    container, base = _container("gpu-tls", name), _container("gpu", name)
+    container, base = _container(_tls(name), name), _container(_plain(name), name)
     assert {"name": "health", "containerPort": HEALTH_PORT} in container["ports"]
     assert {"name": "grpc", "containerPort": OURS[name]} in container["ports"]
     assert container["readinessProbe"]["grpc"] == {"port": HEALTH_PORT}
     assert container["livenessProbe"]["grpc"] == {"port": HEALTH_PORT, "service": LIVENESS_SERVICE}
     for probe in ("readinessProbe", "livenessProbe"):  # only the port moved
         assert {**container[probe], "grpc": base[probe]["grpc"]} == base[probe]
-    settings = _settings("gpu-tls", name)
+    settings = _settings(_tls(name), name)
     assert settings[f"CODEDSERVE_{name.upper()}_HEALTH_ADDRESS"] == f"0.0.0.0:{HEALTH_PORT}"
     if name != "frontend":  # the frontend's base is probed there already (see the base probe test)
-        assert f"CODEDSERVE_{name.upper()}_HEALTH_ADDRESS" not in _settings("gpu", name)
+        assert f"CODEDSERVE_{name.upper()}_HEALTH_ADDRESS" not in _settings(_plain(name), name)
 
 
 @pytest.mark.parametrize("name", [*sorted(OURS), "triton"])
 def test_the_tls_overlay_mounts_the_secret_by_name_read_only(name):
-    pod, container = _pod("gpu-tls", name), _container("gpu-tls", name)
+    plain = "gpu" if name == "triton" else _plain(name)
+    pod, container = _pod(f"{plain}-tls", name), _container(f"{plain}-tls", name)
     (volume,) = [v for v in pod["volumes"] if "secret" in v]
     assert volume["secret"]["secretName"] == "codedserve-tls"
     assert volume["secret"]["defaultMode"] == 0o440 and pod["securityContext"]["fsGroup"]  # the pod's group reads it
     (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
     assert mount == {"name": volume["name"], "mountPath": TLS_MOUNT.rstrip("/"), "readOnly": True}
-    assert not [v for v in _pod("gpu", name)["volumes"] if "secret" in v]
+    assert not [v for v in _pod(plain, name)["volumes"] if "secret" in v]
 
 
 @pytest.fixture
@@ -245,7 +307,7 @@ def _with_secret_at(settings: dict[str, str], secret: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("name", ["encoder", "decoder"])
 def test_the_tls_overlay_gives_the_coding_services_mtls_from_the_secrets_files(name, secret):
-    settings = _with_secret_at(_settings("gpu-tls", name), secret)
+    settings = _with_secret_at(_settings(_tls(name), name), secret)
     config = common_config(PARSERS[name](settings).parse_args([]))
     assert config.tls is not None and config.tls.mutual
     assert (config.tls.cert, config.tls.key, config.tls.client_ca) == (
@@ -256,15 +318,20 @@ def test_the_tls_overlay_gives_the_coding_services_mtls_from_the_secrets_files(n
     assert config.health_address == f"0.0.0.0:{HEALTH_PORT}"
 
 
-def test_the_tls_overlay_has_the_frontend_serve_tls_and_call_everything_over_mtls(secret):
-    settings = _with_secret_at(_settings("gpu-tls", "frontend"), secret)
+@pytest.mark.parametrize("overlay", [o for o in OVERLAYS if TLS[o]])
+def test_the_tls_overlay_has_the_frontend_serve_tls_and_call_everything_over_mtls(overlay, secret):
+    """Every hop there is: Triton's always, the coding services' where they are deployed (with
+    k8s/components/tls-coding-services; without them the frontend codes in-process, no hop)."""
+    settings = _with_secret_at(_settings(overlay, "frontend"), secret)
     config = frontend_main.config_from_args(frontend_main.parser(settings).parse_args([]))
     assert config.tls is not None and config.tls.cert == secret / "tls.crt"
     client = (secret / "ca.crt", secret / "tls.crt", secret / "tls.key")
-    assert config.coding_tls is not None and config.triton_tls is not None
-    assert (config.coding_tls.ca, config.coding_tls.cert, config.coding_tls.key) == client
+    assert config.triton_tls is not None
     assert (config.triton_tls.ca, config.triton_tls.cert, config.triton_tls.key) == client
-    triton = _objects("gpu-tls", "Service")["triton"]  # pods are dialed by IP: checked for the Service's name
+    if CODING[overlay] == "services":
+        assert config.coding_tls is not None
+        assert (config.coding_tls.ca, config.coding_tls.cert, config.coding_tls.key) == client
+    triton = _objects(overlay, "Service")["triton"]  # pods are dialed by IP: checked for the Service's name
     assert config.triton_tls.server_name == f"triton.{triton['metadata']['namespace']}.svc"
     assert config.health_address == f"0.0.0.0:{HEALTH_PORT}"
 
@@ -284,12 +351,19 @@ def test_the_tls_overlay_runs_tritons_grpc_port_with_mutual_tls_and_keeps_its_ht
 
 
 def test_the_tls_overlays_network_policies_open_only_the_health_port_besides_the_frontend():
-    policies, base = _objects("gpu-tls", "NetworkPolicy"), _objects("gpu", "NetworkPolicy")
+    """The frontend's health port is open in the base; TLS opens the coding pods' health port alone."""
+    assert _objects("gpu-tls", "NetworkPolicy") == _objects("gpu", "NetworkPolicy")
+    policies, base = (
+        _objects("gpu-coding-services-tls", "NetworkPolicy"),
+        _objects("gpu-coding-services", "NetworkPolicy"),
+    )
     assert {n: p for n, p in policies.items() if n != "health-probes"} == base
     probes = policies["health-probes"]
     assert probes["metadata"]["namespace"] == base["default-deny"]["metadata"]["namespace"]
-    assert probes["spec"]["podSelector"]["matchExpressions"][0]["values"] == ["frontend", "encoder", "decoder"]
+    assert probes["spec"]["podSelector"]["matchExpressions"][0]["values"] == ["encoder", "decoder"]
     assert probes["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": "health"}]}]
+    frontend = base["frontend-ingress"]["spec"]["ingress"]
+    assert {"protocol": "TCP", "port": "health"} in [p for r in frontend for p in r["ports"] if "from" not in r]
 
 
 def _autoscaled(overlay: str) -> dict[str, dict[str, Any]]:
@@ -336,7 +410,7 @@ def test_every_deployment_waits_before_stopping_and_its_grace_covers_the_drain(o
         assert pod["terminationGracePeriodSeconds"] >= delay + drain, name
 
 
-@pytest.mark.parametrize("overlay", ["gpu", "gpu-tls", "gpu-gateway"])
+@pytest.mark.parametrize("overlay", [o for o in OVERLAYS if o != "cpu"])
 def test_every_metrics_port_is_scraped_by_a_pod_monitor_not_annotations(overlay):
     monitors = _objects(overlay, "PodMonitor").values()
     assert monitors
@@ -370,7 +444,7 @@ def test_every_frontend_pod_and_coding_pod_is_reachable_behind_a_headless_name(o
     assert pods["clusterIP"] == "None" and pods["selector"] == {"app.kubernetes.io/name": "frontend"}
     assert {p["name"] for p in pods["ports"]} == {"grpc", "kserve"}
     settings = _settings(overlay, "frontend")
-    for name in ("encoder", "decoder"):
+    for name in ("encoder", "decoder") if CODING[overlay] == "services" else ():
         assert services[name]["spec"]["clusterIP"] == "None"
         assert settings[f"CODEDSERVE_FRONTEND_{name.upper()}_URL"] == f"dns:///{name}:{OURS[name]}"
 
