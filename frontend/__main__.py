@@ -219,6 +219,15 @@ def _triton_flags(flags: Flags) -> None:
         help="how calls reach Triton: one ModelInfer call each, or messages on one long-lived ModelStreamInfer "
         "stream per instance",
     )
+    add(
+        "--cancel-losers",
+        switch=True,
+        default=False,
+        help="give up Triton calls no query waits for any more (losing hedged/replicated copies, the calls of a "
+        "coding group whose queries are all answered): dropped while queued, and a sent call cancelled once every "
+        "call batched into it was given up (unary transport only). Only for Triton 24.12 or later: the local 2.51 "
+        "crashes on a cancelled call",
+    )
 
 
 def _deadline_flags(flags: Flags) -> None:
@@ -306,6 +315,7 @@ def config_from_args(args: argparse.Namespace) -> FrontendConfig:
             deadlines=deadlines,
             batch_inflight=args.batch_inflight,
             triton_transport=args.triton_transport,
+            cancel_losers=args.cancel_losers,
             default_deadline_s=args.default_deadline_s,
             triton_timeout_s=args.triton_timeout_s,
             max_inflight=args.max_inflight,

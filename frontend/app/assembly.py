@@ -50,6 +50,7 @@ class FrontendApp(Dataplane):
             transport=config.triton_transport,
             wait_estimate_max_age_s=config.wait_estimate_max_age_s,
             stub=triton_stub,
+            cancel_losers=config.cancel_losers,
         )
         self.catalog = ModelCatalog(self.triton, placer, config.routes)
         self.discovery = self._discovery()

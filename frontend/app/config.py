@@ -46,6 +46,9 @@ class FrontendConfig:
     coding_transport: str = "stream"  # how batches reach the coding services: "stream" or "unary" calls
     batch_inflight: int = 1  # ModelInfer calls out per instance and model; what queues meanwhile is batched
     triton_transport: str = "unary"  # "unary": a ModelInfer call each; "stream": messages on one stream per instance
+    # Give up Triton calls no query waits for any more (losing copies, queued or rebuilt originals): needs a Triton
+    # that survives cancelled calls (24.12 or later; the local 2.51 crashes), so off by default.
+    cancel_losers: bool = False
     metrics_address: str = "127.0.0.1"  # the host /metrics binds (0.0.0.0 in a pod)
     # Triton pod discovery (frontend.transport.discovery): NAME:PORT of a headless Service whose every address is one
     # instance, re-resolved every dns_refresh_s, instead of triton_urls (which then holds NAME:PORT itself,

@@ -4,7 +4,7 @@ failing with :class:`CodingServiceError`). The transport implements both interfa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,6 +23,17 @@ class WorkerError(Exception):
     def __init__(self, message: str, transport: bool = False) -> None:
         super().__init__(message)
         self.transport = transport
+
+
+class Cancelled(WorkerError):
+    """The call was given up because no query waits for its output any more (``--cancel-losers``): it was
+    dropped while still queued, or its ModelInfer was cancelled on the way. Not a failure: whoever gets it
+    counts and reports nothing."""
+
+
+# Given back by Pool.send where calls can be given up (None where they cannot): call it once no query waits
+# for the call's output. A no-op once the call has finished.
+Cancel = Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -76,7 +87,7 @@ class Pool(Protocol):
 
     async def repository(self, instance: int, timeout_s: float = 2.0) -> dict[str, tuple[str, str]]: ...
 
-    def send(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature, done: Done) -> None: ...
+    def send(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature, done: Done) -> Cancel | None: ...
 
     async def infer(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature) -> np.ndarray: ...
 

@@ -63,7 +63,7 @@ def into_future(future: asyncio.Future[Result]) -> Done:
     return settle
 
 
-async def awaited(start: Callable[[Done], None]) -> Any:
+async def awaited(start: Callable[[Done], object]) -> Any:
     """Start a call with a callback that settles a future, and await it: the callback API, for callers
     that await (tests, warm-up, the coding clients)."""
     future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

@@ -7,6 +7,12 @@ meanwhile leaves as one call (up to ``max_size``). The Triton pool keeps one :fu
 (instance, model); the coding clients one :class:`Batcher` per service. Placement is untouched: a
 Triton batcher only ever holds rows already placed on its instance, and two slots of one group are
 never placed on one instance while another is free.
+
+Giving items up (``cancel``, off by default): with ``"queued"`` :meth:`Batcher.send` returns a callable that
+gives its item up — still queued, it leaves the queue and is never sent; with ``"sent"`` also a call already
+out is cancelled (its task, and so its gRPC call) once every item it carries has been given up. A given-up
+item's ``done`` gets :class:`~frontend.core.calls.Cancelled` when it is dropped or its call cancelled, and its
+result as usual when its call finishes anyway.
 """
 
 from __future__ import annotations
@@ -20,13 +26,20 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from frontend.core.calls import Cancel, Cancelled
 from frontend.core.completion import Done, awaited, deliver
 
 # How long the measured call time stands with no call returning to renew it (Batcher.recent_call_s).
 DEFAULT_ESTIMATE_MAX_AGE_S = 0.5
 
+CANCELS = ("never", "queued", "sent")  # what a Batcher may give up (see the module doc)
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+
+# A queued or sent item: the item, who gets its result, and its deadline (loop time; None: none).
+_Entry = tuple[Item, Done, float | None]
 
 
 class Expired(Exception):
@@ -45,7 +58,10 @@ class Batcher(Generic[Item, Result]):
         expired: Callable[[str], Exception] = Expired,
         estimate_max_age_s: float = DEFAULT_ESTIMATE_MAX_AGE_S,
         clock: Callable[[], float] = time.perf_counter,
+        cancel: str = "never",
     ) -> None:
+        if cancel not in CANCELS:
+            raise ValueError(f"cancel must be one of {CANCELS}, got {cancel!r}")
         if max_inflight < 1 or max_size < 1:
             raise ValueError(f"need max_inflight >= 1 and max_size >= 1, got {max_inflight}, {max_size}")
         if estimate_max_age_s <= 0:
@@ -55,7 +71,7 @@ class Batcher(Generic[Item, Result]):
         self._max_inflight = max_inflight
         self._max_size = max_size
         self._size = size
-        self._queue: deque[tuple[Item, Done, float | None]] = deque()
+        self._queue: deque[_Entry[Item]] = deque()
         self._queued = 0  # the size of what waits in the queue
         self._inflight = 0
         self.call_s: float | None = None  # a moving average of how long one call takes (None: none yet)
@@ -65,21 +81,52 @@ class Batcher(Generic[Item, Result]):
         self._started: dict[int, float] = {}  # calls out -> when each left (at most max_inflight)
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._cancel = cancel
+        # With cancel: the calls out (id of their batch -> batch and task), the items of those given up, and
+        # the calls cancelled because all of theirs were.
+        self._out: dict[int, tuple[list[_Entry[Item]], asyncio.Task[None]]] = {}
+        self._given_up: set[int] = set()
+        self._cancelled: set[int] = set()
 
     async def submit(self, item: Item, deadline: float | None = None) -> Result:
         """The result for ``item``: :meth:`send`, awaited."""
         result: Result = await awaited(lambda done: self.send(item, done, deadline))
         return result
 
-    def send(self, item: Item, done: Done, deadline: float | None = None) -> None:
+    def send(self, item: Item, done: Done, deadline: float | None = None) -> Cancel | None:
         """Queue ``item``; ``done`` gets its result from whichever call carries it, called directly when
         that call returns (no task or future per item). An item still queued at ``deadline`` (loop time:
         when nobody waits for its result any more) is never sent: ``done`` gets ``expired``'s exception
         (:class:`Expired` unless given). Under overload the queue sheds the work nobody waits for
-        instead of doing it late."""
-        self._queue.append((item, done, deadline))
+        instead of doing it late. Returns what gives the item up when ``cancel`` allows it, else None."""
+        entry = (item, done, deadline)
+        self._queue.append(entry)
         self._queued += self._size(item)
         self._kick()
+        if self._cancel == "never":
+            return None
+        return lambda: self._give_up(entry)
+
+    def _give_up(self, entry: _Entry[Item]) -> None:
+        """Nobody waits for ``entry``'s result: drop it if still queued; once every item of its call is given
+        up, cancel the call (``cancel="sent"``). A no-op once its call has returned."""
+        for i, queued in enumerate(self._queue):
+            if queued is entry:
+                del self._queue[i]
+                self._queued -= self._size(entry[0])
+                asyncio.get_running_loop().call_soon(deliver, entry[1], None, Cancelled("given up while queued"))
+                return
+        for key, (batch, task) in self._out.items():
+            if any(sent is entry for sent in batch):
+                self._given_up.add(id(entry))
+                if (
+                    self._cancel == "sent"
+                    and key not in self._cancelled
+                    and all(id(e) in self._given_up for e in batch)
+                ):
+                    self._cancelled.add(key)
+                    task.cancel()
+                return
 
     def _kick(self) -> None:
         """Start a call when items wait and a slot is free. The call takes its batch on its task's first
@@ -89,19 +136,19 @@ class Batcher(Generic[Item, Result]):
             self._inflight += 1  # the slot is the new call's from now
             self._tasks.add(asyncio.get_running_loop().create_task(self._call()))
 
-    def _take(self) -> list[tuple[Item, Done]]:
-        item, done, _ = self._queue.popleft()
-        batch = [(item, done)]
-        size = self._size(item)
+    def _take(self) -> list[_Entry[Item]]:
+        entry = self._queue.popleft()
+        batch = [entry]
+        size = self._size(entry[0])
         while self._queue and size + self._size(self._queue[0][0]) <= self._max_size:
             size += self._size(self._queue[0][0])
-            batch.append(self._queue.popleft()[:2])
+            batch.append(self._queue.popleft())
         self._queued -= size
         return batch
 
     def _drop_expired(self) -> None:
         now = asyncio.get_running_loop().time()
-        kept: deque[tuple[Item, Done, float | None]] = deque()
+        kept: deque[_Entry[Item]] = deque()
         for entry in self._queue:
             item, done, deadline = entry
             if deadline is not None and deadline <= now:
@@ -156,15 +203,24 @@ class Batcher(Generic[Item, Result]):
             self._kick()  # more waits than one call carries and a slot is free: the next call starts too
             key = id(batch)
             self._started[key] = start = self._clock()
+            if self._cancel != "never":
+                self._out[key] = (batch, asyncio.current_task())  # type: ignore[assignment]
             try:
-                results = await self._send([item for item, _ in batch])
+                results = await self._send([item for item, _, _ in batch])
+            except asyncio.CancelledError:
+                if not self._returned(key, batch):
+                    raise  # not ours to swallow
+                for _, done, _ in batch:
+                    deliver(done, None, _cancelled())
             except Exception as exc:  # noqa: BLE001 - every item of the call gets the call's failure
-                for _, done in batch:
-                    deliver(done, None, exc)
+                error = _cancelled() if self._returned(key, batch) else exc  # a cancelled call may fail as CANCELLED
+                for _, done, _ in batch:
+                    deliver(done, None, error)
             else:
+                self._returned(key, batch)
                 now = self._clock()
                 self._measured(now - start, now)
-                for (_, done), result in zip(batch, results, strict=True):
+                for (_, done, _), result in zip(batch, results, strict=True):
                     deliver(done, result, None)
             finally:
                 del self._started[key]
@@ -174,6 +230,23 @@ class Batcher(Generic[Item, Result]):
             self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
             self._kick()
 
+    def _returned(self, key: int, batch: list[_Entry[Item]]) -> bool:
+        """The call is back (before its items hear of it, so that giving one up from there is a no-op);
+        True when it was cancelled by :meth:`_give_up`."""
+        if self._cancel == "never":
+            return False
+        del self._out[key]
+        for entry in batch:
+            self._given_up.discard(id(entry))
+        if key in self._cancelled:
+            self._cancelled.discard(key)
+            return True
+        return False
+
+
+def _cancelled() -> Cancelled:
+    return Cancelled("cancelled on the way: every item of its call was given up")
+
 
 def row_batcher(
     send: Callable[[np.ndarray], Awaitable[np.ndarray]],
@@ -182,6 +255,7 @@ def row_batcher(
     on_batch: Callable[[int], Any] | None = None,
     expired: Callable[[str], Exception] = Expired,
     estimate_max_age_s: float = DEFAULT_ESTIMATE_MAX_AGE_S,
+    cancel: str = "never",
 ) -> Batcher[np.ndarray, np.ndarray]:
     """Batches of rows (one ModelInfer): the items are concatenated and the output split back by rows."""
 
@@ -195,4 +269,12 @@ def row_batcher(
         bounds = np.cumsum([len(item) for item in items])[:-1]
         return list(np.split(output, bounds))
 
-    return Batcher(send_rows, max_inflight, max_rows, size=len, expired=expired, estimate_max_age_s=estimate_max_age_s)
+    return Batcher(
+        send_rows,
+        max_inflight,
+        max_rows,
+        size=len,
+        expired=expired,
+        estimate_max_age_s=estimate_max_age_s,
+        cancel=cancel,
+    )

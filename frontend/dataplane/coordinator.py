@@ -6,7 +6,9 @@ the clock and the I/O. It feeds a group its events — a query admitted, the gro
 timeout passed, a call's outcome, a straggler deadline, the encoder's or decoder's answer — and
 executes the actions the group returns: Triton calls, encodes, decodes, answers. It never writes a
 group's fields. Every coding call's timeout is what is left of its queries' deadlines; Triton calls
-keep a generous safety timeout and are never cancelled (see :mod:`frontend.transport.triton`).
+keep a generous safety timeout and are never cancelled (see :mod:`frontend.transport.triton`), unless the
+pool gives calls up (``--cancel-losers``): then once every query of a sealed group is closed (answered, or
+its client gone), the group's calls still queued or out are given up.
 """
 
 from __future__ import annotations
@@ -24,7 +26,16 @@ import numpy as np
 from coding.scheme import group_size
 from frontend.core.actions import Action, Answer, Decode, Discarded, Encode, Fail, Infer
 from frontend.core.admission import Admission, Admitted
-from frontend.core.calls import CallInfo, Coder, CodingServiceError, ModelSignature, Pool, WorkerError
+from frontend.core.calls import (
+    CallInfo,
+    Cancel,
+    Cancelled,
+    Coder,
+    CodingServiceError,
+    ModelSignature,
+    Pool,
+    WorkerError,
+)
 from frontend.core.deadlines import DeadlinePolicy, RouteDeadlines
 from frontend.core.groups import CodingGroup, Query
 from frontend.core.placement import Placer
@@ -90,6 +101,7 @@ class ModelServer:
         self._tasks: set[asyncio.Task[Any]] = set()  # encodes and decodes
         self._calls_out = 0  # Triton calls sent and not answered yet
         self._no_calls_out = asyncio.Event()
+        self._cancels: dict[int, list[Cancel]] = {}  # group id -> its calls' (only where the pool gives them)
         self.signatures: dict[str, ModelSignature] = {}
         # Metric children bound once: labels() per query costs more than the count.
         self._answered = {
@@ -154,6 +166,8 @@ class ModelServer:
         finally:
             timer.cancel()
             group.close(query)  # a deadline or a cancelled client also ends the query: never answer twice
+            if self._cancels:
+                self._give_up_calls(group)
         return self._reply(answer, group, time.perf_counter() - start)
 
     def _reply(self, answer: Answer, group: CodingGroup, latency_s: float) -> QueryAnswer:
@@ -192,6 +206,8 @@ class ModelServer:
         if group.coded:
             metrics.GROUPS.labels(self.route.model, fill).inc()
         self._execute(group, group.seal())
+        if self._cancels:
+            self._give_up_calls(group)  # its queries may all have closed while it filled
 
     def _on_straggler_deadline(self, group: CodingGroup, query: Query) -> None:
         self._execute(group, group.straggler_deadline(query))
@@ -232,12 +248,22 @@ class ModelServer:
         )
         self._calls_out += 1
         start = time.perf_counter()
-        self._dispatcher.dispatch(
+        cancel = self._dispatcher.dispatch(
             call,
             action.input[None],
             self.signatures[model],
             lambda out, error: self._call_answered(group, action, model, start, out, error),
         )
+        if cancel is not None:
+            self._cancels.setdefault(group.group_id, []).append(cancel)
+            self._give_up_calls(group)  # sent after its last query closed: given up at once
+
+    def _give_up_calls(self, group: CodingGroup) -> None:
+        """Once no query of the group can still be answered (it is sealed and each is closed), give up its calls
+        still queued or out (where the pool allows: ``--cancel-losers``)."""
+        if group.sealed and all(q.closed for q in group.queries):
+            for cancel in self._cancels.pop(group.group_id, ()):
+                cancel()
 
     def _call_answered(
         self,
@@ -251,6 +277,8 @@ class ModelServer:
         self._calls_out -= 1
         if not self._calls_out:
             self._no_calls_out.set()
+        if isinstance(error, Cancelled):
+            return  # given up: no query of its group waits for it
         if error is not None:
             if not isinstance(error, WorkerError):  # a bug, not a worker's failure: the group still hears of it
                 log.error("%s call to %s raised", action.kind, model, exc_info=error, extra=self._about(group))

@@ -2,7 +2,9 @@
 
 Every call of a route goes through its Dispatcher. Data calls follow the route's policy; coded calls
 are sent once (their redundancy is the code's). The first successful copy wins. Losing copies are
-left to finish and are discarded (cancelling in-flight calls crashes the local Triton 2.51). Extra
+left to finish and are discarded (cancelling in-flight calls crashes the local Triton 2.51), unless the
+pool gives calls up (``--cancel-losers``, for a Triton with the fix): then the winner gives up the
+losers still out. Extra
 copies go to instances the call does not use yet. Outcomes travel as completion callbacks
 (:mod:`frontend.core.completion`), so a hedge costs a timer, not a task. A route may cap its hedges with a
 budget (:class:`HedgeBudget`), as budgeted hedging in public RPC libraries does.
@@ -16,7 +18,7 @@ import time
 
 import numpy as np
 
-from frontend.core.calls import CallInfo, ModelSignature, Pool
+from frontend.core.calls import CallInfo, Cancel, Cancelled, ModelSignature, Pool
 from frontend.core.completion import Done, awaited
 from frontend.core.deadlines import LatencyWindow
 from frontend.core.placement import Placer
@@ -68,13 +70,13 @@ class Dispatcher:
         output: np.ndarray = await awaited(lambda done: self.dispatch(call, batch, signature, done))
         return output
 
-    def dispatch(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature, done: Done) -> None:
+    def dispatch(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature, done: Done) -> Cancel | None:
         """``done`` gets the output: first from ``call.instance``, then from copies. No task: copies are
-        sent and raced from completion callbacks and a timer."""
+        sent and raced from completion callbacks and a timer. Returns what gives the call (every copy) up
+        where the pool allows it, else None."""
         if call.kind != "data" or self._policy.mode == "single":
-            self._one(call, batch, signature, done)
-        else:
-            _Race(self, call, batch, signature, done)
+            return self._one(call, batch, signature, done)
+        return _Race(self, call, batch, signature, done).cancel
 
     def hedge_delay_s(self) -> float:
         """How long a hedged call waits for its first copy: fixed, or the chosen quantile of recent data calls."""
@@ -95,11 +97,13 @@ class Dispatcher:
         self._withheld[model].inc()
         return False
 
-    def _one(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature, done: Done) -> None:
+    def _one(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature, done: Done) -> Cancel | None:
         start = time.perf_counter()
 
         def timed(result: np.ndarray | None, error: BaseException | None) -> None:  # the answer path's 3rd step
-            if error is not None:
+            if isinstance(error, Cancelled):
+                pass  # given up, not failed: counted by the pool
+            elif error is not None:
                 self._outcomes[call.model, "error"].inc()
             else:
                 if call.kind == "data":
@@ -107,15 +111,15 @@ class Dispatcher:
                 self._outcomes[call.model, "ok"].inc()
             done(result, error)
 
-        self._pool.send(call, batch, signature, timed)
+        return self._pool.send(call, batch, signature, timed)
 
 
 class _Race:
     """One replicated or hedged data call: its copies race and the first success goes to ``done``.
     Replication sends every copy at once; hedging sends a second one when the first has not answered
     within the hedge delay, or at once when it fails, unless the route's hedging budget is spent. Losers
-    finish and are dropped (Triton calls are never cancelled: see frontend.transport.triton); ``done`` gets the
-    last error only if every copy sent failed."""
+    finish and are dropped, or are given up once a copy won where the pool allows it (see
+    frontend.transport.triton); ``done`` gets the last error only if every copy sent failed."""
 
     def __init__(
         self, dispatcher: Dispatcher, call: CallInfo, batch: np.ndarray, signature: ModelSignature, done: Done
@@ -125,6 +129,7 @@ class _Race:
         self._used = {call.instance: 1}
         self._out = 0  # copies sent and not finished
         self._hedge: asyncio.TimerHandle | None = None
+        self._cancels: list[Cancel] = []  # each copy's, where the pool gives calls up
         self._send(call)
         policy = dispatcher._policy
         if policy.mode == "hedge":
@@ -134,9 +139,23 @@ class _Race:
             for _ in range(policy.copies - 1):
                 self._send_copy()
 
+    @property
+    def cancel(self) -> Cancel | None:
+        """What gives every copy up (and sends no more), where the pool gives calls up."""
+        return self._give_up if self._cancels else None
+
+    def _give_up(self) -> None:
+        if self._hedge is not None:
+            self._hedge.cancel()
+            self._hedge = None
+        for cancel in self._cancels:
+            cancel()
+
     def _send(self, call: CallInfo) -> None:
         self._out += 1
-        self._dispatcher._one(call, self._batch, self._signature, self._copy_answered)
+        cancel = self._dispatcher._one(call, self._batch, self._signature, self._copy_answered)
+        if cancel is not None:
+            self._cancels.append(cancel)
 
     def _send_copy(self) -> None:
         instance = self._dispatcher._placer.place(self._call.model, self._used)
@@ -159,6 +178,8 @@ class _Race:
                 self._hedge.cancel()
                 self._hedge = None
             done(result, None)
+            for cancel in self._cancels:  # the losers still out (the winner's is a no-op)
+                cancel()
             return
         if self._hedge is not None:  # the first copy failed before the hedge delay: hedge at once
             self._hedge.cancel()

@@ -20,7 +20,7 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 
-from frontend.core.calls import CallInfo, ModelSignature, Pool, WorkerError
+from frontend.core.calls import CallInfo, Cancel, ModelSignature, Pool, WorkerError
 from frontend.core.completion import Done, awaited, run_then
 from frontend.core.faults import Fault, FaultPlan, parse_fault_metadata
 
@@ -79,14 +79,14 @@ class InjectingPool:
         output: np.ndarray = await awaited(lambda done: self.send(call, batch, signature, done))
         return output
 
-    def send(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature, done: Done) -> None:
+    def send(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature, done: Done) -> Cancel | None:
         """Straight to the wrapped pool where the call draws no fault (no task of its own), else through
-        a task that injects the fault around it."""
+        a task that injects the fault around it (then the call cannot be given up: None)."""
         fault = self.fault_for(call)  # drawn once per call
         if fault is None:
-            self._pool.send(call, batch, signature, done)
-        else:
-            run_then(self._faulty(call, batch, signature, fault), done)
+            return self._pool.send(call, batch, signature, done)
+        run_then(self._faulty(call, batch, signature, fault), done)
+        return None
 
     async def _faulty(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature, fault: Fault) -> np.ndarray:
         if fault.fail:

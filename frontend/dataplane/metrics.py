@@ -41,6 +41,12 @@ RETRIES = Counter(
     ["model"],
 )
 FAULTY_WORKERS = Counter("codedserve_faulty_workers_total", "Coded outputs judged Byzantine and dropped", ["model"])
+CANCELLED_CALLS = Counter(
+    "codedserve_cancelled_calls_total",
+    "Triton calls given up once no query waited for them (--cancel-losers): dropped while queued in the "
+    "frontend, or their ModelInfer cancelled on the way",
+    ["model"],
+)
 TRITON_BATCH_ROWS = Histogram(
     "codedserve_triton_batch_rows",
     "Rows per ModelInfer the frontend sent (client-side batching)",

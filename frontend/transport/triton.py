@@ -2,9 +2,12 @@
 
 The pool only sends calls, batched per instance and model (:mod:`frontend.dataplane.batching`); *which*
 instance a call goes to is decided before (a coding group places its slots, :mod:`frontend.core.placement`).
-Calls are never cancelled: a late answer is awaited to completion and discarded, because cancelling
-in-flight ModelInfer calls crashes tritonserver 2.51 (see ../shared/README.md). Each call carries a
-generous safety deadline only.
+By default calls are never cancelled: a late answer is awaited to completion and discarded, because
+cancelling in-flight ModelInfer calls crashes tritonserver 2.51 (fixed in Triton 24.12). With
+``cancel_losers`` (``--cancel-losers``, for a Triton with the fix) :meth:`TritonPool.send` returns what gives a
+call up once no query waits for it: still queued in its batcher, it is never sent; already sent, its
+ModelInfer is cancelled once every call it carries was given up (unary transport only: on the stream
+transport a sent call is left to finish). Each call carries a generous safety deadline only.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
-from frontend.core.calls import CallInfo, ModelSignature, WorkerError
+from frontend.core.calls import CallInfo, Cancel, Cancelled, ModelSignature, WorkerError
 from frontend.core.completion import Done, awaited, deliver
 from frontend.dataplane import metrics
 from frontend.dataplane.batching import DEFAULT_ESTIMATE_MAX_AGE_S, Batcher, row_batcher
@@ -62,10 +65,13 @@ class TritonPool:
         transport: str = "unary",
         wait_estimate_max_age_s: float = DEFAULT_ESTIMATE_MAX_AGE_S,
         stub: Callable[[grpc.aio.Channel], Any] | None = None,
+        cancel_losers: bool = False,
     ) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
         self.transport = transport
+        # What each batcher may give up (frontend.dataplane.batching): a stream's message cannot be cancelled.
+        self._cancel = "never" if not cancel_losers else "sent" if transport == "unary" else "queued"
         self._stub = stub or kpb_grpc.GRPCInferenceServiceStub  # what a channel is called through
         self.urls = urls
         self._tls = tls  # every instance's channel: TLS when given, plaintext otherwise
@@ -210,9 +216,11 @@ class TritonPool:
         output: np.ndarray = await awaited(lambda done: self.send(call, batch, signature, done))
         return output
 
-    def send(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature, done: Done) -> None:
+    def send(self, call: CallInfo, batch: np.ndarray, signature: ModelSignature, done: Done) -> Cancel | None:
         """:meth:`infer` without a task: the rows join their instance's batcher at once and ``done``
-        gets the output rows or a WorkerError (:mod:`frontend.core.completion`)."""
+        gets the output rows or a WorkerError (:mod:`frontend.core.completion`). Returns what gives the
+        call up (``done`` then gets :class:`Cancelled` unless the call finishes anyway), or None unless
+        ``cancel_losers``."""
         key = (call.instance, call.model)
         batcher = self._batchers.get(key)
         if batcher is None:
@@ -221,7 +229,7 @@ class TritonPool:
                 asyncio.get_running_loop().call_soon(
                     deliver, done, None, WorkerError(f"{call.model}: Triton at {url} was removed", transport=True)
                 )
-                return
+                return None
             batcher = self._batchers[key] = row_batcher(
                 lambda rows: self._model_infer(call.instance, call.model, rows, signature),
                 self.batch_inflight,
@@ -229,6 +237,7 @@ class TritonPool:
                 metrics.TRITON_BATCH_ROWS.labels(call.model).observe,
                 lambda why: WorkerError(f"{call.model}: not sent to Triton at {url}: {why}"),
                 self._wait_estimate_max_age_s,
+                self._cancel,
             )
         instance = call.instance
         self._inflight[instance] += 1
@@ -237,9 +246,11 @@ class TritonPool:
             self._inflight[instance] -= 1
             if not self._inflight[instance] and instance in self._idle:
                 self._idle[instance].set()
+            if isinstance(error, Cancelled):
+                metrics.CANCELLED_CALLS.labels(call.model).inc()
             done(result, error)
 
-        batcher.send(batch, left_instance, call.deadline)
+        return batcher.send(batch, left_instance, call.deadline)
 
     async def _model_infer(
         self, instance: int, model: str, rows: np.ndarray, signature: ModelSignature, timeout_s: float | None = None

@@ -4,7 +4,9 @@ Triton pool, batchers and KServe control calls run unchanged, without a tritonse
 
 ``gate`` holds every ModelInfer while it is clear (a slow Triton); ``delay_s`` adds a fixed service
 time to each; while ``failing`` is set, every ModelInfer fails INTERNAL while ModelReady still says
-ready (a Triton whose model is broken). Each row answers [s, -s, 0] for s = the row's sum.
+ready (a Triton whose model is broken). Each row answers [s, -s, 0] for s = the row's sum. A ModelInfer
+its client cancels while held at the gate is counted in ``cancelled`` (and sets ``cancel_seen``).
+ModelStreamInfer answers its requests one after the other, each as a ModelInfer would.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class FakeTriton(kpb_grpc.GRPCInferenceServiceServicer):
         self.rows = 0  # rows answered
         self.calls_waiting = 0  # ModelInfer calls held at the gate now
         self.rows_waiting = 0  # and their rows
+        self.cancelled = 0  # ModelInfer calls their client cancelled while held at the gate
+        self.cancel_seen = asyncio.Event()
         self._arrived = asyncio.Condition()
         self._server: grpc.aio.Server | None = None
         self.url = ""
@@ -89,6 +93,15 @@ class FakeTriton(kpb_grpc.GRPCInferenceServiceServicer):
         if self.failing:
             self.failed += 1
             await context.abort(grpc.StatusCode.INTERNAL, "onnx runtime error 6: the model cannot run")
+        return await self._answer(request)
+
+    async def ModelStreamInfer(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        """One answer per request, in order (``failing`` is not honoured here)."""
+        async for request in request_iterator:
+            await self._known(request.model_name, context)
+            yield kpb.ModelStreamInferResponse(infer_response=await self._answer(request))
+
+    async def _answer(self, request: kpb.ModelInferRequest) -> kpb.ModelInferResponse:
         rows = np.frombuffer(request.raw_input_contents[0], np.float32).reshape(-1, ROW)
         self.calls_waiting += 1
         self.rows_waiting += len(rows)
@@ -96,6 +109,10 @@ class FakeTriton(kpb_grpc.GRPCInferenceServiceServicer):
             self._arrived.notify_all()
         try:
             await self.gate.wait()
+        except asyncio.CancelledError:  # grpc.aio cancels the handler when its client cancels the call
+            self.cancelled += 1
+            self.cancel_seen.set()
+            raise
         finally:
             self.calls_waiting -= 1
             self.rows_waiting -= len(rows)

@@ -8,6 +8,8 @@ import asyncio
 import numpy as np
 import pytest
 
+from frontend.core.calls import Cancelled
+from frontend.core.completion import into_future
 from frontend.dataplane.batching import Batcher, Expired, row_batcher
 
 
@@ -227,3 +229,48 @@ async def test_a_call_still_out_makes_the_estimate_at_least_as_long_as_it_has_be
 def test_the_estimates_age_must_be_positive():
     with pytest.raises(ValueError, match="estimate_max_age_s"):
         Batcher(GatedSend(Clock()), 1, 8, estimate_max_age_s=0)
+
+
+def _sent(batcher: Batcher, v: float):  # type: ignore[no-untyped-def]
+    """Send one row: its result's future and what gives it up."""
+    future = asyncio.get_running_loop().create_future()
+    return future, batcher.send(_row(v), into_future(future))
+
+
+@pytest.mark.parametrize("cancel", ["queued", "sent"])
+async def test_cancel_losers_a_row_given_up_while_queued_is_never_sent(cancel):
+    triton = FakeTriton()
+    batcher = row_batcher(triton.send, max_inflight=1, max_rows=64, cancel=cancel)
+    first, _ = _sent(batcher, 0)
+    await asyncio.wait_for(triton.sent.wait(), timeout=1.0)  # the first call is out: what follows queues
+    (dropped, give_up), (kept, _) = _sent(batcher, 1), _sent(batcher, 2)
+    give_up()
+    with pytest.raises(Cancelled):
+        await dropped
+    assert (await first).tolist() == [[0]] and (await kept).tolist() == [[20]]
+    assert triton.batches == [1, 1]  # the given-up row left with nothing
+
+
+async def test_cancel_losers_a_sent_call_is_cancelled_only_where_allowed_and_once_all_its_rows_gave_up():
+    for cancel, cancelled in (("queued", False), ("sent", True)):
+        triton = FakeTriton(delay_s=0.2)
+        batcher = row_batcher(triton.send, max_inflight=1, max_rows=64, cancel=cancel)
+        (a, give_up_a), (b, give_up_b) = _sent(batcher, 1), _sent(batcher, 2)
+        await asyncio.wait_for(triton.sent.wait(), timeout=1.0)  # a and b left as one call
+        give_up_a()
+        give_up_b()
+        if cancelled:
+            for future in (a, b):
+                with pytest.raises(Cancelled):
+                    await asyncio.wait_for(future, 0.1)  # well before the call's 0.2 s
+        else:
+            assert [(await f).tolist() for f in (a, b)] == [[[10]], [[20]]]  # left to finish
+        assert triton.batches == [2]
+
+
+async def test_cancel_losers_by_default_nothing_can_be_given_up():
+    batcher = row_batcher(FakeTriton(delay_s=0.0).send, max_inflight=1, max_rows=64)
+    future, give_up = _sent(batcher, 1)
+    assert give_up is None and (await future).tolist() == [[10]]
+    with pytest.raises(ValueError, match="cancel must be one of"):
+        row_batcher(FakeTriton().send, max_inflight=1, max_rows=64, cancel="always")

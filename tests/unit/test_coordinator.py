@@ -11,7 +11,7 @@ import numpy as np
 from frontend.app.assembly import FrontendApp
 from frontend.app.config import FrontendConfig
 from frontend.core.actions import Answer, Fail
-from frontend.core.calls import CallInfo, ModelSignature
+from frontend.core.calls import CallInfo, Cancelled, ModelSignature
 from frontend.core.completion import run_then
 from frontend.core.deadlines import DeadlinePolicy, RouteDeadlines
 from frontend.core.faults import Fault, FaultPlan
@@ -47,6 +47,34 @@ class FakePool:
         if call.kind == "data" and float(batch.flat[0]) in self.hang:
             await asyncio.Event().wait()
         return np.ones((len(batch), 3), np.float32)
+
+
+class GivingUpPool(FakePool):
+    """A FakePool whose calls can be given up, as the Triton pool's with --cancel-losers: a call given up
+    before it answered is recorded in ``given_up`` and its ``done`` gets Cancelled."""
+
+    def __init__(self, hang: set[float] = frozenset()):
+        super().__init__(hang)
+        self.given_up: list[CallInfo] = []
+
+    def send(self, call, batch, signature, done):
+        finished = False
+
+        def once(result, error):
+            nonlocal finished
+            if not finished:
+                finished = True
+                done(result, error)
+
+        task = run_then(self.infer(call, batch, signature), once)
+
+        def cancel():
+            if not finished:
+                self.given_up.append(call)
+                once(None, Cancelled("given up"))
+                task.cancel()
+
+        return cancel
 
 
 class FakeCoders:
@@ -137,3 +165,13 @@ async def test_a_query_past_its_deadline_is_deadline_exceeded():
         assert "no answer for m within the deadline of 50 ms" in str(exc)
     else:
         raise AssertionError("a query that never gets an answer was answered")
+
+
+async def test_cancel_losers_gives_up_the_original_of_a_query_the_decoder_rebuilt():
+    pool, coders = GivingUpPool(hang={1.0}), FakeCoders()
+    server = await _server("m=parm:k=2,parity_model=p", pool, coders)
+    own, rebuilt = await asyncio.gather(server.classify(_x(0.0), 0.5), server.classify(_x(1.0), 0.5))
+    assert not own.reconstructed and rebuilt.reconstructed
+    # Both queries are answered: the straggling original is given up, nothing else (the rest had answered).
+    assert [(c.kind, c.worker) for c in pool.given_up] == [("data", 1)]
+    await asyncio.wait_for(server.drain(5.0), 1.0)  # no call left out: the given-up one is not waited for

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from frontend.core.calls import CallInfo, ModelSignature, WorkerError
+from frontend.core.calls import CallInfo, Cancelled, ModelSignature, WorkerError
 from frontend.core.completion import run_then
 from frontend.core.placement import Placer
 from frontend.core.routes import Dispatch, parse_route
@@ -204,3 +204,56 @@ def test_coded_routes_parse_the_decode_policy():
     for bad in ("m=parm:k=2,decode=soon", "m=approxifer:k=2,s=1,decode=eager"):
         with pytest.raises(ValueError, match="route"):
             parse_route(bad)
+
+
+class GivingUpPool(FakePool):
+    """A FakePool whose calls can be given up (as the Triton pool's with --cancel-losers): ``send`` returns
+    what gives a call up; one given up before it answered is recorded and its ``done`` gets Cancelled."""
+
+    def __init__(self, delays):
+        super().__init__(delays)
+        self.given_up = []
+
+    def send(self, call, batch, signature, done):
+        state = {"finished": False}
+
+        def once(result, error):
+            if not state["finished"]:
+                state["finished"] = True
+                done(result, error)
+
+        task = run_then(self.infer(call, batch, signature), once)
+
+        def cancel():
+            if not state["finished"]:
+                self.given_up.append(call.instance)
+                once(None, Cancelled("given up"))
+                task.cancel()
+
+        return cancel
+
+
+async def test_cancel_losers_the_winner_gives_up_the_losing_copy():
+    pool = GivingUpPool([0.5, 0.01])
+    out = await _call(_dispatcher(pool, Dispatch("replicate")))
+    assert out[0, 0] == 1 and pool.given_up == [0]
+
+
+async def test_cancel_losers_a_hedged_call_given_up_sends_no_hedge_and_reports_cancelled():
+    pool = GivingUpPool([5.0, 0.0])
+    done = asyncio.get_running_loop().create_future()
+    cancel = _dispatcher(pool, Dispatch("hedge", hedge_delay_ms=20)).dispatch(
+        CallInfo("m", 0), np.zeros((1, 1)), SIG, lambda out, error: done.set_result(error)
+    )
+    assert cancel is not None
+    cancel()
+    assert isinstance(await asyncio.wait_for(done, 1.0), Cancelled)
+    await asyncio.sleep(0.05)  # past the 20 ms hedge delay: a hedge would have been sent by now
+    assert pool.given_up == [0] and pool.calls == []  # no hedge after the call was given up
+
+
+async def test_cancel_losers_a_pool_that_cannot_give_up_gives_no_handle():
+    pool = FakePool([0.0, 0.0])  # send returns None, as the Triton pool's does by default
+    for policy in (Dispatch(), Dispatch("hedge", hedge_delay_ms=20), Dispatch("replicate")):
+        assert _dispatcher(pool, policy).dispatch(CallInfo("m", 0), np.zeros((1, 1)), SIG, lambda *_: None) is None
+    await pool.until_finished(4)  # single 1, hedge 1 (answered before its delay), replicate 2

@@ -467,3 +467,17 @@ def test_the_gateway_overlay_routes_both_protocols_to_the_frontend_service():
         "inference.GRPCInferenceService": ("frontend", "kserve"),
     }
     assert "Gateway" not in {d["kind"] for d in _render("overlays/gpu")}
+
+
+# The first Triton release that survives a cancelled call (the 24.10 of the local Triton 2.51 crashes).
+CANCELS_SAFELY_FROM = (24, 12)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_cancel_losers_is_on_exactly_where_triton_survives_cancelled_calls(overlay):
+    tag = _container(overlay, "triton")["image"].rsplit(":", 1)[1]  # e.g. 24.12-py3
+    release = tuple(int(part) for part in tag.split("-")[0].split("."))
+    settings = _settings(overlay, "frontend")
+    on = frontend_main.parser(settings).parse_args([]).cancel_losers
+    assert on == (release >= CANCELS_SAFELY_FROM), f"{overlay}: Triton {tag}, cancel_losers {on}"
+    assert on == overlay.startswith("gpu")  # every GPU overlay runs a Triton with the fix; the cpu one 24.10
