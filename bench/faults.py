@@ -6,9 +6,9 @@
 - ``kills``: SIGKILL a random worker every few seconds and restart it (a crash and recovery).
 - ``netdelay``: hold a random worker's network link for 20–100 ms every 0.3–1 s (the network twin of
   ``stalls``: the worker runs, its requests wait in the link's queue). Needs the workers in namespaces.
-- ``shuffles``: ParM's published background load (methods.md §1.6): concurrent loops, each sending a random
+- ``shuffles``: ParM's published background load (its paper's shuffles): concurrent loops, each sending a random
   128–256 MB between two random workers over their shaped links, so queries queue behind bulk traffic.
-- ``collage``: Collage-CNN's published recipe (methods.md §2.4): every execution of every model holds its
+- ``collage``: Collage-CNN's published recipe (its artifact's worker latency): every execution of every model holds its
   Triton instance for a time drawn from the artifact's empirical distribution, so requests queue behind a
   busy instance. It is emulated accelerator time, applied by the Tritons themselves
   (:data:`SERVICE_TIMES`: ``python -m triton_local --service-time '*=collage'``); nothing runs here.

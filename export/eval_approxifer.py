@@ -36,7 +36,8 @@ from export import datasets, spec
 
 log = logging.getLogger(__name__)
 
-# methods.md 3.5 (the authors' Bar_plots.py); their base models: ResNet-18, MNIST .99, Fashion-MNIST .97/.93.
+# The ApproxIFER paper's published accuracies (its authors' Bar_plots.py); their base models: ResNet-18,
+# MNIST .99, Fashion-MNIST .97/.93.
 PUBLISHED_STRAGGLER = {
     "mnist": {(8, 1): 0.872, (10, 1): 0.872, (12, 1): 0.868, (12, 2): 0.8256, (12, 3): 0.7747},
     "fashion": {(8, 1): 0.74, (10, 1): 0.73, (12, 1): 0.72, (12, 2): 0.6554, (12, 3): 0.64},

@@ -44,7 +44,7 @@ ENV_ACCELERATOR = "TRITON_LOCAL_ACCELERATOR"  # the lock file all of one server'
 ANY_MODEL = "*"
 _Z99 = 2.3263478740408408  # the standard normal's 99th percentile
 
-# Collage-CNN (methods.md §2.4): (cumulative probability, latency in ms). The artifact's 137,594 samples are
+# Collage-CNN's published worker latency: (cumulative probability, latency in ms). The artifact's 137,594 samples are
 # not public, only these quantiles; the empty gap between the two modes (about 98% of samples in 84-275 ms,
 # about 2% in 610-800 ms) is kept empty.
 COLLAGE_QUANTILES_MS: tuple[tuple[float, float], ...] = (
