@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from codedserve.client import tensor
 from codedserve.v1 import codedserve_pb2 as pb
 
 from service_common.errors import InvalidArgument
@@ -86,6 +87,5 @@ def check_input_values(x: np.ndarray, what: str) -> None:
 
 
 def from_numpy(array: np.ndarray) -> pb.Tensor:
-    """Encode an array as a little-endian Tensor message."""
-    wire = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))  # no copy when it already is
-    return pb.Tensor(dtype=wire.dtype.name, shape=wire.shape, data=wire.tobytes())
+    """Encode an array as a little-endian Tensor message: the light client's encoding, the one wire form."""
+    return tensor(array)
